@@ -1,0 +1,177 @@
+"""Building blocks of the HART transformer: RMSNorm, SwiGLU, attention with RoPE, AdaLN blocks.
+
+Legend: B batch, L positions in this pass, Lk key positions (with the cache), C width, H heads,
+d head dim (C / H), F SwiGLU hidden width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from openhart.transformer.cache import KVCache
+from openhart.transformer.config import HartTransformerConfig
+from openhart.transformer.rope import Rope, apply_axial_rotary, apply_rotary
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with a weight; the normalisation is computed in float32 whatever the input dtype."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+        return normed * self.weight.to(x.dtype)
+
+
+class SwiGLU(nn.Module):
+    """Llama's gated MLP: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(width, hidden, bias=False)
+        self.up_proj = nn.Linear(width, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused QKV projection, RoPE and an optional KV cache.
+
+    The key projection has no bias (a key bias only shifts every logit of a query equally), so
+    the fused projection carries learned query and value biases only.
+    """
+
+    def __init__(self, config: HartTransformerConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.head_dim = config.head_dim
+        self.scale = config.softmax_scale
+        self.l2_norm = config.attn_l2_norm
+        self.axial_rope = config.rope_2d == "axial"
+        width = config.width
+        self.qkv_proj = nn.Linear(width, 3 * width, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(width))
+        self.v_bias = nn.Parameter(torch.zeros(width))
+        self.proj = nn.Linear(width, width)
+        if self.l2_norm:
+            # Per-head temperature of cosine attention, stored as a log; capped at 100 when used.
+            self.scale_mul_1H11 = nn.Parameter(torch.full((1, self.num_heads, 1, 1), math.log(4.0)))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: Rope,
+        attn_mask: torch.Tensor | None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        """x (B, L, C); attn_mask (B or 1, 1, L or 1, Lk) bool, True = may attend."""
+        B, L, C = x.shape
+        bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
+        qkv = F.linear(x, self.qkv_proj.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, d)
+        if self.l2_norm:
+            # Normalise before RoPE: the rotation keeps unit length, the learned scale sets the temperature.
+            q = F.normalize(q, dim=-1) * self.scale_mul_1H11.clamp(max=math.log(100.0)).exp()
+            k = F.normalize(k, dim=-1)
+        q, k = self._rotate(q, rope), self._rotate(k, rope)
+        if cache is not None:
+            k, v = cache.append(layer, k, v)  # (B, H, Lk, d)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)
+        return self.proj(out.transpose(1, 2).reshape(B, L, C))
+
+    def _rotate(self, x: torch.Tensor, rope: Rope) -> torch.Tensor:
+        if not self.axial_rope:
+            return apply_rotary(x, rope.cos, rope.sin)
+        # Context tokens (first in the sequence) take a 1-D rotation over all channels, image tokens the
+        # axial 2-D one.
+        n = rope.num_context
+        if n == 0:
+            return apply_axial_rotary(x, rope.cos, rope.sin)
+        context = apply_rotary(x[:, :, :n], rope.cos[:, :n], rope.sin[:, :n])
+        if n == x.shape[2]:
+            return context
+        image = apply_axial_rotary(x[:, :, n:], rope.cos[:, n:], rope.sin[:, n:])
+        return torch.cat((context, image), dim=2)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm Llama block; with AdaLN the pooled prompt scales, shifts and gates both sub-layers."""
+
+    def __init__(self, config: HartTransformerConfig) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(config.width, config.norm_eps)
+        self.attn = Attention(config)
+        self.ffn_norm = RMSNorm(config.width, config.norm_eps)
+        self.ffn = SwiGLU(config.width, config.ffn_hidden)
+        self.use_adaln = config.adaln == "block"
+        if self.use_adaln:
+            self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(config.width, 6 * config.width))
+
+    def modulation(self, pooled: torch.Tensor) -> torch.Tensor | None:
+        """pooled (B, C) → (B, 6, C) = [gamma1, gamma2, scale1, scale2, shift1, shift2], or None."""
+        if not self.use_adaln:
+            return None
+        return self.ada_lin(pooled).view(pooled.shape[0], 6, -1)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        modulation: torch.Tensor | None,
+        rope: Rope,
+        attn_mask: torch.Tensor | None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        if modulation is None:
+            x = x + self.attn(self.attn_norm(x), rope, attn_mask, cache, layer)
+            return x + self.ffn(self.ffn_norm(x))
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = modulation.unsqueeze(2).unbind(1)  # each (B, 1, C)
+        h = self.attn_norm(x) * (1 + scale1) + shift1
+        x = x + gamma1 * self.attn(h, rope, attn_mask, cache, layer)
+        h = self.ffn_norm(x) * (1 + scale2) + shift2
+        return x + gamma2 * self.ffn(h)
+
+
+class AdaLNBeforeHead(nn.Module):
+    """RMSNorm whose scale and shift come from the pooled prompt (always present, as in HART)."""
+
+    def __init__(self, config: HartTransformerConfig) -> None:
+        super().__init__()
+        self.norm = RMSNorm(config.width, config.norm_eps)
+        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(config.width, 2 * config.width))
+
+    def forward(self, x: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.ada_lin(pooled).view(pooled.shape[0], 2, -1).unsqueeze(2).unbind(1)  # (B, 1, C)
+        return self.norm(x) * (1 + scale) + shift
+
+
+def sinusoidal_embedding(values: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
+    """values (N,) → (N, dim) = [cos(v·f), sin(v·f)], f_i = max_period^(-i/(dim/2)) (DiT/HART order)."""
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=values.device) / half
+    )
+    args = values.float().unsqueeze(-1) * freqs
+    return torch.cat((torch.cos(args), torch.sin(args)), dim=-1)
+
+
+class TimestepLevelEmbedding(nn.Module):
+    """Scale index → sinusoid (256) → Linear → SiLU → Linear (the release's level embedding)."""
+
+    def __init__(self, width: int, frequency_dim: int = 256) -> None:
+        super().__init__()
+        self.frequency_dim = frequency_dim
+        self.mlp = nn.Sequential(nn.Linear(frequency_dim, width), nn.SiLU(), nn.Linear(width, width))
+
+    def forward(self, levels: torch.Tensor) -> torch.Tensor:
+        return self.mlp(sinusoidal_embedding(levels, self.frequency_dim).to(self.mlp[0].weight.dtype))

@@ -1,0 +1,44 @@
+"""A preallocated key/value cache for scale-by-scale sampling.
+
+Legend: B batch, H heads, d head dim, Lmax = T context tokens + all image tokens.
+
+Each scale appends its pn^2 keys/values; attention then reads the filled prefix. Preallocating the
+whole sequence once avoids a ``torch.cat`` (and a copy of everything so far) per scale and layer.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    """Keys and values of every layer for one generation call."""
+
+    def __init__(
+        self,
+        depth: int,
+        batch_size: int,
+        num_heads: int,
+        max_length: int,
+        head_dim: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        shape = (batch_size, num_heads, max_length, head_dim)
+        self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(depth)]
+        self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(depth)]
+        self.length = 0  # positions filled, shared by every layer once a pass has finished
+        self.max_length = max_length
+
+    def append(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store (B, H, l, d) new keys/values of ``layer``; return all keys/values so far (views)."""
+        start, end = self.length, self.length + key.shape[2]
+        if end > self.max_length:
+            raise ValueError(f"KVCache: {end} positions exceed the preallocated {self.max_length}")
+        self.keys[layer][:, :, start:end] = key
+        self.values[layer][:, :, start:end] = value
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def advance(self, num_positions: int) -> None:
+        """Mark ``num_positions`` more positions as filled (called once per pass, after every layer)."""
+        self.length += num_positions

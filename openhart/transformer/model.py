@@ -1,0 +1,306 @@
+"""HartTransformer: prompt context + coarser scales → logits of the next scale's codebook ids.
+
+Legend: B batch, T prompt tokens, Dctx text width, C width, S scales, pn side of a scale,
+L = Σ pn² image tokens over all scales, l tokens of one scale, V codebook size, Cz latent channels.
+
+Sequence layout (teacher forcing): ``[prompt tokens (T); tokens of scales 1..S-1]``. The prompt
+tokens are the projected text states; the token of scale k ≥ 1 is ``word_embed`` of the running
+discrete latent area-downsampled to that scale. Logit row 0 is read at the *last prompt token* and
+predicts scale 0 (1x1); the rows of scale k's tokens predict scale k. So ``logits`` is (B, L, V).
+
+Attention is block-causal by scale ("level"): a token sees every token of its own and coarser
+levels, the prompt being level 0. At inference the same thing happens scale by scale with a KV
+cache: each pass appends one scale and attends to everything cached, so no mask is needed beyond
+the prompt's padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from openhart.transformer.blocks import AdaLNBeforeHead, RMSNorm, TimestepLevelEmbedding, TransformerBlock
+from openhart.transformer.cache import KVCache
+from openhart.transformer.config import HartTransformerConfig
+from openhart.transformer.rope import Rope, rope_1d_angles, rope_2d_angles, scale_grid
+
+
+@dataclass
+class TransformerOutput:
+    logits: torch.Tensor  # (B, L, V), or (B, L', V) with the last scale subsampled
+    last_scale_hidden: torch.Tensor  # (B, l_last, C): last block's output at the last scale's tokens
+
+
+@dataclass
+class GenerationState:
+    """What one sampling call carries from scale to scale."""
+
+    cache: KVCache
+    modulations: list[torch.Tensor | None]  # per block (B, 6, C) AdaLN parameters, fixed for the call
+    head_pooled: torch.Tensor  # (B, C) pooled prompt for the head's AdaLN
+    rope_offset: torch.Tensor  # (B,) position id of the last prompt token
+    key_valid: torch.Tensor | None  # (B, 1, 1, T + L) False at padded prompt tokens, None when unmasked
+    level_table: torch.Tensor  # (S, C) level embedding of every scale
+
+
+class HartTransformer(nn.Module):
+    """Scale-wise autoregressive transformer of HART (see the module docstring for the layout)."""
+
+    def __init__(self, config: HartTransformerConfig) -> None:
+        super().__init__()
+        self.config = config
+        C = config.width
+        self.context_norm = (
+            RMSNorm(config.context_dim, config.norm_eps) if config.context_norm else nn.Identity()
+        )
+        self.context_embed = nn.Linear(config.context_dim, C)
+        self.word_embed = nn.Linear(config.latent_channels, C)
+        if config.level_embedding == "timestep":
+            self.lvl_embed: nn.Module = TimestepLevelEmbedding(C)
+        else:
+            self.lvl_embed = nn.Embedding(config.num_scales, C)
+        self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.depth))
+        self.head_nm = AdaLNBeforeHead(config)
+        self.head = nn.Linear(C, config.codebook_size)
+        # Normalises (last hidden state + embedding of the sampled token): the diffusion head's condition.
+        self.decoder_norm = RMSNorm(C, config.norm_eps)
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ initialisation
+    def reset_parameters(self) -> None:
+        """GPT-2-style init: N(0, 0.02) weights, residual outputs scaled by 1/sqrt(2·depth).
+
+        The block AdaLN starts as a plain pre-norm block (gates 1, scales and shifts 0) so that
+        a freshly initialised model is a working transformer (benchmarks and tests rely on it).
+        """
+        std = 0.02
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+        residual_std = std / (2 * self.config.depth) ** 0.5
+        C = self.config.width
+        for block in self.blocks:
+            nn.init.trunc_normal_(
+                block.attn.proj.weight, std=residual_std, a=-2 * residual_std, b=2 * residual_std
+            )
+            nn.init.trunc_normal_(
+                block.ffn.down_proj.weight, std=residual_std, a=-2 * residual_std, b=2 * residual_std
+            )
+            nn.init.zeros_(block.attn.q_bias)
+            nn.init.zeros_(block.attn.v_bias)
+            if block.use_adaln:
+                with torch.no_grad():
+                    block.ada_lin[1].bias[: 2 * C].fill_(1.0)  # gamma1, gamma2
+
+    # ------------------------------------------------------------------ shared pieces
+    def embed_context(
+        self, context: torch.Tensor, context_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """context (B, T, Dctx), mask (B, T) → prompt tokens (B, T, C), block pooled (B, C), head pooled (B, C)."""
+        cfg = self.config
+        if context.ndim != 3 or context.shape[1:] != (cfg.context_tokens, cfg.context_dim):
+            raise ValueError(
+                f"context must be (B, {cfg.context_tokens}, {cfg.context_dim}), got {tuple(context.shape)}"
+            )
+        if context_mask.shape != context.shape[:2] or context_mask.dtype != torch.bool:
+            raise ValueError(
+                f"context_mask must be a bool (B, T) tensor, got {context_mask.dtype} {tuple(context_mask.shape)}"
+            )
+        if not bool(context_mask.any(dim=1).all()):
+            raise ValueError("context_mask: every row needs at least one valid token")
+        dtype = self.context_embed.weight.dtype
+        tokens = self.context_embed(self.context_norm(context.to(dtype)))  # (B, T, C)
+        return (
+            tokens,
+            self._pool(tokens, context_mask, cfg.block_pooling),
+            self._pool(tokens, context_mask, cfg.head_pooling),
+        )
+
+    @staticmethod
+    def _pool(tokens: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+        if mode == "max":
+            return tokens.max(dim=1).values  # over all T tokens, padding included (as the release does)
+        weights = mask.to(tokens.dtype).unsqueeze(-1)  # (B, T, 1)
+        return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+    def level_table(self, device: torch.device) -> torch.Tensor:
+        """(S, C) embedding of every level (level 0 = the prompt and scale 0)."""
+        return self.lvl_embed(torch.arange(self.config.num_scales, device=device))
+
+    @staticmethod
+    def context_position_ids(context_mask: torch.Tensor) -> torch.Tensor:
+        """Position ids of prompt tokens: cumsum(mask) − 1, so right padding repeats the last id."""
+        return context_mask.long().cumsum(dim=1) - 1
+
+    def _image_angles(self, scales: list[int], offset: torch.Tensor) -> torch.Tensor:
+        rows, cols = scale_grid(self.config.patch_nums, scales, offset.device)
+        return rope_2d_angles(rows, cols, offset, self.config.head_dim, self.config.rope_theta)  # (B, l, d)
+
+    def _modulations(self, pooled: torch.Tensor) -> list[torch.Tensor | None]:
+        return [block.modulation(pooled) for block in self.blocks]
+
+    def diffusion_condition(
+        self, last_scale_hidden: torch.Tensor, token_latents: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-token condition of the residual head: norm(hidden + word_embed(codebook vector of the sampled id)).
+
+        last_scale_hidden (B, l, C); token_latents (B, l, Cz) → (B, l, C).
+        """
+        return self.decoder_norm(
+            last_scale_hidden + self.word_embed(token_latents.to(last_scale_hidden.dtype))
+        )
+
+    # ------------------------------------------------------------------ teacher forcing (training)
+    def forward(
+        self,
+        context: torch.Tensor,
+        context_mask: torch.Tensor,
+        scale_inputs: torch.Tensor,
+        last_scale_positions: torch.Tensor | None = None,
+    ) -> TransformerOutput:
+        """Teacher-forced pass over all scales at once.
+
+        context (B, T, Dctx); context_mask (B, T) bool; scale_inputs (B, L − 1, Cz): the tokenizer's
+        teacher-forcing inputs of scales 1..S−1. ``last_scale_positions`` (B, k) int64, optional:
+        keep only these tokens of the last scale (HART's token subsampling, to save compute);
+        the logits then hold the last scale's kept rows only, in the given order.
+        """
+        cfg = self.config
+        B, T = context.shape[0], cfg.context_tokens
+        expected = (B, cfg.num_image_tokens - 1, cfg.latent_channels)
+        if scale_inputs.shape != expected:
+            raise ValueError(f"scale_inputs must be {expected}, got {tuple(scale_inputs.shape)}")
+        prompt, block_pooled, head_pooled = self.embed_context(context, context_mask)
+        device = prompt.device
+        levels_table = self.level_table(device).to(prompt.dtype)  # (S, C)
+
+        # Level id of every image position (scales 1..S−1), and their 2-D rotary angles.
+        image_scales = list(range(1, cfg.num_scales))
+        image_levels = torch.cat(
+            [torch.full((cfg.patch_nums[k] ** 2,), k, device=device, dtype=torch.long) for k in image_scales]
+        )  # (L − 1,)
+        position_ids = self.context_position_ids(context_mask)  # (B, T)
+        offset = position_ids[:, -1]
+        image_angles = self._image_angles(image_scales, offset)  # (B, L − 1, d)
+        tokens = self.word_embed(scale_inputs.to(prompt.dtype))  # (B, L − 1, C)
+
+        if last_scale_positions is not None:
+            tokens, image_angles, image_levels = self._subsample_last_scale(
+                tokens, image_angles, image_levels, last_scale_positions
+            )
+        num_image = tokens.shape[1]
+        x = torch.cat(
+            (prompt + levels_table[0], tokens + levels_table[image_levels]), dim=1
+        )  # (B, T + L', C)
+        angles = torch.cat((rope_1d_angles(position_ids, cfg.head_dim, cfg.rope_theta), image_angles), dim=1)
+        rope = Rope(angles.cos(), angles.sin(), T)
+
+        # Block-causal mask over levels; the prompt is level 0 and fully bidirectional.
+        seq_levels = torch.cat((torch.zeros(T, device=device, dtype=torch.long), image_levels))
+        attn_mask = (seq_levels.unsqueeze(0) <= seq_levels.unsqueeze(1)).view(
+            1, 1, T + num_image, T + num_image
+        )
+        if cfg.mask_context_padding:
+            key_valid = torch.cat((context_mask, context_mask.new_ones(B, num_image)), dim=1)
+            attn_mask = attn_mask & key_valid.view(B, 1, 1, -1)
+
+        for block, modulation in zip(self.blocks, self._modulations(block_pooled), strict=True):
+            x = block(x, modulation, rope, attn_mask)
+
+        logit_rows = x[:, T - 1 :]  # last prompt token predicts scale 0, then one row per image token
+        logits = self.head(self.head_nm(logit_rows, head_pooled))
+        last_count = (
+            cfg.patch_nums[-1] ** 2 if last_scale_positions is None else last_scale_positions.shape[1]
+        )
+        return TransformerOutput(logits=logits, last_scale_hidden=x[:, -last_count:])
+
+    def _subsample_last_scale(
+        self,
+        tokens: torch.Tensor,
+        angles: torch.Tensor,
+        levels: torch.Tensor,
+        positions: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        last = cfg.patch_nums[-1] ** 2
+        B = tokens.shape[0]
+        if positions.ndim != 2 or positions.shape[0] != B or positions.dtype != torch.long:
+            raise ValueError(
+                f"last_scale_positions must be an int64 (B, k) tensor, got {positions.dtype} {tuple(positions.shape)}"
+            )
+        if positions.numel() and (int(positions.min()) < 0 or int(positions.max()) >= last):
+            raise ValueError(f"last_scale_positions must lie in [0, {last})")
+        start = tokens.shape[1] - last
+        index = positions.unsqueeze(-1)  # (B, k, 1)
+        kept_tokens = tokens[:, start:].gather(1, index.expand(-1, -1, tokens.shape[-1]))
+        kept_angles = angles[:, start:].gather(1, index.expand(-1, -1, angles.shape[-1]))
+        tokens = torch.cat((tokens[:, :start], kept_tokens), dim=1)
+        angles = torch.cat((angles[:, :start], kept_angles), dim=1)
+        levels = torch.cat((levels[:start], levels.new_full((positions.shape[1],), cfg.num_scales - 1)))
+        return tokens, angles, levels
+
+    # ------------------------------------------------------------------ scale-by-scale sampling
+    @torch.no_grad()
+    def start_generation(
+        self, context: torch.Tensor, context_mask: torch.Tensor
+    ) -> tuple[GenerationState, torch.Tensor]:
+        """Run the prompt pass; returns the state for later scales and the scale-0 logits (B, 1, V)."""
+        cfg = self.config
+        prompt, block_pooled, head_pooled = self.embed_context(context, context_mask)
+        B, T = prompt.shape[:2]
+        device, dtype = prompt.device, prompt.dtype
+        cache = KVCache(
+            cfg.depth, B, cfg.num_heads, T + cfg.num_image_tokens - 1, cfg.head_dim, device, dtype
+        )
+        key_valid = None
+        if cfg.mask_context_padding:
+            key_valid = torch.cat((context_mask, context_mask.new_ones(B, cfg.num_image_tokens - 1)), dim=1)
+            key_valid = key_valid.view(B, 1, 1, -1)
+        position_ids = self.context_position_ids(context_mask)
+        state = GenerationState(
+            cache=cache,
+            modulations=self._modulations(block_pooled),
+            head_pooled=head_pooled,
+            rope_offset=position_ids[:, -1],
+            key_valid=key_valid,
+            level_table=self.level_table(device).to(dtype),
+        )
+        angles = rope_1d_angles(position_ids, cfg.head_dim, cfg.rope_theta)
+        x = self._cached_pass(state, prompt + state.level_table[0], Rope(angles.cos(), angles.sin(), T))
+        return state, self.head(self.head_nm(x[:, -1:], head_pooled))
+
+    @torch.no_grad()
+    def generation_step(
+        self, state: GenerationState, scale_index: int, scale_inputs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One scale k ≥ 1: scale_inputs (B, pn_k², Cz) → logits (B, pn_k², V), hidden (B, pn_k², C)."""
+        cfg = self.config
+        if not 1 <= scale_index < cfg.num_scales:
+            raise ValueError(f"scale_index must be in [1, {cfg.num_scales}), got {scale_index}")
+        l = cfg.patch_nums[scale_index] ** 2
+        B = state.head_pooled.shape[0]
+        if scale_inputs.shape != (B, l, cfg.latent_channels):
+            raise ValueError(
+                f"scale_inputs must be {(B, l, cfg.latent_channels)}, got {tuple(scale_inputs.shape)}"
+            )
+        dtype = state.level_table.dtype
+        x = self.word_embed(scale_inputs.to(dtype)) + state.level_table[scale_index]
+        angles = self._image_angles([scale_index], state.rope_offset)
+        x = self._cached_pass(state, x, Rope(angles.cos(), angles.sin(), 0))
+        return self.head(self.head_nm(x, state.head_pooled)), x
+
+    def _cached_pass(self, state: GenerationState, x: torch.Tensor, rope: Rope) -> torch.Tensor:
+        end = state.cache.length + x.shape[1]
+        attn_mask = None if state.key_valid is None else state.key_valid[..., :end]
+        for layer, (block, modulation) in enumerate(zip(self.blocks, state.modulations, strict=True)):
+            x = block(x, modulation, rope, attn_mask, state.cache, layer)
+        state.cache.advance(x.shape[1])
+        return x
