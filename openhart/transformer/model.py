@@ -285,11 +285,11 @@ class HartTransformer(nn.Module):
         cfg = self.config
         if not 1 <= scale_index < cfg.num_scales:
             raise ValueError(f"scale_index must be in [1, {cfg.num_scales}), got {scale_index}")
-        l = cfg.patch_nums[scale_index] ** 2
+        num_tokens = cfg.patch_nums[scale_index] ** 2
         B = state.head_pooled.shape[0]
-        if scale_inputs.shape != (B, l, cfg.latent_channels):
+        if scale_inputs.shape != (B, num_tokens, cfg.latent_channels):
             raise ValueError(
-                f"scale_inputs must be {(B, l, cfg.latent_channels)}, got {tuple(scale_inputs.shape)}"
+                f"scale_inputs must be {(B, num_tokens, cfg.latent_channels)}, got {tuple(scale_inputs.shape)}"
             )
         dtype = state.level_table.dtype
         x = self.word_embed(scale_inputs.to(dtype)) + state.level_table[scale_index]
