@@ -18,7 +18,9 @@ import torch
 GeneratorSpec = torch.Generator | Sequence[torch.Generator] | None
 
 
-def _chunks(shape: Sequence[int], generator: GeneratorSpec) -> list[tuple[torch.Generator | None, tuple[int, ...]]]:
+def _chunks(
+    shape: Sequence[int], generator: GeneratorSpec
+) -> list[tuple[torch.Generator | None, tuple[int, ...]]]:
     shape = tuple(int(s) for s in shape)
     if generator is None or isinstance(generator, torch.Generator):
         return [(generator, shape)]

@@ -1,0 +1,391 @@
+"""HartPipeline: prompt → images with a text encoder, the hybrid tokenizer, the transformer and the head.
+
+Legend: B images, T prompt tokens, S scales, P side of the last scale (latent side), Cz latent
+channels, H×W image size.
+
+A saved pipeline is a folder with one sub-folder per component, each ``config.json`` +
+``model.safetensors`` (a text encoder whose weights come from an installed package or a local
+model folder stores only its config), and ``model_index.json`` naming the components::
+
+    model_index.json
+    text_encoder/  tokenizer/  transformer/  diffusion_head/
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from openhart import __version__
+from openhart.diffusion import DiffusionHeadConfig, ResidualDiffusionHead
+from openhart.sampling import GUIDANCE_RAMPS, residual_rows_to_latent, sample_token_pyramid
+from openhart.text import TextEncoder, load_text_encoder
+from openhart.tokenizer import HybridTokenizer, TokenizerConfig
+from openhart.transformer import HartTransformer, HartTransformerConfig
+from openhart.utils.config import read_json, write_json
+from openhart.utils.random import GeneratorSpec
+from openhart.utils.weights import load_weights, save_weights
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+INDEX_NAME = "model_index.json"
+
+
+@dataclass
+class HartPipelineOutput:
+    """``images``: a list of PIL images, a (B, H, W, 3) float array in [0, 1], or a (B, 3, H, W) tensor."""
+
+    images: list[Image.Image] | np.ndarray | torch.Tensor
+
+
+class HartPipeline:
+    """Text-to-image with HART. Build from components, :meth:`from_pretrained`, or ``presets.build_pipeline``."""
+
+    def __init__(
+        self,
+        text_encoder: TextEncoder,
+        tokenizer: HybridTokenizer,
+        transformer: HartTransformer,
+        diffusion_head: ResidualDiffusionHead,
+    ) -> None:
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.transformer = transformer
+        self.diffusion_head = diffusion_head
+        _check_components_fit(text_encoder, tokenizer, transformer, diffusion_head)
+        for module in self.components.values():
+            module.eval()
+
+    # ------------------------------------------------------------------ components, devices
+    @property
+    def components(self) -> dict[str, torch.nn.Module]:
+        return {
+            "text_encoder": self.text_encoder,
+            "tokenizer": self.tokenizer,
+            "transformer": self.transformer,
+            "diffusion_head": self.diffusion_head,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.head.weight.dtype
+
+    @property
+    def image_size(self) -> int:
+        return self.tokenizer.config.image_size
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> HartPipeline:
+        """Move every component (and cast floating weights when ``dtype`` is given); returns self."""
+        for module in self.components.values():
+            module.to(device=device, dtype=dtype)
+        return self
+
+    def num_parameters(self) -> dict[str, int]:
+        return {name: sum(p.numel() for p in module.parameters()) for name, module in self.components.items()}
+
+    # ------------------------------------------------------------------ save / load
+    def save_pretrained(self, save_directory: str | os.PathLike[str]) -> None:
+        """Write one sub-folder per component (config.json + model.safetensors) and model_index.json."""
+        root = Path(save_directory)
+        root.mkdir(parents=True, exist_ok=True)
+        self.text_encoder.save_pretrained(root / "text_encoder")
+        for name in ("tokenizer", "transformer", "diffusion_head"):
+            module = self.components[name]
+            folder = root / name
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json(folder / "config.json", module.config.to_dict())
+            save_weights(module, folder)
+        index = {name: type(module).__name__ for name, module in self.components.items()}
+        write_json(
+            root / INDEX_NAME, {"_class_name": "HartPipeline", "openhart_version": __version__, **index}
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_directory: str | os.PathLike[str],
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> HartPipeline:
+        """Load a folder written by :meth:`save_pretrained`.
+
+        Raises FileNotFoundError naming the missing folder/file and
+        :class:`~openhart.utils.weights.WeightsMismatchError` naming any missing or mis-shaped tensor.
+        """
+        root = Path(pretrained_directory)
+        if not root.is_dir():
+            raise FileNotFoundError(f"pretrained_directory: no such model folder: {root}")
+        if not (root / INDEX_NAME).is_file():
+            raise FileNotFoundError(
+                f"pretrained_directory: {root} has no {INDEX_NAME} (not a saved HartPipeline)"
+            )
+        text_encoder = load_text_encoder(root / "text_encoder")
+        built: dict[str, torch.nn.Module] = {}
+        for name, module_cls, config_cls in (
+            ("tokenizer", HybridTokenizer, TokenizerConfig),
+            ("transformer", HartTransformer, HartTransformerConfig),
+            ("diffusion_head", ResidualDiffusionHead, DiffusionHeadConfig),
+        ):
+            config = config_cls.from_dict(read_json(root / name / "config.json"))
+            with torch.device("meta"):
+                module = module_cls(config)  # no time spent initialising weights that are overwritten
+            module = module.to_empty(device="cpu")
+            load_weights(module, root / name)
+            built[name] = module
+        pipeline = cls(text_encoder, built["tokenizer"], built["transformer"], built["diffusion_head"])
+        return pipeline.to(device=device, dtype=dtype)
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        negative_prompt: str | Sequence[str] | None = None,
+        *,
+        guidance_scale: float = 4.5,
+        num_inference_steps: int | None = None,
+        num_images_per_prompt: int = 1,
+        generator: GeneratorSpec = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        top_k: int | Sequence[int | None] | None = None,
+        top_p: float | Sequence[float | None] | None = None,
+        temperature: float = 1.0,
+        guidance_ramp: str = "linear",
+        smooth_inputs: bool = False,
+        residual_temperature: float = 1.0,
+        sample_residual: bool = True,
+        progress: bool = False,
+    ) -> HartPipelineOutput | Any:
+        """Generate images for ``prompt``.
+
+        Args:
+            prompt: one prompt or a list of prompts.
+            negative_prompt: prompt(s) for the unconditional branch of CFG; by default that branch
+                sees an empty (all-zero, one-token) context, as in the released HART.
+            guidance_scale: CFG strength g ≥ 0 in HART's convention (0 = conditional only); the
+                scales get a ramp of it (``guidance_ramp``) and the residual head the last value.
+            num_inference_steps: denoising steps of the residual head (default: the head's config, 8).
+            num_images_per_prompt: images per prompt (consecutive in the output).
+            generator: a ``torch.Generator`` for the whole batch, or a list with one per image
+                (then image i is exactly what a single call with generator i gives).
+            output_type: "pil" (list of images), "np" ((B, H, W, 3) in [0, 1]) or "pt" ((B, 3, H, W)).
+            return_dict: return :class:`HartPipelineOutput` (else the bare images).
+            top_k: keep the k most likely codes per token (None/0: all); one value or one per scale.
+                The released sampler uses 600 for scales < 7 and 300 after.
+            top_p: nucleus filter (None: off); one value or one per scale.
+            temperature: divides the token logits (> 0).
+            guidance_ramp: "linear" (default), "hart" (the release's) or "constant"; see
+                :func:`openhart.sampling.guidance_per_scale`.
+            smooth_inputs: Gumbel-softmax soft embeddings as next-scale inputs (the release's
+                ``more_smooth``, on in its CLI).
+            residual_temperature: multiplies the residual head's per-step noise.
+            sample_residual: False decodes the discrete-only latent (a VAR-style baseline).
+            progress: show a progress bar over scales.
+        """
+        # 1. Check inputs.
+        prompts = _check_prompt_list(prompt, "prompt")
+        _check_positive_int(num_images_per_prompt, "num_images_per_prompt")
+        negatives = None
+        if negative_prompt is not None:
+            negatives = _check_prompt_list(negative_prompt, "negative_prompt")
+            if len(negatives) == 1:
+                negatives = negatives * len(prompts)
+            if len(negatives) != len(prompts):
+                raise ValueError(
+                    f"negative_prompt: got {len(negatives)} negative prompts for {len(prompts)} prompts"
+                )
+        _check_guidance(guidance_scale)
+        if num_inference_steps is not None:
+            _check_positive_int(num_inference_steps, "num_inference_steps")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if guidance_ramp not in GUIDANCE_RAMPS:
+            raise ValueError(f"guidance_ramp must be one of {GUIDANCE_RAMPS}, got {guidance_ramp!r}")
+        _check_filter(top_k, "top_k", self.transformer.config.num_scales, integer=True)
+        _check_filter(top_p, "top_p", self.transformer.config.num_scales, integer=False)
+        _check_positive_float(temperature, "temperature")
+        _check_non_negative_float(residual_temperature, "residual_temperature")
+        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+        if negatives is not None:
+            negatives = [p for p in negatives for _ in range(num_images_per_prompt)]
+        batch_size = len(prompts)
+        _check_generator(generator, batch_size)
+
+        # 2. Encode the prompt (and the unconditional context).
+        context, context_mask = self.encode_prompt(prompts)
+        if negatives is not None:
+            uncond_context, uncond_mask = self.encode_prompt(negatives)
+        else:
+            uncond_context, uncond_mask = self.empty_context(batch_size)
+
+        # 3. Sample the discrete token pyramid, scale by scale.
+        num_scales = self.transformer.config.num_scales
+        bar = tqdm(total=num_scales, desc="scales", disable=not progress, leave=False)
+        pyramid = sample_token_pyramid(
+            self.transformer,
+            self.tokenizer.quantize,
+            context,
+            context_mask,
+            uncond_context,
+            uncond_mask,
+            guidance_scale=float(guidance_scale),
+            guidance_ramp=guidance_ramp,
+            top_k=top_k,
+            top_p=top_p,
+            temperature=float(temperature),
+            smooth_inputs=smooth_inputs,
+            generator=generator,
+            on_scale=lambda _: bar.update(1),
+        )
+        bar.close()
+
+        # 4. Sample the continuous residual of the last scale with the diffusion head.
+        latent = pyramid.discrete_latent
+        if sample_residual:
+            residual_rows = self.diffusion_head.sample(
+                pyramid.condition,
+                uncond_condition=pyramid.uncond_condition,
+                guidance_scale=pyramid.residual_guidance,
+                num_inference_steps=num_inference_steps,
+                generator=generator,
+                temperature=float(residual_temperature),
+            )  # (B·P², Cz)
+            side = self.transformer.config.patch_nums[-1]
+            latent = latent + residual_rows_to_latent(residual_rows, batch_size, side).to(latent.dtype)
+
+        # 5. Decode to pixels and post-process.
+        images = (self.tokenizer.decode(latent).float() + 1) / 2  # (B, 3, H, W) in [0, 1]
+        output = _to_output_type(images.clamp(0, 1), output_type)
+        return HartPipelineOutput(images=output) if return_dict else output
+
+    def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """prompts → context (B, T, Dctx) in the transformer's dtype and device, mask (B, T) bool."""
+        context, mask = self.text_encoder.encode(prompts)
+        return context.to(device=self.device, dtype=self.dtype), mask.to(self.device)
+
+    def empty_context(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The released model's unconditional context: all zeros, only the first token valid."""
+        cfg = self.transformer.config
+        context = torch.zeros(
+            batch_size, cfg.context_tokens, cfg.context_dim, device=self.device, dtype=self.dtype
+        )
+        mask = torch.zeros(batch_size, cfg.context_tokens, dtype=torch.bool, device=self.device)
+        mask[:, 0] = True
+        return context, mask
+
+
+# ---------------------------------------------------------------------- checks and helpers
+def _check_components_fit(
+    text_encoder: TextEncoder,
+    tokenizer: HybridTokenizer,
+    transformer: HartTransformer,
+    head: ResidualDiffusionHead,
+) -> None:
+    t, z, h = transformer.config, tokenizer.config, head.config
+    pairs = {
+        "text_encoder.hidden_size vs transformer.context_dim": (text_encoder.hidden_size, t.context_dim),
+        "text_encoder.max_length vs transformer.context_tokens": (text_encoder.max_length, t.context_tokens),
+        "tokenizer.codebook_size vs transformer.codebook_size": (z.codebook_size, t.codebook_size),
+        "tokenizer.latent_channels vs transformer.latent_channels": (z.latent_channels, t.latent_channels),
+        "tokenizer.patch_nums vs transformer.patch_nums": (tuple(z.patch_nums), tuple(t.patch_nums)),
+        "diffusion_head.latent_channels vs tokenizer.latent_channels": (h.latent_channels, z.latent_channels),
+        "diffusion_head.condition_dim vs transformer.width": (h.condition_dim, t.width),
+    }
+    for what, (a, b) in pairs.items():
+        if a != b:
+            raise ValueError(f"components do not fit: {what}: {a} != {b}")
+
+
+def _check_prompt_list(value: object, name: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{name} must be a str or a list of str, got {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{name} must not be an empty list")
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise TypeError(f"{name}[{i}] must be a str, got {type(item).__name__}")
+    return list(value)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_positive_int(value: object, name: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be ≥ 1, got {value}")
+
+
+def _check_guidance(value: object) -> None:
+    if not _is_number(value):
+        raise TypeError(f"guidance_scale must be a number, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"guidance_scale must be finite and ≥ 0 (0 = conditional only), got {value}")
+
+
+def _check_positive_float(value: object, name: str) -> None:
+    if not _is_number(value):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be finite and > 0, got {value}")
+
+
+def _check_non_negative_float(value: object, name: str) -> None:
+    if not _is_number(value):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be finite and ≥ 0, got {value}")
+
+
+def _check_filter(value: object, name: str, num_scales: int, integer: bool) -> None:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if isinstance(value, (list, tuple)) and len(value) != num_scales:
+        raise ValueError(f"{name}: a per-scale list needs {num_scales} entries, got {len(value)}")
+    for item in values:
+        if item is None:
+            continue
+        if integer:
+            if not isinstance(item, int) or isinstance(item, bool):
+                raise TypeError(f"{name} must be an int (or None), got {type(item).__name__}")
+            if item < 0:
+                raise ValueError(f"{name} must be ≥ 0 (0 = no filter), got {item}")
+        else:
+            if not _is_number(item):
+                raise TypeError(f"{name} must be a number (or None), got {type(item).__name__}")
+            if not 0 < item <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {item}")
+
+
+def _check_generator(generator: GeneratorSpec, batch_size: int) -> None:
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if not isinstance(generator, (list, tuple)) or not all(isinstance(g, torch.Generator) for g in generator):
+        raise TypeError("generator must be a torch.Generator, a list of them, or None")
+    if len(generator) != batch_size:
+        raise ValueError(f"generator: got {len(generator)} generators for {batch_size} images")
+
+
+def _to_output_type(images: torch.Tensor, output_type: str) -> list[Image.Image] | np.ndarray | torch.Tensor:
+    if output_type == "pt":
+        return images.cpu()
+    array = images.permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
+    if output_type == "np":
+        return array
+    return [Image.fromarray((image * 255).round().astype(np.uint8)) for image in array]

@@ -1,0 +1,180 @@
+"""Scale-by-scale sampling of HART's token pyramid, with classifier-free guidance.
+
+Legend: B images, S scales, pn side of scale k, l = pn² tokens of a scale, V codebook size,
+Cz latent channels, C transformer width, P side of the last scale.
+
+Guidance follows HART's convention: with guidance t, ``logits = (1 + t)·cond − t·uncond``, so t = 0
+is conditional-only sampling. t is ramped over scales (coarse scales barely guided): see
+:func:`guidance_per_scale`. Every HART-specific knob is an argument here with a documented default;
+nothing overrides the caller.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from openhart.tokenizer import MultiScaleQuantizer
+from openhart.transformer import HartTransformer
+from openhart.utils.random import GeneratorSpec, exponential_tensor, sample_categorical
+
+GUIDANCE_RAMPS = ("linear", "hart", "constant")
+
+
+def guidance_per_scale(guidance_scale: float, num_scales: int, ramp: str = "linear") -> list[float]:
+    """Guidance t of each scale; the last entry also guides the residual diffusion head.
+
+    * ``"linear"`` (default): t_k = g·k/(S−1), from 0 at the 1x1 scale to g at the last one.
+    * ``"hart"``: the released sampler: t_k = g·min(k, S−2)/(S−1) (its last scale reuses the value
+      of the scale before, so the last scale and the residual get g·(S−2)/(S−1)).
+    * ``"constant"``: t_k = g at every scale.
+    """
+    if ramp not in GUIDANCE_RAMPS:
+        raise ValueError(f"guidance_ramp must be one of {GUIDANCE_RAMPS}, got {ramp!r}")
+    if num_scales == 1 or ramp == "constant":
+        return [float(guidance_scale)] * num_scales
+    steps = [min(k, num_scales - 2) if ramp == "hart" else k for k in range(num_scales)]
+    return [guidance_scale * k / (num_scales - 1) for k in steps]
+
+
+def soft_input_temperature(scale_index: int, num_scales: int, ramp: str) -> tuple[float, float]:
+    """(ratio, τ) of the Gumbel-softmax next-scale inputs: τ = max(0.27·(1 − 0.95·ratio), 0.005).
+
+    ratio = k/(S−1) (the ``"hart"`` ramp reuses the previous scale's ratio at the last scale, as
+    the released sampler does).
+    """
+    if num_scales == 1:
+        return 1.0, 0.005
+    k = min(scale_index, num_scales - 2) if ramp == "hart" else scale_index
+    ratio = k / (num_scales - 1)
+    return ratio, max(0.27 * (1 - 0.95 * ratio), 0.005)
+
+
+def per_scale(value: object, num_scales: int, name: str) -> list:
+    """Broadcast a scalar (or None) to one value per scale; check a sequence's length."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if len(value) != num_scales:
+            raise ValueError(f"{name}: a per-scale sequence needs {num_scales} entries, got {len(value)}")
+        return list(value)
+    return [value] * num_scales
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """Set logits outside the top-k (ties with the k-th kept) and outside the top-p nucleus to −inf.
+
+    logits (..., V). ``top_k`` None or 0 and ``top_p`` None or ≥ 1 disable the respective filter.
+    """
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if top_p is not None and 0 < top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # Drop a token when the tokens ranked above it already hold top_p of the mass (keeps ≥ 1).
+        drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, -math.inf)
+    return logits
+
+
+@dataclass
+class TokenPyramid:
+    """What the scale sampler hands to the residual head and the decoder."""
+
+    ids: list[torch.Tensor]  # per scale (B, pn_k²) int64
+    discrete_latent: torch.Tensor  # (B, Cz, P, P): Σ Φ(up(h_k)) + h_last, the discrete-only latent
+    condition: torch.Tensor  # (B·P², C) residual-head condition of the prompt
+    uncond_condition: torch.Tensor | None  # (B·P², C) same for the unconditional branch, None unguided
+    residual_guidance: float  # guidance t for the residual head (the last scale's)
+
+
+@torch.no_grad()
+def sample_token_pyramid(
+    transformer: HartTransformer,
+    quantizer: MultiScaleQuantizer,
+    context: torch.Tensor,
+    context_mask: torch.Tensor,
+    uncond_context: torch.Tensor,
+    uncond_mask: torch.Tensor,
+    *,
+    guidance_scale: float = 4.5,
+    guidance_ramp: str = "linear",
+    top_k: int | Sequence[int | None] | None = None,
+    top_p: float | Sequence[float | None] | None = None,
+    temperature: float = 1.0,
+    smooth_inputs: bool = False,
+    generator: GeneratorSpec = None,
+    skip_unguided_branch: bool = True,
+    on_scale: Callable[[int], None] | None = None,
+) -> TokenPyramid:
+    """Sample the ids of every scale, coarse to fine, with a KV cache.
+
+    context/uncond_context (B, T, Dctx) with masks (B, T). ``top_k``/``top_p`` may be one value or
+    one per scale. ``smooth_inputs`` feeds the next scale with Gumbel-softmax (soft) token
+    embeddings instead of the sampled ones (the release's ``more_smooth``). With
+    ``skip_unguided_branch`` the unconditional half is not computed when every scale's guidance is 0
+    (the result is the same; it only saves work).
+    """
+    cfg = transformer.config
+    S = cfg.num_scales
+    B = context.shape[0]
+    guidance = guidance_per_scale(guidance_scale, S, guidance_ramp)
+    top_ks = per_scale(top_k, S, "top_k")
+    top_ps = per_scale(top_p, S, "top_p")
+    guided = not (skip_unguided_branch and all(t == 0 for t in guidance))
+
+    # CFG doubles the batch: rows [0, B) see the prompt, rows [B, 2B) the unconditional context.
+    if guided:
+        context = torch.cat((context, uncond_context))
+        context_mask = torch.cat((context_mask, uncond_mask))
+    state, logits = transformer.start_generation(context, context_mask)
+    P = cfg.patch_nums[-1]
+    dtype = quantizer.embedding.weight.dtype
+    f_hat = torch.zeros(B, cfg.latent_channels, P, P, device=context.device, dtype=dtype)
+    ids_per_scale: list[torch.Tensor] = []
+    next_input: torch.Tensor | None = None
+    hidden = logits  # replaced at every scale ≥ 1
+    for k in range(S):
+        if k > 0:
+            assert next_input is not None
+            inputs = torch.cat((next_input, next_input)) if guided else next_input
+            logits, hidden = transformer.generation_step(state, k, inputs)
+        logits = logits.float()
+        if guided:
+            t = guidance[k]
+            logits = (1 + t) * logits[:B] - t * logits[B:]  # (B, l, V)
+        logits = filter_logits(logits / temperature, top_ks[k], top_ps[k])
+        ids = sample_categorical(logits.softmax(dim=-1), generator)  # (B, l)
+        ids_per_scale.append(ids)
+        if smooth_inputs:
+            ratio, tau = soft_input_temperature(k, S, guidance_ramp)
+            gumbel_exp = exponential_tensor(logits.shape, generator, device=logits.device)  # (B, l, V)
+            soft = ((logits * (1 + ratio) - gumbel_exp.log()) / tau).softmax(dim=-1)
+            h = (soft @ quantizer.embedding.weight.float()).to(dtype)  # (B, l, Cz)
+        else:
+            h = quantizer.embed(ids)
+        f_hat, next_input = quantizer.next_scale_input(f_hat, h, k)
+        if on_scale is not None:
+            on_scale(k)
+
+    token_latents = quantizer.embed(ids_per_scale[-1])  # (B, P², Cz)
+    if guided:
+        token_latents = torch.cat((token_latents, token_latents))
+    condition = transformer.diffusion_condition(hidden, token_latents)  # (B or 2B, P², C)
+    condition = condition.reshape(-1, condition.shape[-1])
+    rows = B * P * P
+    return TokenPyramid(
+        ids=ids_per_scale,
+        discrete_latent=f_hat,
+        condition=condition[:rows],
+        uncond_condition=condition[rows:] if guided else None,
+        residual_guidance=guidance[-1] if guided else 0.0,
+    )
+
+
+def residual_rows_to_latent(rows: torch.Tensor, batch_size: int, side: int) -> torch.Tensor:
+    """(B·P², Cz) per-token residual rows (row-major tokens) → (B, Cz, P, P) map."""
+    return rows.view(batch_size, side, side, -1).permute(0, 3, 1, 2)

@@ -1,0 +1,59 @@
+"""Saving and loading a component's weights as ``model.safetensors`` with errors that name tensors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from openhart.utils.config import atomic_write_bytes
+
+WEIGHTS_NAME = "model.safetensors"
+
+
+class WeightsMismatchError(ValueError):
+    """A weights file does not fit the module built from its config (names the offending tensors)."""
+
+
+def save_weights(module: torch.nn.Module, folder: str | os.PathLike[str]) -> Path:
+    """Write the module's state dict to ``folder/model.safetensors`` atomically (temp file + rename)."""
+    state = {name: tensor.detach().contiguous().cpu() for name, tensor in module.state_dict().items()}
+    path = Path(folder) / WEIGHTS_NAME
+    atomic_write_bytes(path, save(state))
+    return path
+
+
+def load_weights(module: torch.nn.Module, folder: str | os.PathLike[str]) -> None:
+    """Load ``folder/model.safetensors`` into ``module`` exactly: every tensor present, same shapes.
+
+    Raises :class:`WeightsMismatchError` naming missing, unexpected or mis-shaped tensors, and
+    FileNotFoundError naming the file when it is absent.
+    """
+    path = Path(folder) / WEIGHTS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"missing weights file: {path}")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise WeightsMismatchError(f"{path}: not a readable safetensors file ({error})") from error
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mis_shaped = [
+        f"{name}: file {tuple(state[name].shape)} vs model {tuple(expected[name].shape)}"
+        for name in sorted(set(state) & set(expected))
+        if state[name].shape != expected[name].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing tensors {missing}")
+    if unexpected:
+        problems.append(f"unexpected tensors {unexpected}")
+    if mis_shaped:
+        problems.append(f"shape mismatch {mis_shaped}")
+    if problems:
+        raise WeightsMismatchError(f"{path}: " + "; ".join(problems))
+    module.load_state_dict(state, strict=True)
