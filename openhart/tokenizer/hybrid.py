@@ -1,0 +1,260 @@
+"""HybridTokenizer: images ⇄ latent ⇄ (discrete code ids per scale, continuous residual).
+
+encode: image → encoder → quant_conv → latent. split: latent → multi-scale residual quantizer →
+(ids per scale, residual). compose: ids (+ residual) → latent. decode: latent → post_quant_conv →
+decoder → image clamped to [−1, 1]. Submodule and parameter names follow the official checkpoint
+(``vae.`` prefix stripped), see ``official_tokenizer_state_dict``.
+
+Dimension legend: B batch, Cz latent channels, H = W latent side (= patch_nums[-1]),
+S scales, pn_k side of scale k, l = pn_k² tokens of one scale, L = Σ pn_k², V codebook size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from openhart.tokenizer.autoencoder import GROUPNORM_GROUPS, Decoder, Encoder
+from openhart.tokenizer.quantizer import MultiScaleQuantizer, phi_indices
+from openhart.utils.config import Config
+
+RELEASE_PATCH_NUMS = (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerConfig(Config):
+    """Sizes of the hybrid tokenizer. Defaults are the released 1024 px tokenizer."""
+
+    in_channels: int = 3
+    ch: int = 160  # width of the first level; must be a multiple of 32 (GroupNorm with 32 groups)
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)  # width multiplier per level; 2^(levels−1) downsampling
+    num_res_blocks: int = 2  # per encoder level; the decoder uses num_res_blocks + 1 (as VQGAN)
+    latent_channels: int = 32  # Cz
+    codebook_size: int = 4096  # V
+    patch_nums: tuple[int, ...] = RELEASE_PATCH_NUMS  # side of each scale; the last is the latent side
+    quant_conv_kernel: int = 3  # kernel of quant_conv / post_quant_conv (1×1 in plain VQGAN)
+    phi_ratio: float = 0.5  # Φ(h) = (1 − r)·h + r·conv3×3(h); 0.5 mixes the conv half-and-half
+    num_phi_convs: int = 4  # Φ convs shared by all scales, picked by relative scale
+    dropout: float = 0.0
+    commitment_beta: float = 0.25  # weight of the commitment term of the VQ training loss
+
+    def __post_init__(self) -> None:
+        # Accept lists (e.g. from keyword arguments) but store tuples so the config stays hashable.
+        for name in ("ch_mult", "patch_nums"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        for name in (
+            "in_channels",
+            "ch",
+            "num_res_blocks",
+            "latent_channels",
+            "codebook_size",
+            "quant_conv_kernel",
+            "num_phi_convs",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        if self.ch % GROUPNORM_GROUPS != 0:
+            raise ValueError(
+                f"ch: must be a multiple of {GROUPNORM_GROUPS} (GroupNorm groups), got {self.ch}"
+            )
+        if self.quant_conv_kernel % 2 != 1:
+            raise ValueError(f"quant_conv_kernel: must be odd (same-size conv), got {self.quant_conv_kernel}")
+        if (
+            not isinstance(self.ch_mult, tuple)
+            or not self.ch_mult
+            or not all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in self.ch_mult)
+        ):
+            raise ValueError(f"ch_mult: expected a non-empty tuple of positive ints, got {self.ch_mult!r}")
+        pn = self.patch_nums
+        if not isinstance(pn, tuple) or not all(isinstance(p, int) and not isinstance(p, bool) for p in pn):
+            raise ValueError(f"patch_nums: expected a tuple of ints, got {pn!r}")
+        if len(pn) < 2:
+            raise ValueError(f"patch_nums: need at least 2 scales, got {pn!r}")
+        if pn[0] != 1:
+            raise ValueError(f"patch_nums: the first scale must be 1 (one token), got {pn!r}")
+        if any(b <= a for a, b in itertools.pairwise(pn)):
+            raise ValueError(f"patch_nums: must be strictly increasing, got {pn!r}")
+        if not isinstance(self.phi_ratio, (int, float)) or not 0.0 <= self.phi_ratio <= 1.0:
+            raise ValueError(f"phi_ratio: expected a number in [0, 1], got {self.phi_ratio!r}")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout: expected a number in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.commitment_beta, (int, float)) or self.commitment_beta < 0:
+            raise ValueError(f"commitment_beta: expected a non-negative number, got {self.commitment_beta!r}")
+
+    @property
+    def downsample_factor(self) -> int:
+        """Image side / latent side."""
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def image_size(self) -> int:
+        return self.patch_nums[-1] * self.downsample_factor
+
+    @property
+    def latent_size(self) -> int:
+        return self.patch_nums[-1]
+
+    @property
+    def num_scales(self) -> int:
+        return len(self.patch_nums)
+
+    @property
+    def num_tokens(self) -> int:
+        """L = Σ pn_k² tokens over all scales."""
+        return sum(p * p for p in self.patch_nums)
+
+    @property
+    def phi_index_per_scale(self) -> tuple[int, ...]:
+        return phi_indices(self.num_phi_convs, self.num_scales)
+
+    @classmethod
+    def from_official_config(cls, official: Mapping[str, Any]) -> TokenizerConfig:
+        """Map an official ``hart_autoencoder_with_disc`` config.json onto this config.
+
+        Only the variant HART ships is supported (var_hybrid quantizer, shared Φ, no z-norm,
+        single decoder); anything else raises ValueError naming the field.
+        """
+        expectations = {
+            "quantizer_type": "var_hybrid",
+            "using_znorm": False,
+            "double_decoder": False,
+            "disable_quant_resi": False,
+        }
+        for key, expected in expectations.items():
+            if key in official and official[key] != expected:
+                raise ValueError(
+                    f"official config {key}={official[key]!r} is not supported (need {expected!r})"
+                )
+        share = int(official.get("share_quant_resi", 4))
+        if share < 1:
+            raise ValueError(f"official config share_quant_resi={share} (per-scale Φ) is not supported")
+        return cls(
+            ch=int(official["ch"]),
+            ch_mult=tuple(int(m) for m in official["ch_mult"]),
+            latent_channels=int(official["z_channels"]),
+            codebook_size=int(official["vocab_size"]),
+            patch_nums=tuple(int(p) for p in official["v_patch_nums"]),
+            quant_conv_kernel=int(official.get("quant_conv_ks", 3)),
+            phi_ratio=float(official.get("quant_resi", 0.5)),
+            num_phi_convs=share,
+            dropout=float(official.get("dropout", 0.0)),
+            commitment_beta=float(official.get("beta", 0.25)),
+        )
+
+
+def official_tokenizer_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official tokenizer weights → ``HybridTokenizer`` keys.
+
+    Strips the ``vae.`` prefix and drops the discriminator (``disc.*``, never used for inference)
+    and the codebook-usage statistics (``quantize.ema_vocab_hit_SV``, training only).
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if key.startswith("disc."):
+            continue
+        name = key[len("vae.") :] if key.startswith("vae.") else key
+        if name == "quantize.ema_vocab_hit_SV":
+            continue
+        out[name] = value
+    return out
+
+
+class HybridTokenizer(nn.Module):
+    """Conv autoencoder + multi-scale residual quantizer with a continuous residual."""
+
+    def __init__(self, config: TokenizerConfig) -> None:
+        super().__init__()
+        if not isinstance(config, TokenizerConfig):
+            raise TypeError(f"config: expected a TokenizerConfig, got {type(config).__name__}")
+        self.config = config
+        c = config
+        self.encoder = Encoder(c.in_channels, c.ch, c.ch_mult, c.num_res_blocks, c.latent_channels, c.dropout)
+        self.decoder = Decoder(c.in_channels, c.ch, c.ch_mult, c.num_res_blocks, c.latent_channels, c.dropout)
+        pad = c.quant_conv_kernel // 2
+        self.quant_conv = nn.Conv2d(c.latent_channels, c.latent_channels, c.quant_conv_kernel, padding=pad)
+        self.post_quant_conv = nn.Conv2d(
+            c.latent_channels, c.latent_channels, c.quant_conv_kernel, padding=pad
+        )
+        self.quantize = MultiScaleQuantizer(
+            c.codebook_size,
+            c.latent_channels,
+            c.patch_nums,
+            phi_ratio=c.phi_ratio,
+            num_phi_convs=c.num_phi_convs,
+            commitment_beta=c.commitment_beta,
+        )
+
+    # ------------------------------------------------------------------ pixels ⇄ latent
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, image_size, image_size) in [−1, 1] → latent (B, Cz, H, W)."""
+        self._check_images(images, "images")
+        return self.quant_conv(self.encoder(images))
+
+    def decode_unclamped(self, latent: torch.Tensor) -> torch.Tensor:
+        """Latent (B, Cz, H, W) → images (B, 3, image_size, image_size), not clamped."""
+        self.quantize.check_latent(latent, "latent")
+        return self.decoder(self.post_quant_conv(latent))
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """Latent (B, Cz, H, W) → images clamped to [−1, 1]."""
+        return self.decode_unclamped(latent).clamp(-1.0, 1.0)
+
+    # ------------------------------------------------------------------ latent ⇄ tokens
+    def split(self, latent: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Latent → (ids per scale [(B, pn_k²) int64], residual (B, Cz, H, W))."""
+        return self.quantize.quantize(latent)
+
+    def compose(self, ids: Sequence[torch.Tensor], residual: torch.Tensor | None = None) -> torch.Tensor:
+        """(ids per scale, optional residual) → latent; discrete-only when residual is None."""
+        return self.quantize.compose(ids, residual)
+
+    def compose_var_style(self, ids: Sequence[torch.Tensor]) -> torch.Tensor:
+        """VAR-style discrete latent (Φ also on the last scale, no residual)."""
+        return self.quantize.compose_var_style(ids)
+
+    # ------------------------------------------------------------------ round trips
+    def reconstruct(self, images: torch.Tensor, hybrid: bool = True) -> torch.Tensor:
+        """Encode, split, compose (with the residual when ``hybrid``), decode; clamped to [−1, 1]."""
+        ids, residual = self.split(self.encode(images))
+        return self.decode(self.compose(ids, residual if hybrid else None))
+
+    def forward(
+        self, images: torch.Tensor, use_residual: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Training pass: (unclamped reconstruction, VQ loss, ids per scale).
+
+        ``use_residual`` selects HART's continuous branch (decode the full latent) instead of the
+        discrete one; tokenizer training alternates the two.
+        """
+        latent = self.encode(images)
+        quantized, vq_loss, ids = self.quantize.training_forward(latent, use_residual=use_residual)
+        return self.decoder(self.post_quant_conv(quantized)), vq_loss, ids
+
+    # ------------------------------------------------------------------ checks
+    def _check_images(self, images: torch.Tensor, name: str) -> None:
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(images).__name__}")
+        c, size = self.config.in_channels, self.config.image_size
+        if images.dim() != 4:
+            raise ValueError(
+                f"{name}: expected rank 4 (B, {c}, {size}, {size}), got shape {tuple(images.shape)}"
+            )
+        if images.shape[1] != c:
+            raise ValueError(
+                f"{name}: expected {c} channels, got {images.shape[1]} (shape {tuple(images.shape)})"
+            )
+        if images.shape[2:] != (size, size):
+            raise ValueError(
+                f"{name}: expected spatial size {size}×{size} (config.image_size), got "
+                f"{images.shape[2]}×{images.shape[3]}"
+            )
+        if not images.is_floating_point():
+            raise TypeError(f"{name}: expected a floating-point tensor, got {images.dtype}")
