@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,6 +168,7 @@ class HartPipeline:
         residual_temperature: float = 1.0,
         sample_residual: bool = True,
         progress: bool = False,
+        stage_callback: Callable[[str], None] | None = None,
     ) -> HartPipelineOutput | Any:
         """Generate images for ``prompt``.
 
@@ -194,6 +195,8 @@ class HartPipeline:
             residual_temperature: multiplies the residual head's per-step noise.
             sample_residual: False decodes the discrete-only latent (a VAR-style baseline).
             progress: show a progress bar over scales.
+            stage_callback: called with a stage name when it finishes: "text_encoder",
+                "scale_0".."scale_{S-1}", "residual", "decode" (benchmarks time stages with it).
         """
         # 1. Check inputs.
         prompts = _check_prompt_list(prompt, "prompt")
@@ -230,6 +233,8 @@ class HartPipeline:
             uncond_context, uncond_mask = self.encode_prompt(negatives)
         else:
             uncond_context, uncond_mask = self.empty_context(batch_size)
+        notify = stage_callback or (lambda stage: None)
+        notify("text_encoder")
 
         # 3. Sample the discrete token pyramid, scale by scale.
         num_scales = self.transformer.config.num_scales
@@ -248,7 +253,7 @@ class HartPipeline:
             temperature=float(temperature),
             smooth_inputs=smooth_inputs,
             generator=generator,
-            on_scale=lambda _: bar.update(1),
+            on_scale=lambda k: (bar.update(1), notify(f"scale_{k}")),
         )
         bar.close()
 
@@ -265,9 +270,11 @@ class HartPipeline:
             )  # (B·P², Cz)
             side = self.transformer.config.patch_nums[-1]
             latent = latent + residual_rows_to_latent(residual_rows, batch_size, side).to(latent.dtype)
+            notify("residual")
 
         # 5. Decode to pixels and post-process.
         images = (self.tokenizer.decode(latent).float() + 1) / 2  # (B, 3, H, W) in [0, 1]
+        notify("decode")
         output = _to_output_type(images.clamp(0, 1), output_type)
         return HartPipelineOutput(images=output) if return_dict else output
 

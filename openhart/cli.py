@@ -1,0 +1,281 @@
+"""The ``openhart`` command: generate images, inspect models, benchmark.
+
+openhart generate "a red fox in the snow" -o fox.png --model tiny --seed 0
+openhart info hart-0.7b-1024
+openhart bench --model hart-0.7b-512 --batch-size 1 --device cpu
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import secrets
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from PIL import Image
+
+from openhart.pipeline import HartPipeline
+from openhart.presets import PRESETS, build_pipeline, preset_configs
+from openhart.utils.config import atomic_write_bytes
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="OpenHART: text-to-image with HART.")
+logger = logging.getLogger("openhart")
+
+# Where trained weights of a preset ship inside the package (the embedded default model lands here).
+PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "weights"
+DEFAULT_MODEL = "emoji-64"
+
+
+class DeviceChoice(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class DtypeChoice(str, Enum):
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise typer.BadParameter("CUDA is not available on this machine", param_hint="--device")
+    if choice == "mps" and not torch.backends.mps.is_available():
+        raise typer.BadParameter("Apple MPS is not available on this machine", param_hint="--device")
+    return torch.device(choice)
+
+
+def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
+    if choice == "auto":
+        # bf16 halves memory and is fast on GPUs; on CPUs fp32 is the safe default.
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, choice)
+
+
+def load_model(model: str | None, device: torch.device, dtype: torch.dtype, seed: int = 0) -> HartPipeline:
+    """A model folder, a preset with shipped weights, or a preset with random weights (with a warning)."""
+    name = model or DEFAULT_MODEL
+    path = Path(name)
+    if path.is_dir():
+        return HartPipeline.from_pretrained(path, device=device, dtype=dtype)
+    if name in PRESETS:
+        shipped = PACKAGED_WEIGHTS / name
+        if shipped.is_dir():
+            return HartPipeline.from_pretrained(shipped, device=device, dtype=dtype)
+        if model is None:
+            raise typer.BadParameter(
+                f"the embedded default model {DEFAULT_MODEL!r} is not trained and shipped yet; "
+                "pass --model with a saved model folder or a preset name (random weights)",
+                param_hint="--model",
+            )
+        logger.warning("preset %r has no trained weights here: using RANDOM weights (seed %d)", name, seed)
+        return build_pipeline(name, seed=seed, device=device, dtype=dtype)
+    raise typer.BadParameter(
+        f"{name!r} is neither a model folder nor a preset (presets: {', '.join(sorted(PRESETS))})",
+        param_hint="--model",
+    )
+
+
+def save_png(image: Image.Image, path: Path) -> None:
+    """Write a PNG atomically (a temp file renamed into place), so no half-written file is left."""
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def make_grid(images: list[Image.Image], columns: int | None = None) -> Image.Image:
+    columns = columns or math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / columns)
+    width, height = images[0].size
+    grid = Image.new("RGB", (columns * width, rows * height), "white")
+    for i, image in enumerate(images):
+        grid.paste(image, ((i % columns) * width, (i // columns) * height))
+    return grid
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
+
+
+@app.command()
+def generate(
+    prompts: Annotated[list[str], typer.Argument(help="One or more prompts.")],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="PNG path (numbered when several images) or a folder.")
+    ],
+    model: Annotated[
+        str | None, typer.Option(help="Model folder or preset name (default: the embedded model).")
+    ] = None,
+    negative_prompt: Annotated[
+        str | None, typer.Option(help="Prompt for CFG's unconditional branch.")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(min=0, help="Seed of image 0; image i uses seed + i. Random when unset.")
+    ] = None,
+    guidance_scale: Annotated[float, typer.Option(min=0.0, help="CFG strength (0 = no guidance).")] = 4.5,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="Residual diffusion steps (default: the model's, 8).")
+    ] = None,
+    num_images: Annotated[int, typer.Option(min=1, max=64, help="Images per prompt.")] = 1,
+    top_k: Annotated[
+        int | None, typer.Option(min=0, help="Keep the k most likely codes (0/unset: all).")
+    ] = None,
+    top_p: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Nucleus filter.")] = None,
+    grid: Annotated[bool, typer.Option("--grid", help="Also write all images as one grid PNG.")] = False,
+    device: Annotated[DeviceChoice, typer.Option(help="Where to run.")] = DeviceChoice.auto,
+    dtype: Annotated[
+        DtypeChoice, typer.Option(help="Weights dtype (auto: bf16 on CUDA, fp32 elsewhere).")
+    ] = DtypeChoice.auto,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Generate images from prompts and write them as PNGs."""
+    _setup_logging(verbose)
+    torch_device = resolve_device(device.value)
+    pipeline = load_model(model, torch_device, resolve_dtype(dtype.value, torch_device))
+    first_seed = seed if seed is not None else secrets.randbelow(2**31)
+    total = len(prompts) * num_images
+    generators = [torch.Generator().manual_seed(first_seed + i) for i in range(total)]
+    try:
+        result = pipeline(
+            prompts,
+            negative_prompt=negative_prompt,
+            guidance_scale=guidance_scale,
+            num_inference_steps=steps,
+            num_images_per_prompt=num_images,
+            generator=generators,
+            top_k=top_k,
+            top_p=top_p,
+            progress=torch_device.type == "cpu",
+        )
+    except (ValueError, TypeError) as error:
+        raise typer.BadParameter(str(error)) from error
+    images = result.images
+    paths = _output_paths(output, total)
+    for index, (image, path) in enumerate(zip(images, paths, strict=True)):
+        save_png(image, path)
+        typer.echo(f"wrote {path}  (prompt {prompts[index // num_images]!r}, seed {first_seed + index})")
+    if grid and total > 1:
+        grid_path = paths[0].with_name(f"{paths[0].stem.rsplit('-', 1)[0]}-grid.png")
+        save_png(make_grid(images), grid_path)
+        typer.echo(f"wrote {grid_path}  (grid of {total})")
+
+
+def _output_paths(output: Path, count: int) -> list[Path]:
+    if output.is_dir() or output.suffix == "":
+        return [output / f"image-{i:03d}.png" for i in range(count)]
+    if output.suffix.lower() != ".png":
+        raise typer.BadParameter(f"only .png output is supported, got {output.name!r}", param_hint="--output")
+    if count == 1:
+        return [output]
+    return [output.with_name(f"{output.stem}-{i:03d}.png") for i in range(count)]
+
+
+@app.command()
+def info(model: Annotated[str, typer.Argument(help="Model folder or preset name.")]) -> None:
+    """Print a model's components, parameter counts, scales and resolution."""
+    if Path(model).is_dir():
+        pipeline = HartPipeline.from_pretrained(model)
+        configs = {name: module.config for name, module in pipeline.components.items()}
+        counts = pipeline.num_parameters()
+    elif model in PRESETS:
+        preset = preset_configs(model)
+        configs = {
+            "text_encoder": preset.text_encoder,
+            "tokenizer": preset.tokenizer,
+            "transformer": preset.transformer,
+            "diffusion_head": preset.diffusion_head,
+        }
+        counts = _count_parameters_without_allocating(model)
+        typer.echo(f"preset {model}: {PRESETS[model].description}")
+    else:
+        raise typer.BadParameter(f"{model!r} is neither a model folder nor a preset", param_hint="MODEL")
+    tokenizer, transformer = configs["tokenizer"], configs["transformer"]
+    typer.echo(f"image size      {tokenizer.image_size} x {tokenizer.image_size}")
+    typer.echo(f"scales          {len(transformer.patch_nums)}: {list(transformer.patch_nums)}")
+    typer.echo(
+        f"image tokens    {transformer.num_image_tokens} (+ {transformer.context_tokens} prompt tokens)"
+    )
+    typer.echo(f"codebook        {tokenizer.codebook_size} x {tokenizer.latent_channels}")
+    for name, count in counts.items():
+        typer.echo(f"{name:<16}{count / 1e6:>10.2f} M params   {type(configs[name]).__name__}")
+    typer.echo(f"{'total':<16}{sum(counts.values()) / 1e6:>10.2f} M params")
+
+
+def _count_parameters_without_allocating(preset: str) -> dict[str, int]:
+    from openhart.diffusion import ResidualDiffusionHead
+    from openhart.tokenizer import HybridTokenizer
+    from openhart.transformer import HartTransformer
+
+    configs = preset_configs(preset)
+    counts = {}
+    if configs.text_encoder.kind == "hash":
+        counts["text_encoder"] = configs.text_encoder.vocab_size * configs.text_encoder.hidden_size
+    else:
+        from openhart.text import build_text_encoder
+
+        counts["text_encoder"] = sum(p.numel() for p in build_text_encoder(configs.text_encoder).parameters())
+    with torch.device("meta"):
+        for name, module in (
+            ("tokenizer", HybridTokenizer(configs.tokenizer)),
+            ("transformer", HartTransformer(configs.transformer)),
+            ("diffusion_head", ResidualDiffusionHead(configs.diffusion_head)),
+        ):
+            counts[name] = sum(p.numel() for p in module.parameters())
+    return counts
+
+
+@app.command()
+def bench(
+    model: Annotated[
+        str, typer.Option(help="Model folder or preset name (presets use random weights).")
+    ] = "tiny",
+    batch_size: Annotated[int, typer.Option(min=1)] = 1,
+    steps: Annotated[int | None, typer.Option(min=1, help="Residual diffusion steps.")] = None,
+    guidance_scale: Annotated[float, typer.Option(min=0.0)] = 4.5,
+    warmup: Annotated[int, typer.Option(min=0)] = 1,
+    repeats: Annotated[int, typer.Option(min=1)] = 3,
+    device: Annotated[DeviceChoice, typer.Option()] = DeviceChoice.auto,
+    dtype: Annotated[DtypeChoice, typer.Option()] = DtypeChoice.auto,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON.")] = None,
+) -> None:
+    """Per-stage latency and peak memory of one model on one device (not a test: a table)."""
+    from openhart.evaluation.benchmark import benchmark_pipeline
+
+    logging.basicConfig(level=logging.ERROR)
+    torch_device = resolve_device(device.value)
+    pipeline = load_model(model, torch_device, resolve_dtype(dtype.value, torch_device))
+    result = benchmark_pipeline(
+        pipeline,
+        preset=model,
+        batch_size=batch_size,
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
+        warmup=warmup,
+        repeats=repeats,
+    )
+    typer.echo(result.table())
+    if json_out is not None:
+        atomic_write_bytes(json_out, (json.dumps(result.to_dict(), indent=2) + "\n").encode())
+        typer.echo(f"wrote {json_out}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""Evaluation and benchmarking tools (not tests: their outputs are tables)."""
