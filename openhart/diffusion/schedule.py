@@ -149,7 +149,9 @@ class DiffusionSchedule:
         }
         for name, value in arrays.items():
             setattr(self, name, torch.from_numpy(value))  # float64 CPU tensors, (S,)
-        self.timestep_map = torch.tensor(list(timestep_map), dtype=torch.int64)  # (S,) original timesteps
+        self.timestep_map = torch.tensor(
+            list(timestep_map), dtype=torch.int64, device="cpu"
+        )  # (S,) original timesteps
 
     # Declared for type checkers and readers; assigned in __init__.
     betas: torch.Tensor

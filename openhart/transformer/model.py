@@ -117,6 +117,10 @@ class HartTransformer(nn.Module):
         if not bool(context_mask.any(dim=1).all()):
             raise ValueError("context_mask: every row needs at least one valid token")
         dtype = self.context_embed.weight.dtype
+        if cfg.mask_context_padding:
+            # Padded positions still run as queries (the last one predicts scale 0 under right
+            # padding), so blank their inputs: whatever the text encoder left there is irrelevant.
+            context = context.masked_fill(~context_mask.unsqueeze(-1), 0.0)
         tokens = self.context_embed(self.context_norm(context.to(dtype)))  # (B, T, C)
         return (
             tokens,
