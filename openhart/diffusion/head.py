@@ -20,10 +20,8 @@ from torch import nn
 
 from openhart.diffusion.schedule import DiffusionSchedule, StepCallback
 from openhart.utils.config import Config
+from openhart.utils.embeddings import TimestepEmbedder
 from openhart.utils.random import GeneratorSpec, randn_tensor
-
-TIMESTEP_FREQ_DIM = 256  # sinusoidal features fed to the timestep MLP ([cos | sin], 128 each)
-TIMESTEP_MAX_PERIOD = 10000
 
 
 @dataclass(frozen=True)
@@ -66,32 +64,8 @@ class DiffusionHeadConfig(Config):
             raise ValueError(f"output_scale: must be a positive finite number, got {scale!r}")
 
 
-def timestep_features(timesteps: torch.Tensor, dim: int = TIMESTEP_FREQ_DIM) -> torch.Tensor:
-    """[cos(t·f) | sin(t·f)] with f_i = 10000^(−i/(dim/2)), i < dim/2; (N,) -> (N, dim) float32."""
-    half = dim // 2
-    freqs = torch.exp(
-        -math.log(TIMESTEP_MAX_PERIOD)
-        * torch.arange(half, dtype=torch.float32, device=timesteps.device)
-        / half
-    )
-    angles = timesteps[:, None].float() * freqs[None]  # (N, half)
-    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
-
-
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale) + shift
-
-
-class TimestepEmbedder(nn.Module):
-    """Original integer timestep -> (N, W) through sinusoidal features and Linear–SiLU–Linear."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(TIMESTEP_FREQ_DIM, width), nn.SiLU(), nn.Linear(width, width))
-
-    def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
-        features = timestep_features(timesteps).to(self.mlp[0].weight.dtype)
-        return self.mlp(features)
 
 
 class ResBlock(nn.Module):

@@ -153,25 +153,3 @@ class AdaLNBeforeHead(nn.Module):
     def forward(self, x: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         scale, shift = self.ada_lin(pooled).view(pooled.shape[0], 2, -1).unsqueeze(2).unbind(1)  # (B, 1, C)
         return self.norm(x) * (1 + scale) + shift
-
-
-def sinusoidal_embedding(values: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
-    """values (N,) → (N, dim) = [cos(v·f), sin(v·f)], f_i = max_period^(-i/(dim/2)) (DiT/HART order)."""
-    half = dim // 2
-    freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=values.device) / half
-    )
-    args = values.float().unsqueeze(-1) * freqs
-    return torch.cat((torch.cos(args), torch.sin(args)), dim=-1)
-
-
-class TimestepLevelEmbedding(nn.Module):
-    """Scale index → sinusoid (256) → Linear → SiLU → Linear (the release's level embedding)."""
-
-    def __init__(self, width: int, frequency_dim: int = 256) -> None:
-        super().__init__()
-        self.frequency_dim = frequency_dim
-        self.mlp = nn.Sequential(nn.Linear(frequency_dim, width), nn.SiLU(), nn.Linear(width, width))
-
-    def forward(self, levels: torch.Tensor) -> torch.Tensor:
-        return self.mlp(sinusoidal_embedding(levels, self.frequency_dim).to(self.mlp[0].weight.dtype))

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from openhart.transformer.blocks import AdaLNBeforeHead, RMSNorm, TimestepLevelEmbedding, TransformerBlock
+from openhart.transformer.blocks import AdaLNBeforeHead, RMSNorm, TransformerBlock
 from openhart.transformer.cache import KVCache
 from openhart.transformer.config import HartTransformerConfig
 from openhart.transformer.rope import Rope, rope_1d_angles, rope_2d_angles, scale_grid
+from openhart.utils.embeddings import TimestepEmbedder
 
 
 @dataclass
@@ -58,7 +59,7 @@ class HartTransformer(nn.Module):
         self.context_embed = nn.Linear(config.context_dim, C)
         self.word_embed = nn.Linear(config.latent_channels, C)
         if config.level_embedding == "timestep":
-            self.lvl_embed: nn.Module = TimestepLevelEmbedding(C)
+            self.lvl_embed: nn.Module = TimestepEmbedder(C)  # scale index as a "timestep"
         else:
             self.lvl_embed = nn.Embedding(config.num_scales, C)
         self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.depth))
