@@ -37,6 +37,17 @@ def _generator_device(generator: torch.Generator | None) -> torch.device:
     return generator.device if generator is not None else torch.device("cpu")
 
 
+def _draw(
+    sampler, shape: Sequence[int], generator: GeneratorSpec, device, dtype: torch.dtype
+) -> torch.Tensor:
+    """Draw float32 numbers chunk by chunk on each generator's device, then move and cast once."""
+    parts = [
+        sampler(part_shape, generator=g, device=_generator_device(g), dtype=torch.float32)
+        for g, part_shape in _chunks(shape, generator)
+    ]
+    return torch.cat(parts).to(device=device, dtype=dtype)
+
+
 def randn_tensor(
     shape: Sequence[int],
     generator: GeneratorSpec = None,
@@ -44,11 +55,7 @@ def randn_tensor(
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Standard normal noise of ``shape``, drawn per the generator spec, returned on ``device``."""
-    parts = [
-        torch.randn(part_shape, generator=g, device=_generator_device(g), dtype=torch.float32)
-        for g, part_shape in _chunks(shape, generator)
-    ]
-    return torch.cat(parts).to(device=device, dtype=dtype)
+    return _draw(torch.randn, shape, generator, device, dtype)
 
 
 def rand_tensor(
@@ -58,11 +65,7 @@ def rand_tensor(
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Uniform [0, 1) numbers of ``shape``, drawn per the generator spec, returned on ``device``."""
-    parts = [
-        torch.rand(part_shape, generator=g, device=_generator_device(g), dtype=torch.float32)
-        for g, part_shape in _chunks(shape, generator)
-    ]
-    return torch.cat(parts).to(device=device, dtype=dtype)
+    return _draw(torch.rand, shape, generator, device, dtype)
 
 
 def exponential_tensor(
