@@ -253,7 +253,7 @@ class HartPipeline:
             temperature=float(temperature),
             smooth_inputs=smooth_inputs,
             generator=generator,
-            on_scale=lambda k: (bar.update(1), notify(f"scale_{k}")),
+            on_scale=lambda k, _logits: (bar.update(1), notify(f"scale_{k}")),
         )
         bar.close()
 

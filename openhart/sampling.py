@@ -53,6 +53,13 @@ def soft_input_temperature(scale_index: int, num_scales: int, ramp: str) -> tupl
     return ratio, max(0.27 * (1 - 0.95 * ratio), 0.005)
 
 
+def gumbel_soft_probs(
+    logits: torch.Tensor, exponentials: torch.Tensor, ratio: float, tau: float
+) -> torch.Tensor:
+    """Gumbel-softmax probabilities softmax((logits·(1 + ratio) − log E)/τ), E ~ Exp(1) (gumbel = −log E)."""
+    return ((logits * (1 + ratio) - exponentials.log()) / tau).softmax(dim=-1)
+
+
 def per_scale(value: object, num_scales: int, name: str) -> list:
     """Broadcast a scalar (or None) to one value per scale; check a sequence's length."""
     if isinstance(value, Sequence) and not isinstance(value, str):
@@ -108,7 +115,8 @@ def sample_token_pyramid(
     smooth_inputs: bool = False,
     generator: GeneratorSpec = None,
     skip_unguided_branch: bool = True,
-    on_scale: Callable[[int], None] | None = None,
+    on_scale: Callable[[int, torch.Tensor], None] | None = None,
+    replay_ids: Sequence[torch.Tensor] | None = None,
 ) -> TokenPyramid:
     """Sample the ids of every scale, coarse to fine, with a KV cache.
 
@@ -116,7 +124,9 @@ def sample_token_pyramid(
     one per scale. ``smooth_inputs`` feeds the next scale with Gumbel-softmax (soft) token
     embeddings instead of the sampled ones (the release's ``more_smooth``). With
     ``skip_unguided_branch`` the unconditional half is not computed when every scale's guidance is 0
-    (the result is the same; it only saves work).
+    (the result is the same; it only saves work). ``on_scale(k, logits)`` is called when scale k is done, with
+    its guided logits (B, l, V) before temperature and filters. ``replay_ids`` (one (B, pn_k²) tensor per
+    scale) replaces the token draws with recorded ones, to replay a recorded run exactly.
     """
     cfg = transformer.config
     S = cfg.num_scales
@@ -146,19 +156,23 @@ def sample_token_pyramid(
         if guided:
             t = guidance[k]
             logits = (1 + t) * logits[:B] - t * logits[B:]  # (B, l, V)
+        guided_logits = logits
         logits = filter_logits(logits / temperature, top_ks[k], top_ps[k])
-        ids = sample_categorical(logits.softmax(dim=-1), generator)  # (B, l)
+        if replay_ids is not None:
+            ids = replay_ids[k].to(logits.device)
+        else:
+            ids = sample_categorical(logits.softmax(dim=-1), generator)  # (B, l)
         ids_per_scale.append(ids)
         if smooth_inputs:
             ratio, tau = soft_input_temperature(k, S, guidance_ramp)
-            gumbel_exp = exponential_tensor(logits.shape, generator, device=logits.device)  # (B, l, V)
-            soft = ((logits * (1 + ratio) - gumbel_exp.log()) / tau).softmax(dim=-1)
+            exponentials = exponential_tensor(logits.shape, generator, device=logits.device)  # (B, l, V)
+            soft = gumbel_soft_probs(logits, exponentials, ratio, tau)
             h = (soft @ quantizer.embedding.weight.float()).to(dtype)  # (B, l, Cz)
         else:
             h = quantizer.embed(ids)
         f_hat, next_input = quantizer.next_scale_input(f_hat, h, k)
         if on_scale is not None:
-            on_scale(k)
+            on_scale(k, guided_logits)
 
     token_latents = quantizer.embed(ids_per_scale[-1])  # (B, P², Cz)
     if guided:

@@ -309,6 +309,28 @@ def _dtype_kwarg() -> str:
     return "dtype" if Version(transformers.__version__).release >= (4, 56) else "torch_dtype"
 
 
+@torch.no_grad()
+def last_hidden_states(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    mask: torch.Tensor,
+    system_prompt_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The context of token ids (B, T) with mask (B, T): the model's last hidden layer, (B, T, D).
+
+    With ``system_prompt_ids`` (P,) the system prompt is put in front of every row, fully attended
+    to, the model runs on the concatenation with its own positions 0, 1, 2, …, and the P system
+    positions are dropped from the output (the released HART's ``use_llm_system_prompt``).
+    """
+    num_system = 0 if system_prompt_ids is None else system_prompt_ids.numel()
+    if num_system:
+        system = system_prompt_ids.to(input_ids.device).expand(input_ids.shape[0], -1)  # (B, P)
+        input_ids = torch.cat([system, input_ids], dim=1)  # (B, P + T)
+        mask = torch.cat([torch.ones_like(system, dtype=torch.bool), mask], dim=1)
+    outputs = model(input_ids=input_ids, attention_mask=mask.long(), output_hidden_states=True)
+    return outputs.hidden_states[-1][:, num_system:]  # (B, T, D)
+
+
 class TransformersTextEncoder(TextEncoder):
     """A frozen ``transformers`` model from a local folder; context = its last hidden state.
 
@@ -413,19 +435,7 @@ class TransformersTextEncoder(TextEncoder):
     def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         input_ids, mask = self._tokenize(prompts)
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-        num_system = self.system_prompt_ids.numel()
-        if num_system:
-            system = self.system_prompt_ids.to(self.device).expand(input_ids.shape[0], -1)  # (B, P)
-            model_ids = torch.cat([system, input_ids], dim=1)  # (B, P + T)
-            model_mask = torch.cat([torch.ones_like(system, dtype=torch.bool), mask], dim=1)
-        else:
-            model_ids, model_mask = input_ids, mask
-        with torch.no_grad():
-            outputs = self.model(
-                input_ids=model_ids, attention_mask=model_mask.long(), output_hidden_states=True
-            )
-        context = outputs.hidden_states[-1][:, num_system:]  # (B, T, D): system-prompt vectors dropped
-        return context, mask
+        return last_hidden_states(self.model, input_ids, mask, self.system_prompt_ids), mask
 
     def save_pretrained(self, save_directory: str | os.PathLike[str], copy_weights: bool = False) -> None:
         """Write ``config.json``; with ``copy_weights`` also copy the model and tokenizer into the folder.

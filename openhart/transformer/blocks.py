@@ -113,15 +113,19 @@ class TransformerBlock(nn.Module):
         self.attn = Attention(config)
         self.ffn_norm = RMSNorm(config.width, config.norm_eps)
         self.ffn = SwiGLU(config.width, config.ffn_hidden)
-        self.use_adaln = config.adaln == "block"
-        if self.use_adaln:
+        self.adaln = config.adaln
+        if self.adaln == "block":
             self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(config.width, 6 * config.width))
+        elif self.adaln == "table":
+            self.scale_shift_table = nn.Parameter(torch.zeros(6, config.width))
 
     def modulation(self, pooled: torch.Tensor) -> torch.Tensor | None:
         """pooled (B, C) → (B, 6, C) = [gamma1, gamma2, scale1, scale2, shift1, shift2], or None."""
-        if not self.use_adaln:
-            return None
-        return self.ada_lin(pooled).view(pooled.shape[0], 6, -1)
+        if self.adaln == "block":
+            return self.ada_lin(pooled).view(pooled.shape[0], 6, -1)
+        if self.adaln == "table":
+            return self.scale_shift_table.unsqueeze(0) + pooled.unsqueeze(1)  # same pooled vector in all six
+        return None
 
     def forward(
         self,

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from openhart.utils.config import Config
 
-ADALN_MODES = ("block", "none")
+ADALN_MODES = ("block", "table", "none")
 POOLING_MODES = ("max", "mean")
 LEVEL_EMBEDDINGS = ("timestep", "table")
 ROPE_2D_LAYOUTS = ("axial", "hart")
@@ -31,7 +31,9 @@ class HartTransformerConfig(Config):
     mlp_hidden: int | None = None  # None: round_up_256(int(C * mlp_ratio * 2/3)), Llama's SwiGLU rule
     mlp_ratio: float = 4.0
     norm_eps: float = 1e-6
-    adaln: str = "block"  # "block": per-block AdaLN from the pooled prompt; "none": plain pre-norm blocks
+    # "block": per-block AdaLN, Linear(SiLU(pooled prompt)) → 6 vectors; "table": a learned (6, C) table per
+    # block plus the pooled prompt (PixArt-style, the release's shared_aln); "none": plain pre-norm blocks.
+    adaln: str = "block"
     block_pooling: str = "mean"  # how the prompt is pooled for block AdaLN: "mean" (masked) or "max"
     head_pooling: str = "mean"  # same for the AdaLN before the logits head (the release uses "max")
     level_embedding: str = "timestep"  # "timestep": sinusoid + MLP of the scale index; "table": nn.Embedding

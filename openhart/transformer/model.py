@@ -32,6 +32,7 @@ from openhart.utils.embeddings import TimestepEmbedder
 class TransformerOutput:
     logits: torch.Tensor  # (B, L, V), or (B, L', V) with the last scale subsampled
     last_scale_hidden: torch.Tensor  # (B, l_last, C): last block's output at the last scale's tokens
+    hidden_states: torch.Tensor  # (B, T + L − 1, C): last block's output at every position, prompt first
 
 
 @dataclass
@@ -97,9 +98,12 @@ class HartTransformer(nn.Module):
             )
             nn.init.zeros_(block.attn.q_bias)
             nn.init.zeros_(block.attn.v_bias)
-            if block.use_adaln:
-                with torch.no_grad():
+            with torch.no_grad():
+                if block.adaln == "block":
                     block.ada_lin[1].bias[: 2 * C].fill_(1.0)  # gamma1, gamma2
+                elif block.adaln == "table":
+                    block.scale_shift_table.normal_(std=std)
+                    block.scale_shift_table[:2].add_(1.0)
 
     # ------------------------------------------------------------------ shared pieces
     def embed_context(
@@ -225,7 +229,7 @@ class HartTransformer(nn.Module):
         last_count = (
             cfg.patch_nums[-1] ** 2 if last_scale_positions is None else last_scale_positions.shape[1]
         )
-        return TransformerOutput(logits=logits, last_scale_hidden=x[:, -last_count:])
+        return TransformerOutput(logits=logits, last_scale_hidden=x[:, -last_count:], hidden_states=x)
 
     def _subsample_last_scale(
         self,

@@ -39,6 +39,14 @@ def load_weights(module: torch.nn.Module, folder: str | os.PathLike[str]) -> Non
         state = load_file(str(path))
     except (SafetensorError, OSError) as error:
         raise WeightsMismatchError(f"{path}: not a readable safetensors file ({error})") from error
+    load_state_exactly(module, state, str(path))
+
+
+def load_state_exactly(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``module`` requiring the same tensor names and shapes (dtypes are cast).
+
+    Raises :class:`WeightsMismatchError` naming every missing, unexpected or mis-shaped tensor.
+    """
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -55,5 +63,5 @@ def load_weights(module: torch.nn.Module, folder: str | os.PathLike[str]) -> Non
     if mis_shaped:
         problems.append(f"shape mismatch {mis_shaped}")
     if problems:
-        raise WeightsMismatchError(f"{path}: " + "; ".join(problems))
+        raise WeightsMismatchError(f"{source}: " + "; ".join(problems))
     module.load_state_dict(state, strict=True)

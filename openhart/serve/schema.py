@@ -1,0 +1,214 @@
+"""The HTTP API's shapes: per-server limits, the generate request, and every response body.
+
+Legend: N images of one request (``num_images``), H×W image size in pixels.
+
+The request model is built per server (:func:`build_request_model`) because its bounds are the
+server's limits (``--max-prompt-chars`` ...); that way the OpenAPI schema documents the bounds that
+are actually enforced, and pydantic names the offending field in every 422. The request is strict:
+unknown fields are refused (``extra="forbid"``), strings are never coerced to numbers, booleans are
+not integers and NaN/±inf are not numbers. No field takes a file-system path.
+
+This module deliberately has no ``from __future__ import annotations``: the request class is
+defined inside a function and pydantic must see its annotations as objects, not strings.
+"""
+
+import dataclasses
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from openhart.utils.config import Config
+
+# Seeds stay below 2**32 so that they are exact as JavaScript numbers (the UI) and in any RNG.
+MAX_SEED = 2**32 - 1
+DEFAULT_GUIDANCE_SCALE = 4.5  # the released HART sampler's value (README, "Sampler settings")
+IMAGE_FORMATS = ("png", "jpeg", "base64")
+# Formats that answer with the raw image bytes instead of JSON: one image per request.
+RAW_FORMATS = {"png": "image/png", "jpeg": "image/jpeg"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeLimits(Config):
+    """What one request may ask for; anything beyond gets a 4xx naming the field.
+
+    max_prompt_chars: longest ``prompt`` / ``negative_prompt`` in characters (the text encoder
+        truncates to its own token budget anyway; this only bounds the work and the memory).
+    max_num_images: most images one request may ask for (N).
+    max_steps: most residual diffusion steps (the head respaces its 1000 training steps).
+    max_guidance_scale: largest CFG strength (HART's convention: 0 = conditional only).
+    max_body_bytes: largest request body; bigger bodies get 413 before they are parsed.
+    request_timeout_s: queue wait + generation of one request; past it the client gets 504
+        and the work for it is dropped at the next stage boundary.
+    """
+
+    max_prompt_chars: int = 1000
+    max_num_images: int = 4
+    max_steps: int = 50
+    max_guidance_scale: float = 20.0
+    max_body_bytes: int = 1 << 20
+    request_timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_prompt_chars", "max_num_images", "max_steps", "max_body_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        for name in ("max_guidance_scale", "request_timeout_s"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+def build_request_model(limits: ServeLimits, default_steps: int) -> type[BaseModel]:
+    """The body of ``POST /api/generate`` with this server's ``limits`` as its bounds."""
+
+    class GenerateRequest(BaseModel):
+        """One prompt → ``num_images`` images; image i is drawn with seed ``seed + i``."""
+
+        model_config = ConfigDict(
+            **_STRICT,
+            json_schema_extra={
+                "examples": [{"prompt": "a red fox in the snow", "seed": 0, "guidance_scale": 4.5}]
+            },
+        )
+
+        prompt: str = Field(
+            min_length=1,
+            max_length=limits.max_prompt_chars,
+            description="What to draw (at least one non-space character).",
+        )
+        negative_prompt: str | None = Field(
+            default=None,
+            max_length=limits.max_prompt_chars,
+            description="Prompt of CFG's unconditional branch; null: the model's empty context.",
+        )
+        seed: int | None = Field(
+            default=None,
+            ge=0,
+            le=MAX_SEED,
+            description="Seed of image 0 (image i uses seed + i); null: a random seed, returned.",
+        )
+        guidance_scale: float = Field(
+            default=DEFAULT_GUIDANCE_SCALE,
+            ge=0.0,
+            le=limits.max_guidance_scale,
+            description="CFG strength, HART's convention (0 = conditional only).",
+        )
+        steps: int | None = Field(
+            default=None,
+            ge=1,
+            le=limits.max_steps,
+            description=f"Residual diffusion steps; null: the model's default ({default_steps}).",
+        )
+        num_images: int = Field(default=1, ge=1, le=limits.max_num_images, description="Images to draw.")
+        format: Literal["png", "jpeg", "base64"] = Field(
+            default="base64",
+            description="base64: JSON with base64 PNGs and the parameters used; png/jpeg: the raw image "
+            "bytes of one image, the parameters in X-OpenHART-* headers.",
+        )
+
+        @field_validator("prompt")
+        @classmethod
+        def _prompt_not_blank(cls, value: str) -> str:
+            if not value.strip():
+                raise ValueError("must contain at least one non-space character")
+            return value
+
+        @field_validator("format")
+        @classmethod
+        def _raw_format_is_one_image(cls, value: str, info: ValidationInfo) -> str:
+            count = info.data.get("num_images", 1)
+            if value in RAW_FORMATS and count != 1:
+                raise ValueError(
+                    f"{value!r} answers with one raw image, so num_images must be 1 (got {count}); "
+                    "use 'base64' for several"
+                )
+            return value
+
+    return GenerateRequest
+
+
+class UsedParameters(BaseModel):
+    """The parameters a request was actually generated with (defaults and the random seed filled in)."""
+
+    prompt: str
+    negative_prompt: str | None
+    seed: int = Field(description="Seed of image 0; image i used seed + i.")
+    guidance_scale: float
+    steps: int
+    num_images: int
+    format: str
+
+
+class GeneratedImage(BaseModel):
+    seed: int
+    width: int
+    height: int
+    media_type: str = "image/png"
+    data: str = Field(description="The encoded image, base64 (standard alphabet, padded).")
+
+
+class Timings(BaseModel):
+    queue_s: float = Field(description="Seconds waiting for a worker.")
+    inference_s: float = Field(description="Seconds of the generation call (shared by a batch).")
+    batch_images: int = Field(description="Images generated in the same call (batching).")
+
+
+class GenerateResponse(BaseModel):
+    images: list[GeneratedImage]
+    parameters: UsedParameters
+    timings: Timings
+
+
+class ErrorDetail(BaseModel):
+    field: str
+    message: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx answer: ``detail`` is one human-readable line that names the field."""
+
+    detail: str
+    errors: list[ErrorDetail] = Field(default_factory=list)
+
+
+class QueueStats(BaseModel):
+    workers: int
+    capacity: int = Field(description="Jobs that may wait for a worker before 503.")
+    pending: int
+    running: int
+    max_batch_images: int
+    completed: int
+    rejected: int
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "closing"]
+    model: str
+    queue: QueueStats
+
+
+class ModelCard(BaseModel):
+    """What ``GET /api/model`` reports: what is loaded, what it makes, what a request may ask."""
+
+    name: str = Field(description="Preset name or the model folder's name (never a full path).")
+    weights: Literal["folder", "preset-trained", "preset-random"]
+    image_size: int
+    num_scales: int
+    patch_nums: list[int]
+    text_encoder: str
+    context_tokens: int
+    parameters: dict[str, int]
+    device: str
+    dtype: str
+    defaults: dict[str, Any]
+    limits: dict[str, Any]
+    safety_checker: str | None = Field(description="Kind of the prompt-safety hook, null when off.")
+    version: str
