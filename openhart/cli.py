@@ -277,5 +277,44 @@ def bench(
         typer.echo(f"wrote {json_out}")
 
 
+@app.command()
+def convert(
+    source: Annotated[Path, typer.Argument(help="Released checkpoint folder (llm/ + tokenizer/).")],
+    destination: Annotated[Path, typer.Argument(help="Where to write the OpenHART layout (safetensors).")],
+    text_encoder: Annotated[
+        Path, typer.Option(help="Qwen2 text model folder (mit-han-lab/Qwen2-VL-1.5B-Instruct).")
+    ],
+    ema: Annotated[
+        bool, typer.Option(help="Use llm/ema_model.bin when present (what the official scripts use).")
+    ] = True,
+    system_prompt: Annotated[
+        bool, typer.Option(help="Encode prompts behind the release's system prompt.")
+    ] = True,
+) -> None:
+    """Convert the released HART checkpoint to the OpenHART layout, so later loads are pickle-free."""
+    from openhart.compat import is_official_layout, load_official_pipeline
+
+    if not is_official_layout(source):
+        raise typer.BadParameter(
+            f"{source} has no llm/config.json and tokenizer/config.json", param_hint="SOURCE"
+        )
+    if not text_encoder.is_dir():
+        raise typer.BadParameter(f"no such folder: {text_encoder}", param_hint="--text-encoder")
+    pipeline = load_official_pipeline(source, text_encoder, prefer_ema=ema, use_system_prompt=system_prompt)
+    pipeline.save_pretrained(destination)
+    typer.echo(f"wrote {destination} ({sum(pipeline.num_parameters().values()) / 1e6:.1f} M parameters)")
+
+
+@app.command("compat-verify")
+def compat_verify(
+    folder: Annotated[Path, typer.Argument(help="Golden folder (golden/cases.json + official checkpoints).")],
+    tolerance: Annotated[float, typer.Option(help="Max abs error on float32 tensors.")] = 1e-4,
+) -> None:
+    """Check OpenHART against golden tensors of the official code (one line per case)."""
+    from openhart.compat.verify import main as verify_main
+
+    raise typer.Exit(verify_main([str(folder), "--tolerance", str(tolerance)]))
+
+
 if __name__ == "__main__":
     app()

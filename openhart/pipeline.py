@@ -118,8 +118,16 @@ class HartPipeline:
         pretrained_directory: str | os.PathLike[str],
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        text_encoder: TextEncoder | str | os.PathLike[str] | None = None,
+        prefer_ema: bool = True,
     ) -> HartPipeline:
-        """Load a folder written by :meth:`save_pretrained`.
+        """Load a folder written by :meth:`save_pretrained`, or the released checkpoint layout.
+
+        The released layout (``llm/`` + ``tokenizer/``, e.g. ``mit-han-lab/hart-0.7b-1024px``) needs
+        ``text_encoder``: the Qwen2 folder (``mit-han-lab/Qwen2-VL-1.5B-Instruct``) or a ready
+        :class:`TextEncoder`; ``prefer_ema`` picks ``llm/ema_model.bin`` when present. A folder of our
+        own layout ignores both (its text encoder is saved with it).
 
         Raises FileNotFoundError naming the missing folder/file and
         :class:`~openhart.utils.weights.WeightsMismatchError` naming any missing or mis-shaped tensor.
@@ -127,6 +135,17 @@ class HartPipeline:
         root = Path(pretrained_directory)
         if not root.is_dir():
             raise FileNotFoundError(f"pretrained_directory: no such model folder: {root}")
+        from openhart.compat import is_official_layout, load_official_pipeline  # compat imports this module
+
+        if is_official_layout(root):
+            if text_encoder is None:
+                raise ValueError(
+                    "text_encoder: the released layout has no text encoder; pass the Qwen2 folder "
+                    "(mit-han-lab/Qwen2-VL-1.5B-Instruct) or a TextEncoder"
+                )
+            return load_official_pipeline(
+                root, text_encoder, prefer_ema=prefer_ema, device=device, dtype=dtype
+            )
         if not (root / INDEX_NAME).is_file():
             raise FileNotFoundError(
                 f"pretrained_directory: {root} has no {INDEX_NAME} (not a saved HartPipeline)"

@@ -70,8 +70,17 @@ class CaseResult:
 class GoldenVerifier:
     """Runs every case of one golden folder; ``results`` collects one CaseResult per tensor."""
 
-    def __init__(self, folder: Path, tolerance: float = 1e-4, qwen_tokenizer: str | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        tolerance: float = 1e-4,
+        qwen_tokenizer: str | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         self.folder = folder
+        self.device = torch.device(device)
+        self.dtype = dtype
         self.tolerance = tolerance
         self.qwen_tokenizer = qwen_tokenizer
         self.cases = json.loads((folder / "golden" / "cases.json").read_text())
@@ -82,6 +91,9 @@ class GoldenVerifier:
 
     # ------------------------------------------------------------------ bookkeeping
     def compare(self, name: str, ours: torch.Tensor, golden: torch.Tensor, note: str = "") -> None:
+        ours = ours.detach().cpu()
+        if ours.dtype in (torch.float16, torch.bfloat16):
+            ours = ours.float()
         if ours.shape != golden.shape:
             self.results.append(
                 CaseResult(name, "FAIL", note=f"shape {tuple(ours.shape)} vs {tuple(golden.shape)}")
@@ -104,18 +116,28 @@ class GoldenVerifier:
         status = "PASS" if math.isfinite(error) and error <= tolerance else "FAIL"
         self.results.append(CaseResult(name, status, error, tolerance, note))
 
+    def put(self, tensor: torch.Tensor) -> torch.Tensor:
+        """An input on the verifier's device; float32 inputs in its dtype (float64 stays float64)."""
+        if tensor.dtype == torch.float32:
+            return tensor.to(self.device, self.dtype)
+        return tensor.to(self.device)
+
     def mark_inputs(self, group: str, names: list[str], note: str = "input") -> None:
         self.results.extend(CaseResult(f"{group}/{name}", "INPUT", note=note) for name in names)
 
     def tokenizer(self) -> HybridTokenizer:
         if self._tokenizer is None:
-            self._tokenizer = load_official_tokenizer(self.folder / "tokenizer").eval()
+            tokenizer = load_official_tokenizer(self.folder / "tokenizer")
+            self._tokenizer = tokenizer.to(self.device, self.dtype).eval()
         return self._tokenizer
 
     def llm(self, variant: str = "llm") -> tuple[HartTransformer, ResidualDiffusionHead]:
         if variant not in self._llm:
             transformer, head = load_official_transformer(self.folder / variant, self.tokenizer().config)
-            self._llm[variant] = (transformer.eval(), head.eval())
+            self._llm[variant] = (
+                transformer.to(self.device, self.dtype).eval(),
+                head.to(self.device, self.dtype).eval(),
+            )
         return self._llm[variant]
 
     # ------------------------------------------------------------------ run
@@ -150,7 +172,7 @@ class GoldenVerifier:
         tokenizer = self.tokenizer()
         quantizer = tokenizer.quantize
         self.mark_inputs(group, ["img"])
-        image = g["img"]
+        image = self.put(g["img"])
         self.compare(f"{group}/encoder_out", tokenizer.encoder(image), g["encoder_out"])
         latent = tokenizer.encode(image)
         self.compare(f"{group}/f", latent, g["f"])
@@ -176,7 +198,11 @@ class GoldenVerifier:
     # ------------------------------------------------------------------ transformer, teacher forced
     def check_teacher_forced(self, group: str, g: dict[str, torch.Tensor]) -> None:
         transformer, _ = self.llm()
-        context, mask, inputs = g["context"], g["context_mask"].bool(), g["x_BLCv_wo_first_l"]
+        context, mask, inputs = (
+            self.put(g["context"]),
+            self.put(g["context_mask"].bool()),
+            self.put(g["x_BLCv_wo_first_l"]),
+        )
         self.mark_inputs(group, ["context", "context_mask", "x_BLCv_wo_first_l"])
         self.mark_inputs(group, ["drop_orders"], "input (recorded permutations)")
         last = transformer.config.patch_nums[-1] ** 2
@@ -196,7 +222,7 @@ class GoldenVerifier:
         self.compare(f"{group}/nodrop_last_block_out", out.hidden_states, g["nodrop_last_block_out"])
 
         num_masked = int(self.params.get("tf_drop", {}).get("num_masked_per_row", 0))
-        kept = g["drop_orders"][:, num_masked:].sort(dim=1).values
+        kept = self.put(g["drop_orders"][:, num_masked:].sort(dim=1).values)
         self.compare(f"{group}/drop_kept_final_positions", kept, g["drop_kept_final_positions"])
         dropped = transformer(context, mask, inputs, last_scale_positions=kept)
         self.compare(
@@ -204,7 +230,11 @@ class GoldenVerifier:
         )
 
         # The same weights with masked-mean pooling for the block AdaLN (sep_aln_pooling_mode="avg").
-        averaged = HartTransformer(transformer.config.replace(block_pooling="mean")).eval()
+        averaged = (
+            HartTransformer(transformer.config.replace(block_pooling="mean"))
+            .to(self.device, self.dtype)
+            .eval()
+        )
         averaged.load_state_dict(transformer.state_dict())
         logits = averaged(context, mask, inputs).logits
         self.compare(f"{group}/avgpool_scale0_logits", logits[:, :1], g["avgpool_scale0_logits"])
@@ -229,10 +259,9 @@ class GoldenVerifier:
     def check_diffusion(self, group: str, g: dict[str, torch.Tensor]) -> None:
         _, head = self.llm()
         self.mark_inputs(group, ["x_t", "t", "c", "sample_z", "sample_noise_init", "sample_noise_steps"])
-        self.compare(f"{group}/net_out", head(g["x_t"], g["t"], g["c"]), g["net_out"])
-        self.compare(
-            f"{group}/net_out_cfg2", head.forward_with_cfg(g["x_t"], g["t"], g["c"], 2.0), g["net_out_cfg2"]
-        )
+        x_t, t, c = self.put(g["x_t"]), self.put(g["t"]), self.put(g["c"])
+        self.compare(f"{group}/net_out", head(x_t, t, c), g["net_out"])
+        self.compare(f"{group}/net_out_cfg2", head.forward_with_cfg(x_t, t, c, 2.0), g["net_out_cfg2"])
         steps = len(g["gen_timestep_map"])
         for prefix, schedule in (
             ("train", DiffusionSchedule(head.config.num_train_timesteps)),
@@ -243,7 +272,7 @@ class GoldenVerifier:
         self.compare(f"{group}/gen_timestep_map", head.schedule(steps).timestep_map, g["gen_timestep_map"])
 
         settings = self.params.get("diffusion_sample", {})
-        z = g["sample_z"]
+        z = self.put(g["sample_z"])
         rows = z.shape[0] // 2
         trace: list[tuple[int, torch.Tensor, torch.Tensor]] = []
         out = head.sample(
@@ -252,7 +281,7 @@ class GoldenVerifier:
             guidance_scale=float(settings.get("cfg", 1.5)),
             num_inference_steps=steps,
             temperature=float(settings.get("temperature", 1.0)),
-            noise=(g["sample_noise_init"], list(g["sample_noise_steps"])),
+            noise=(self.put(g["sample_noise_init"]), list(self.put(g["sample_noise_steps"]))),
             step_callback=lambda index, x, x0: trace.append((index, x.clone(), x0.clone())),
         )
         self.compare(f"{group}/sample_out", out, g["sample_out"][:rows], "first (conditional) half")
@@ -275,7 +304,7 @@ class GoldenVerifier:
         uncond = torch.zeros_like(context)
         uncond_mask = torch.zeros_like(mask)
         uncond_mask[:, 0] = True  # the release's unconditional context: zeros, first token valid
-        return context, mask, uncond, uncond_mask
+        return self.put(context), self.put(mask), self.put(uncond), self.put(uncond_mask)
 
     def check_sampler(self, group: str, g: dict[str, torch.Tensor]) -> None:
         transformer, head = self.llm()
@@ -284,12 +313,15 @@ class GoldenVerifier:
         context, mask, uncond, uncond_mask = self._sampler_inputs()
         B = context.shape[0]
         side = transformer.config.patch_nums[-1]
-        noise = (g["smooth0_diff_noise_init"][: B * side * side], list(g["smooth0_diff_noise_steps"]))
+        noise = (
+            self.put(g["smooth0_diff_noise_init"][: B * side * side]),
+            list(self.put(g["smooth0_diff_noise_steps"])),
+        )
 
         # more_smooth=False: our sampler with the recorded ids injected.
         settings = self.params.get("sample_smooth0", {})
         cfg = float(settings.get("cfg", 4.5))
-        recorded_ids = [g[f"smooth0_idx_s{k}"] for k in range(S)]
+        recorded_ids = [self.put(g[f"smooth0_idx_s{k}"]) for k in range(S)]
         self.mark_inputs(group, [f"smooth0_idx_s{k}" for k in range(S)], "input (replayed draws)")
         self.mark_inputs(
             group, ["smooth0_orders", "smooth1_orders"], "input (no effect with one maskgit iteration)"
@@ -350,7 +382,7 @@ class GoldenVerifier:
         state, logits = transformer.start_generation(
             torch.cat((context, uncond)), torch.cat((mask, uncond_mask))
         )
-        f_hat = torch.zeros(B, quantizer.latent_channels, side, side)
+        f_hat = torch.zeros(B, quantizer.latent_channels, side, side, device=self.device, dtype=self.dtype)
         next_input, hidden = None, logits
         for k in range(S):
             if k > 0:
@@ -365,13 +397,15 @@ class GoldenVerifier:
                     filtered * (1 + ratio),
                     g["smooth1_gumbel_logits_in_s0"],
                 )
-                soft = gumbel_soft_probs(filtered, g["smooth1_gumbel_exp_draws_s0"], ratio, tau)
+                soft = gumbel_soft_probs(
+                    filtered, self.put(g["smooth1_gumbel_exp_draws_s0"]).float(), ratio, tau
+                )
                 self.compare(f"{group}/smooth1_gumbel_soft_s0", soft, g["smooth1_gumbel_soft_s0"])
-                h = soft @ quantizer.embedding.weight
+                h = soft @ quantizer.embedding.weight.float()
                 self.compare(f"{group}/smooth1_soft_h_BlC_s0", h, g["smooth1_soft_h_BlC_s0"])
-            h = g[f"smooth1_soft_h_BlC_s{k}"]
+            h = self.put(g[f"smooth1_soft_h_BlC_s{k}"])
             f_hat, next_input = quantizer.next_scale_input(f_hat, h, k)
-        token_latents = quantizer.embed(g[f"smooth1_idx_s{S - 1}"])
+        token_latents = quantizer.embed(self.put(g[f"smooth1_idx_s{S - 1}"]))
         condition = transformer.diffusion_condition(hidden, torch.cat((token_latents, token_latents)))
         condition = condition.reshape(-1, condition.shape[-1])
         rows = B * side * side
@@ -392,13 +426,14 @@ class GoldenVerifier:
     def check_prompt(self, group: str, g: dict[str, torch.Tensor]) -> None:
         from transformers import AutoModel
 
-        model = AutoModel.from_pretrained(str(self.folder / "qwen2-tiny"), local_files_only=True).eval()
-        system_ids = g["system_prompt_tiny_ids_len8"]
+        model = AutoModel.from_pretrained(str(self.folder / "qwen2-tiny"), local_files_only=True)
+        model = model.to(self.device, self.dtype).eval()
+        system_ids = self.put(g["system_prompt_tiny_ids_len8"])
         self.mark_inputs(group, ["system_prompt_tiny_ids_len8"], "input (tiny vocabulary)")
         for side in ("right", "left"):
             for sys_mode in ("sys", "nosys"):
                 prefix = f"{side}_{sys_mode}"
-                ids = g[f"{prefix}_tiny_ids"]
+                ids = self.put(g[f"{prefix}_tiny_ids"])
                 self.mark_inputs(group, [f"{prefix}_tiny_ids"], "input (tiny vocabulary)")
                 mask = ids != 0  # the tiny vocabulary's pad id
                 self.compare(f"{group}/{prefix}_mask", mask, g[f"{prefix}_mask"])
@@ -466,6 +501,13 @@ def main(argv: list[str] | None = None) -> int:
         "--qwen-tokenizer", default=None, help="folder with a Qwen2 tokenizer.json (real-id cases)"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
+    parser.add_argument("--device", default="cpu", help="run the cases on this device (cpu, cuda, mps)")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16", "float16"),
+        help="reduced precision: raise --tolerance",
+    )
     args = parser.parse_args(argv)
     if not (args.folder / "golden" / "cases.json").is_file():
         print(f"error: {args.folder} has no golden/cases.json", file=sys.stderr)
@@ -474,7 +516,10 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # one line per case, nothing else
-    results = GoldenVerifier(args.folder, args.tolerance, args.qwen_tokenizer).run()
+    verifier = GoldenVerifier(
+        args.folder, args.tolerance, args.qwen_tokenizer, args.device, getattr(torch, args.dtype)
+    )
+    results = verifier.run()
     for result in results:
         print(result.line())
     failed = [r for r in results if r.status in ("FAIL", "UNKNOWN")]

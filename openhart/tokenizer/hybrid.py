@@ -201,7 +201,8 @@ class HybridTokenizer(nn.Module):
     def decode_unclamped(self, latent: torch.Tensor) -> torch.Tensor:
         """Latent (B, Cz, H, W) → images (B, 3, image_size, image_size), not clamped."""
         self.quantize.check_latent(latent, "latent")
-        return self.decoder(self.post_quant_conv(latent))
+        # Latents may arrive in float32 from the sampler (the residual head computes in ≥ float32).
+        return self.decoder(self.post_quant_conv(latent.to(self.post_quant_conv.weight.dtype)))
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """Latent (B, Cz, H, W) → images clamped to [−1, 1]."""
