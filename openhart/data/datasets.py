@@ -185,7 +185,7 @@ class ImageFolderDataset(Dataset):
         if not root.is_dir():
             raise ValueError(f"root: {root} is not a folder")
         self._skips = _SkipLog(f"ImageFolderDataset({root})")
-        self.captions_from_stem = 0
+        self._stem_captioned: set[Path] = set()
 
         metadata = root / "metadata.jsonl"
         split_by_folder = split is not None and not metadata.is_file() and (root / split).is_dir()
@@ -206,6 +206,8 @@ class ImageFolderDataset(Dataset):
         if verify:
             records = [record for record in records if self._verify(record)]
         self.records: list[ImageRecord] = records
+        # Usable rows whose caption is the file stem (missing or blank caption).
+        self.captions_from_stem = sum(record.path in self._stem_captioned for record in records)
         if self._skips.count:
             logger.warning("%s: %d item(s) skipped", self._skips.source, self._skips.count)
         logger.info("ImageFolderDataset(%s, split=%s): %d images", root, split, len(records))
@@ -227,7 +229,7 @@ class ImageFolderDataset(Dataset):
         caption = caption_from_stem(path.name)
         if not caption:
             return None
-        self.captions_from_stem += 1
+        self._stem_captioned.add(path)
         return caption
 
     def _key(self, path: Path) -> str:
@@ -364,15 +366,15 @@ def expand_shards(urls: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
 def assign_shards(
     shards: Sequence[str], rank: int, world_size: int, worker_id: int, num_workers: int
 ) -> list[str]:
-    """The shards read by one (rank, worker): every ``W``-th shard from its global worker index,
-    ``W = world_size * num_workers``. Over all ranks and workers the subsets are disjoint and
-    cover ``shards`` exactly once; with fewer shards than workers some workers get none."""
+    """The shards read by one (rank, worker): every ``world_size``-th shard from ``rank``, then every
+    ``num_workers``-th of those from ``worker_id``. Over all ranks and workers the subsets are
+    disjoint and cover ``shards`` exactly once, and a rank's shards do not depend on how many
+    DataLoader workers it runs. With fewer shards than readers some readers get none."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank: {rank} not in [0, {world_size})")
     if not 0 <= worker_id < num_workers:
         raise ValueError(f"worker_id: {worker_id} not in [0, {num_workers})")
-    total = world_size * num_workers
-    return list(shards[rank * num_workers + worker_id :: total])
+    return list(shards[rank::world_size][worker_id::num_workers])
 
 
 def _mix_seed(*parts: int) -> int:
