@@ -316,5 +316,13 @@ def compat_verify(
     raise typer.Exit(verify_main([str(folder), "--tolerance", str(tolerance)]))
 
 
+def _register_subcommands() -> None:
+    from openhart.data.cli import data_app
+
+    app.add_typer(data_app, name="data")
+
+
+_register_subcommands()
+
 if __name__ == "__main__":
     app()

@@ -27,10 +27,16 @@ from tqdm.auto import tqdm
 
 from openhart import __version__
 from openhart.diffusion import DiffusionHeadConfig, ResidualDiffusionHead
-from openhart.sampling import GUIDANCE_RAMPS, residual_rows_to_latent, sample_token_pyramid
+from openhart.sampling import (
+    GUIDANCE_RAMPS,
+    guidance_per_scale,
+    residual_rows_to_latent,
+    sample_token_pyramid,
+)
 from openhart.text import TextEncoder, load_text_encoder
 from openhart.tokenizer import HybridTokenizer, TokenizerConfig
 from openhart.transformer import HartTransformer, HartTransformerConfig
+from openhart.transformer.graphs import CUDAGraphGenerator
 from openhart.utils.config import read_json, write_json
 from openhart.utils.random import GeneratorSpec
 from openhart.utils.weights import load_weights, save_weights
@@ -63,6 +69,9 @@ class HartPipeline:
         _check_components_fit(text_encoder, tokenizer, transformer, diffusion_head)
         for module in self.components.values():
             module.eval()
+        # Captured CUDA graphs per (CFG batch rows, dtype); they point at the weights' memory, so
+        # any .to() drops them.
+        self._graph_generators: dict[tuple[int, torch.dtype], CUDAGraphGenerator] = {}
 
     # ------------------------------------------------------------------ components, devices
     @property
@@ -90,6 +99,7 @@ class HartPipeline:
         """Move every component (and cast floating weights when ``dtype`` is given); returns self."""
         for module in self.components.values():
             module.to(device=device, dtype=dtype)
+        self._graph_generators.clear()
         return self
 
     def num_parameters(self) -> dict[str, int]:
@@ -188,6 +198,7 @@ class HartPipeline:
         sample_residual: bool = True,
         progress: bool = False,
         stage_callback: Callable[[str], None] | None = None,
+        use_cuda_graphs: bool | None = None,
     ) -> HartPipelineOutput | Any:
         """Generate images for ``prompt``.
 
@@ -216,6 +227,8 @@ class HartPipeline:
             progress: show a progress bar over scales.
             stage_callback: called with a stage name when it finishes: "text_encoder",
                 "scale_0".."scale_{S-1}", "residual", "decode" (benchmarks time stages with it).
+            use_cuda_graphs: replay one captured CUDA graph per scale instead of launching every
+                kernel (None: on CUDA devices). The first call of a batch size captures them.
         """
         # 1. Check inputs.
         prompts = _check_prompt_list(prompt, "prompt")
@@ -273,6 +286,7 @@ class HartPipeline:
             smooth_inputs=smooth_inputs,
             generator=generator,
             on_scale=lambda k, _logits: (bar.update(1), notify(f"scale_{k}")),
+            graphs=self._graph_generator(batch_size, guidance_scale, guidance_ramp, use_cuda_graphs),
         )
         bar.close()
 
@@ -296,6 +310,21 @@ class HartPipeline:
         notify("decode")
         output = _to_output_type(images.clamp(0, 1), output_type)
         return HartPipelineOutput(images=output) if return_dict else output
+
+    def _graph_generator(
+        self, batch_size: int, guidance_scale: float, guidance_ramp: str, use_cuda_graphs: bool | None
+    ) -> CUDAGraphGenerator | None:
+        if use_cuda_graphs is None:
+            use_cuda_graphs = self.device.type == "cuda"
+        if not use_cuda_graphs:
+            return None
+        num_scales = self.transformer.config.num_scales
+        unguided = all(t == 0 for t in guidance_per_scale(float(guidance_scale), num_scales, guidance_ramp))
+        rows = batch_size if unguided else 2 * batch_size  # the sampler doubles the batch for CFG
+        key = (rows, self.dtype)
+        if key not in self._graph_generators:
+            self._graph_generators[key] = CUDAGraphGenerator(self.transformer, rows, self.device, self.dtype)
+        return self._graph_generators[key]
 
     def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """prompts → context (B, T, Dctx) in the transformer's dtype and device, mask (B, T) bool."""

@@ -19,6 +19,7 @@ import torch
 
 from openhart.tokenizer import MultiScaleQuantizer
 from openhart.transformer import HartTransformer
+from openhart.transformer.graphs import CUDAGraphGenerator
 from openhart.utils.random import GeneratorSpec, exponential_tensor, sample_categorical
 
 GUIDANCE_RAMPS = ("linear", "hart", "constant")
@@ -117,6 +118,7 @@ def sample_token_pyramid(
     skip_unguided_branch: bool = True,
     on_scale: Callable[[int, torch.Tensor], None] | None = None,
     replay_ids: Sequence[torch.Tensor] | None = None,
+    graphs: CUDAGraphGenerator | None = None,
 ) -> TokenPyramid:
     """Sample the ids of every scale, coarse to fine, with a KV cache.
 
@@ -127,6 +129,8 @@ def sample_token_pyramid(
     (the result is the same; it only saves work). ``on_scale(k, logits)`` is called when scale k is done, with
     its guided logits (B, l, V) before temperature and filters. ``replay_ids`` (one (B, pn_k²) tensor per
     scale) replaces the token draws with recorded ones, to replay a recorded run exactly.
+    ``graphs`` (for the batch this call runs, CFG doubling included) replays captured CUDA graphs
+    instead of running the scale passes eagerly.
     """
     cfg = transformer.config
     S = cfg.num_scales
@@ -140,7 +144,10 @@ def sample_token_pyramid(
     if guided:
         context = torch.cat((context, uncond_context))
         context_mask = torch.cat((context_mask, uncond_mask))
-    state, logits = transformer.start_generation(context, context_mask)
+    if graphs is not None:
+        logits = graphs.prefill(context, context_mask)
+    else:
+        state, logits = transformer.start_generation(context, context_mask)
     P = cfg.patch_nums[-1]
     dtype = quantizer.embedding.weight.dtype
     f_hat = torch.zeros(B, cfg.latent_channels, P, P, device=context.device, dtype=dtype)
@@ -151,7 +158,10 @@ def sample_token_pyramid(
         if k > 0:
             assert next_input is not None
             inputs = torch.cat((next_input, next_input)) if guided else next_input
-            logits, hidden = transformer.generation_step(state, k, inputs)
+            if graphs is not None:
+                logits, hidden = graphs.step(k, inputs)
+            else:
+                logits, hidden = transformer.generation_step(state, k, inputs)
         logits = logits.float()
         if guided:
             t = guidance[k]

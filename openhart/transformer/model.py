@@ -257,34 +257,65 @@ class HartTransformer(nn.Module):
         return tokens, angles, levels
 
     # ------------------------------------------------------------------ scale-by-scale sampling
+    def new_generation_state(
+        self, batch_size: int, device: torch.device, dtype: torch.dtype
+    ) -> GenerationState:
+        """Buffers for one sampling call of ``batch_size`` rows; :meth:`prefill` fills them.
+
+        A state can be refilled for call after call: its tensors keep their addresses, which is
+        what lets CUDA graphs captured on it be replayed (see ``transformer/graphs.py``).
+        """
+        cfg = self.config
+        max_length = cfg.context_tokens + cfg.num_image_tokens - 1
+        shape = (batch_size, 6, cfg.width)
+        return GenerationState(
+            cache=KVCache(cfg.depth, batch_size, cfg.num_heads, max_length, cfg.head_dim, device, dtype),
+            modulations=[
+                None if block.adaln == "none" else torch.zeros(shape, device=device, dtype=dtype)
+                for block in self.blocks
+            ],
+            head_pooled=torch.zeros(batch_size, cfg.width, device=device, dtype=dtype),
+            rope_offset=torch.zeros(batch_size, device=device, dtype=torch.long),
+            key_valid=(
+                torch.ones(batch_size, 1, 1, max_length, device=device, dtype=torch.bool)
+                if cfg.mask_context_padding
+                else None
+            ),
+            level_table=torch.zeros(cfg.num_scales, cfg.width, device=device, dtype=dtype),
+        )
+
+    @torch.no_grad()
+    def prefill(
+        self, state: GenerationState, context: torch.Tensor, context_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Fill ``state`` from the prompt and run the prompt pass; returns the scale-0 logits (B, 1, V)."""
+        cfg = self.config
+        prompt, block_pooled, head_pooled = self.embed_context(context, context_mask)
+        T = prompt.shape[1]
+        if state.head_pooled.shape[0] != prompt.shape[0]:
+            raise ValueError(f"state holds {state.head_pooled.shape[0]} rows, the context {prompt.shape[0]}")
+        for buffer, modulation in zip(state.modulations, self._modulations(block_pooled), strict=True):
+            if buffer is not None:
+                buffer.copy_(modulation)
+        state.head_pooled.copy_(head_pooled)
+        position_ids = self.context_position_ids(context_mask)
+        state.rope_offset.copy_(position_ids[:, -1])
+        if state.key_valid is not None:
+            state.key_valid[:, 0, 0, :T] = context_mask
+        state.level_table.copy_(self.level_table(prompt.device))
+        state.cache.length = 0
+        angles = rope_1d_angles(position_ids, cfg.head_dim, cfg.rope_theta)
+        x = self._cached_pass(state, prompt + state.level_table[0], Rope(angles.cos(), angles.sin(), T))
+        return self.head(self.head_nm(x[:, -1:], state.head_pooled))
+
     @torch.no_grad()
     def start_generation(
         self, context: torch.Tensor, context_mask: torch.Tensor
     ) -> tuple[GenerationState, torch.Tensor]:
         """Run the prompt pass; returns the state for later scales and the scale-0 logits (B, 1, V)."""
-        cfg = self.config
-        prompt, block_pooled, head_pooled = self.embed_context(context, context_mask)
-        B, T = prompt.shape[:2]
-        device, dtype = prompt.device, prompt.dtype
-        cache = KVCache(
-            cfg.depth, B, cfg.num_heads, T + cfg.num_image_tokens - 1, cfg.head_dim, device, dtype
-        )
-        key_valid = None
-        if cfg.mask_context_padding:
-            key_valid = torch.cat((context_mask, context_mask.new_ones(B, cfg.num_image_tokens - 1)), dim=1)
-            key_valid = key_valid.view(B, 1, 1, -1)
-        position_ids = self.context_position_ids(context_mask)
-        state = GenerationState(
-            cache=cache,
-            modulations=self._modulations(block_pooled),
-            head_pooled=head_pooled,
-            rope_offset=position_ids[:, -1],
-            key_valid=key_valid,
-            level_table=self.level_table(device).to(dtype),
-        )
-        angles = rope_1d_angles(position_ids, cfg.head_dim, cfg.rope_theta)
-        x = self._cached_pass(state, prompt + state.level_table[0], Rope(angles.cos(), angles.sin(), T))
-        return state, self.head(self.head_nm(x[:, -1:], head_pooled))
+        dtype = self.context_embed.weight.dtype
+        state = self.new_generation_state(context.shape[0], context.device, dtype)
+        return state, self.prefill(state, context, context_mask)
 
     @torch.no_grad()
     def generation_step(
