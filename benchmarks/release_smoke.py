@@ -49,7 +49,12 @@ def main() -> None:
     image = loaded("a red fox in the snow", generator=torch.Generator().manual_seed(0), **settings).images[0]
     timings["generate_s"] = time.perf_counter() - start
     image.save(args.out / "release-smoke.png")
-    report = {"weights_exact_after_official_round_trip": exact, "image_size": image.size, "dtype": args.dtype, **timings}
+    report = {
+        "weights_exact_after_official_round_trip": exact,
+        "image_size": image.size,
+        "dtype": args.dtype,
+        **timings,
+    }
     print(json.dumps(report, indent=2))
     (args.out / "release_smoke.json").write_text(json.dumps(report, indent=2) + "\n")
 

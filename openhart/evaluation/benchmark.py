@@ -76,6 +76,7 @@ def benchmark_pipeline(
     warmup: int = 1,
     repeats: int = 3,
     seed: int = 0,
+    use_cuda_graphs: bool | None = None,
 ) -> BenchmarkResult:
     """Time ``repeats`` calls (after ``warmup`` untimed ones) of ``pipeline`` on ``batch_size`` prompts."""
     if batch_size < 1 or repeats < 1 or warmup < 0:
@@ -104,6 +105,7 @@ def benchmark_pipeline(
             generator=generator,
             output_type="pt",
             stage_callback=record,
+            use_cuda_graphs=use_cuda_graphs,
         )
         synchronize(device)
         if run < warmup:
