@@ -13,6 +13,7 @@ model folder stores only its config), and ``model_index.json`` naming the compon
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -271,23 +272,25 @@ class HartPipeline:
         # 3. Sample the discrete token pyramid, scale by scale.
         num_scales = self.transformer.config.num_scales
         bar = tqdm(total=num_scales, desc="scales", disable=not progress, leave=False)
-        pyramid = sample_token_pyramid(
-            self.transformer,
-            self.tokenizer.quantize,
-            context,
-            context_mask,
-            uncond_context,
-            uncond_mask,
-            guidance_scale=float(guidance_scale),
-            guidance_ramp=guidance_ramp,
-            top_k=top_k,
-            top_p=top_p,
-            temperature=float(temperature),
-            smooth_inputs=smooth_inputs,
-            generator=generator,
-            on_scale=lambda k, _logits: (bar.update(1), notify(f"scale_{k}")),
-            graphs=self._graph_generator(batch_size, guidance_scale, guidance_ramp, use_cuda_graphs),
-        )
+        graphs = self._graph_generator(batch_size, guidance_scale, guidance_ramp, use_cuda_graphs)
+        with graphs.lock if graphs is not None else contextlib.nullcontext():
+            pyramid = sample_token_pyramid(
+                self.transformer,
+                self.tokenizer.quantize,
+                context,
+                context_mask,
+                uncond_context,
+                uncond_mask,
+                guidance_scale=float(guidance_scale),
+                guidance_ramp=guidance_ramp,
+                top_k=top_k,
+                top_p=top_p,
+                temperature=float(temperature),
+                smooth_inputs=smooth_inputs,
+                generator=generator,
+                on_scale=lambda k, _logits: (bar.update(1), notify(f"scale_{k}")),
+                graphs=graphs,
+            )
         bar.close()
 
         # 4. Sample the continuous residual of the last scale with the diffusion head.

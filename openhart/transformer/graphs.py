@@ -11,6 +11,8 @@ Legend: B rows (the CFG batch), l tokens of a scale, Cz latent channels, V codeb
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from openhart.transformer.model import GenerationState, HartTransformer
@@ -41,6 +43,8 @@ class CUDAGraphGenerator:
         self.outputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.cache_end: dict[int, int] = {}
         self._captured = False
+        # One sampling call at a time: the buffers are shared by every call (e.g. server workers).
+        self.lock = threading.Lock()
 
     def prefill(self, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
         logits = self.transformer.prefill(self.state, context, context_mask)
