@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -491,6 +492,34 @@ def recipe_from_dict(data: dict, kind: str | None = None) -> Recipe:
     return build_section(cls, data)
 
 
+def _yaml_loader() -> type:
+    """PyYAML's safe loader, but reading ``1e-4`` as a float (YAML 1.1 wants ``1.0e-4``)."""
+    import yaml
+
+    class RecipeLoader(yaml.SafeLoader):
+        pass
+
+    RecipeLoader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(
+            r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+            |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+            |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+            |[-+]?\.(?:inf|Inf|INF)
+            |\.(?:nan|NaN|NAN))$""",
+            re.X,
+        ),
+        list("-+0123456789."),
+    )
+    return RecipeLoader
+
+
+def parse_yaml(text: str) -> Any:
+    import yaml
+
+    return yaml.load(text, Loader=_yaml_loader())
+
+
 def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
     """Apply ``key.sub=value`` strings (values parsed as YAML) to a nested mapping (a copy)."""
     import copy
@@ -506,7 +535,7 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
         if not all(parts):
             raise RecipeError(f"override {item!r}: empty key part")
         try:
-            value = yaml.safe_load(raw)
+            value = parse_yaml(raw)
         except yaml.YAMLError as error:
             raise RecipeError(f"override {item!r}: value is not valid YAML ({error})") from error
         node = out
@@ -529,7 +558,7 @@ def load_recipe(
     if not path.is_file():
         raise FileNotFoundError(f"recipe file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = parse_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise RecipeError(f"{path}: not valid YAML ({error})") from error
     if data is None:

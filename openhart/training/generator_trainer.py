@@ -1,0 +1,484 @@
+"""Generator training: the transformer and the residual diffusion head on a frozen trained tokenizer.
+
+One step (teacher forcing, as HART trains):
+
+1. images → frozen tokenizer → latent → ``split`` → ids per scale + continuous residual;
+   ``teacher_forcing_inputs(ids)`` are the transformer's inputs of scales 1..S−1.
+2. captions → frozen text encoder → context; each image's context is replaced by the
+   unconditional (empty) context with probability ``loss.condition_dropout`` (for CFG).
+3. Optional token subsampling of the last scale: a random fraction in [drop_min, drop_max] of its
+   tokens is dropped (the same count for the batch, positions per image, at least ``min_keep``
+   kept); the transformer then runs on the kept positions only.
+4. transformer → logits (B, L', V): cross-entropy against the ids of every scale.
+5. From the last scale's logits the model samples its *own* token per position; the diffusion head
+   learns target = (last-scale latent) − codebook[sampled id], the residual the sampled token
+   leaves, conditioned on ``diffusion_condition(hidden, codebook[sampled id])``. Each row is seen
+   ``loss.diffusion_batch_mul`` times with independent timesteps and noise.
+6. loss = CE + diffusion_weight · diffusion; AdamW; EMA of both networks (what gets saved).
+
+Dimension legend: B images, T prompt tokens, Dctx text width, C width, S scales, L = Σ pn² tokens,
+l = P² tokens of the last scale, k kept last-scale tokens, V codebook size, Cz latent channels,
+M = diffusion_batch_mul.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from openhart.diffusion import ResidualDiffusionHead
+from openhart.pipeline import HartPipeline
+from openhart.text import TextEncoder, TextEncoderConfig, build_text_encoder
+from openhart.tokenizer import HybridTokenizer
+from openhart.training.distributed import step_generator
+from openhart.training.loop import SAMPLES_DIR, Batch, Trainer, image_grid, save_png
+from openhart.training.recipe import GeneratorLossRecipe, GeneratorRecipe
+from openhart.training.tokenizer_trainer import load_tokenizer
+from openhart.transformer import HartTransformer
+from openhart.utils.random import GeneratorSpec, rand_tensor, sample_categorical
+
+logger = logging.getLogger(__name__)
+
+
+class GeneratorModel(nn.Module):
+    """The trained pair, with HART's training loss as ``forward`` (one module for DDP and the EMA)."""
+
+    def __init__(self, transformer: HartTransformer, diffusion_head: ResidualDiffusionHead) -> None:
+        super().__init__()
+        self.transformer = transformer
+        self.diffusion_head = diffusion_head
+
+    def forward(
+        self,
+        context: torch.Tensor,
+        context_mask: torch.Tensor,
+        scale_inputs: torch.Tensor,
+        target_ids: torch.Tensor,
+        last_scale_latent: torch.Tensor,
+        codebook: torch.Tensor,
+        loss_recipe: GeneratorLossRecipe,
+        generator: GeneratorSpec = None,
+        last_scale_positions: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """(loss, metrics) of one batch.
+
+        context (B, T, Dctx), context_mask (B, T); scale_inputs (B, L − 1, Cz); target_ids (B, L')
+        the ids the logits must predict (the last scale's at the kept positions); last_scale_latent
+        (B, k, Cz) the latent of the last scale (residual + its code) at the kept positions;
+        codebook (V, Cz) the frozen tokenizer's; last_scale_positions (B, k) or None (all kept).
+        """
+        out = self.transformer(context, context_mask, scale_inputs, last_scale_positions=last_scale_positions)
+        logits = out.logits.float()  # (B, L', V)
+        ce = F.cross_entropy(
+            logits.flatten(0, 1), target_ids.flatten(), label_smoothing=loss_recipe.label_smoothing
+        )
+        kept = last_scale_latent.shape[1]
+        last_logits = logits[:, -kept:]  # (B, k, V)
+        with torch.no_grad():
+            # HART learns the residual the model's own token leaves, not the one the true token leaves:
+            # at sampling time the head only ever completes sampled tokens.
+            sampled = sample_categorical(last_logits.softmax(dim=-1), generator)  # (B, k)
+            token_latents = F.embedding(sampled, codebook)  # (B, k, Cz)
+            target = (last_scale_latent - token_latents).float()  # (B, k, Cz)
+        condition = self.transformer.diffusion_condition(out.last_scale_hidden, token_latents)  # (B, k, C)
+        repeats = loss_recipe.diffusion_batch_mul
+        target_rows = target.reshape(-1, target.shape[-1]).repeat(repeats, 1)  # (M·B·k, Cz)
+        condition_rows = condition.reshape(-1, condition.shape[-1]).repeat(repeats, 1)  # (M·B·k, C)
+        diffusion = self.diffusion_head.loss(target_rows, condition_rows, generator).float()
+        loss = ce + loss_recipe.diffusion_weight * diffusion
+
+        with torch.no_grad():
+            hits = logits.argmax(dim=-1) == target_ids  # (B, L')
+            metrics = {
+                "ce": ce.item(),
+                "diffusion": diffusion.item(),
+                "token_accuracy": hits.float().mean().item(),
+                "last_scale_accuracy": hits[:, -kept:].float().mean().item(),
+                "sampled_matches_target": (sampled == target_ids[:, -kept:]).float().mean().item(),
+            }
+        return loss, metrics
+
+
+TEXT_FEATURES_FORMAT = "openhart-text-features-1"
+
+
+def collect_captions(dataset: Any) -> list[str]:
+    """Every distinct caption of a dataset, sorted (read from its records when it has them)."""
+    records = getattr(dataset, "records", None)
+    if records is not None and all(hasattr(r, "caption") for r in records):
+        captions = {str(r.caption) for r in records}
+    else:  # a stream or an unknown dataset: read the samples
+        captions = {str(sample["caption"]) for sample in dataset}
+    return sorted(captions)
+
+
+@torch.no_grad()
+def precompute_text_features(
+    encoder: TextEncoder, captions: list[str], path: str | Path, batch_size: int = 256
+) -> Path:
+    """Encode ``captions`` once and write them to a safetensors file for ``text_features``.
+
+    Compact: only the valid (unmasked) context vectors are stored, in float16, with the masks and
+    the encoder's config (so a mismatched recipe is refused). Padded positions come back as zeros,
+    which is what the transformer sees anyway when it masks the prompt's padding.
+    """
+    from safetensors.torch import save
+
+    from openhart.utils.config import atomic_write_bytes
+
+    captions = sorted(set(captions))
+    if not captions:
+        raise ValueError("captions: nothing to encode")
+    tokens, masks = [], []
+    for start in range(0, len(captions), batch_size):
+        context, mask = encoder.encode(captions[start : start + batch_size])  # (b, T, D), (b, T)
+        tokens.append(context[mask].to(torch.float16).cpu())  # (valid, D)
+        masks.append(mask.cpu())
+    metadata = {
+        "format": TEXT_FEATURES_FORMAT,
+        "captions": json.dumps(captions),
+        "text_encoder": json.dumps(encoder.config.to_dict(), sort_keys=True),
+    }
+    tensors = {
+        "tokens": torch.cat(tokens).contiguous(),
+        "mask": torch.cat(masks).to(torch.uint8).contiguous(),
+    }
+    path = Path(path)
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
+    logger.info("wrote text features of %d captions to %s", len(captions), path)
+    return path
+
+
+def load_text_features(
+    path: str | Path, encoder_config: TextEncoderConfig
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """caption → (context (T, D) float32, mask (T,) bool) from :func:`precompute_text_features`."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"text_features: no such file {path}")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        if metadata.get("format") != TEXT_FEATURES_FORMAT:
+            raise ValueError(f"text_features: {path} is not an OpenHART text-feature file")
+        tokens, mask = handle.get_tensor("tokens"), handle.get_tensor("mask").bool()
+    made_with = json.loads(metadata["text_encoder"])
+    if made_with != json.loads(json.dumps(encoder_config.to_dict(), sort_keys=True)):
+        raise ValueError(
+            f"text_features: {path} was made with text encoder {made_with}, but the recipe's is "
+            f"{encoder_config.to_dict()}"
+        )
+    captions = json.loads(metadata["captions"])
+    context = torch.zeros(*mask.shape, tokens.shape[-1])  # (N, T, D)
+    context[mask] = tokens.float()
+    return {caption: (context[i], mask[i]) for i, caption in enumerate(captions)}
+
+
+class PrecomputedTextEncoder(TextEncoder):
+    """Stands in for a text encoder that cannot be built here (e.g. no weights on this machine).
+
+    It answers prompts from precomputed features only, and saves the real encoder's config, so
+    the saved pipeline loads with the real encoder wherever that exists.
+    """
+
+    saves_weights = False
+
+    def __init__(
+        self, config: TextEncoderConfig, table: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    ) -> None:
+        super().__init__(config)
+        self.table = table
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # gives .device / .dtype
+
+    def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        missing = [p for p in prompts if p not in self.table]
+        if missing:
+            raise ValueError(
+                f"prompts: no precomputed text features for {missing[:3]} and the text encoder "
+                f"({self.config.kind}) is not available here"
+            )
+        contexts, masks = zip(*(self.table[p] for p in prompts), strict=True)
+        return torch.stack(contexts).to(self._anchor.device), torch.stack(masks).to(self._anchor.device)
+
+    @property
+    def device(self) -> torch.device:
+        return self._anchor.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._anchor.dtype
+
+
+class TextContexts:
+    """Frozen text encoder with an optional per-process cache of each distinct caption's context."""
+
+    def __init__(
+        self,
+        encoder: TextEncoder,
+        device: torch.device,
+        cache: bool,
+        precomputed: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> None:
+        self.encoder = encoder
+        self.device = device
+        self.cache: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache or precomputed else None
+        if precomputed and self.cache is not None:
+            self.cache.update({k: (c.to(device), m.to(device)) for k, (c, m) in precomputed.items()})
+
+    @torch.no_grad()
+    def __call__(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """context (B, T, Dctx) float32 and mask (B, T) bool on ``device``."""
+        if self.cache is None:
+            context, mask = self.encoder.encode(captions)
+            return context.float().to(self.device), mask.to(self.device)
+        missing = sorted({c for c in captions if c not in self.cache})
+        if missing:
+            context, mask = self.encoder.encode(missing)
+            for caption, c, m in zip(
+                missing, context.float().to(self.device), mask.to(self.device), strict=True
+            ):
+                self.cache[caption] = (c, m)
+        contexts, masks = zip(*(self.cache[c] for c in captions), strict=True)
+        return torch.stack(contexts), torch.stack(masks)
+
+
+class GeneratorTrainer(Trainer):
+    """``openhart train generator``: transformer + residual head of a preset on a trained tokenizer."""
+
+    recipe_kind = "generator"
+    metric_names = (
+        "loss",
+        "ce",
+        "diffusion",
+        "token_accuracy",
+        "last_scale_accuracy",
+        "sampled_matches_target",
+        "kept_tokens",
+        "condition_dropped",
+    )
+    recipe: GeneratorRecipe
+
+    # ------------------------------------------------------------------ model
+    def build_model(self) -> nn.Module:
+        recipe = self.recipe
+        configs = recipe.component_configs()
+        if recipe.pipeline is not None:
+            start = HartPipeline.from_pretrained(recipe.pipeline)
+            for name in ("text_encoder", "transformer", "diffusion_head"):
+                if getattr(recipe, name):
+                    logger.warning(
+                        "pipeline: %s comes from %s; the recipe's overrides are ignored",
+                        name,
+                        recipe.pipeline,
+                    )
+            text_encoder, tokenizer = start.text_encoder, start.tokenizer
+            transformer, head = start.transformer, start.diffusion_head
+            if recipe.tokenizer_from is not None:
+                tokenizer = load_tokenizer(recipe.tokenizer_from)
+        else:
+            assert recipe.tokenizer_from is not None  # the recipe checks this
+            tokenizer = load_tokenizer(recipe.tokenizer_from)
+            text_encoder = self._text_encoder(configs["text_encoder"])
+            # Initial weights depend on the seed only (and are the same on every rank).
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(recipe.seed)
+                transformer = HartTransformer(configs["transformer"])
+                head = ResidualDiffusionHead(configs["diffusion_head"])
+        # The pipeline checks that the parts fit (codebook, latent channels, scales, widths).
+        self.pipeline = HartPipeline(text_encoder, tokenizer, transformer, head).to(self.device)
+        for frozen in (text_encoder, tokenizer):
+            frozen.eval()
+            frozen.requires_grad_(False)
+        self.tokenizer: HybridTokenizer = tokenizer
+        self.contexts = TextContexts(
+            text_encoder,
+            self.device,
+            recipe.cache_text_features,
+            self._precomputed_features(text_encoder.config),
+        )
+        self.latent_cache: dict[str, torch.Tensor] | None = {} if recipe.cache_latents else None
+        return GeneratorModel(transformer, head)
+
+    def _precomputed_features(
+        self, config: TextEncoderConfig
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
+        if self.recipe.text_features is None:
+            return None
+        if not hasattr(self, "_feature_table"):
+            self._feature_table = load_text_features(self.recipe.text_features, config)
+        return self._feature_table
+
+    def _text_encoder(self, config: TextEncoderConfig) -> TextEncoder:
+        """The recipe's text encoder; with ``text_features``, a stand-in when it cannot be built here."""
+        try:
+            return build_text_encoder(config)
+        except (ImportError, OSError, FileNotFoundError) as error:
+            if self.recipe.text_features is None:
+                raise
+            logger.warning(
+                "text encoder %s unavailable (%s): using the precomputed features of %s only",
+                config.kind,
+                error,
+                self.recipe.text_features,
+            )
+            return PrecomputedTextEncoder(config, self._precomputed_features(config))
+
+    @property
+    def image_size(self) -> int:
+        return self.tokenizer.config.image_size
+
+    # ------------------------------------------------------------------ inputs of one step
+    @torch.no_grad()
+    def latents(self, batch: Batch) -> torch.Tensor:
+        """Tokenizer latents (B, Cz, H, W) of the batch's images, float32 (cached by sample key)."""
+        size = self.image_size
+        if tuple(batch.images.shape[1:]) != (3, size, size):
+            raise ValueError(
+                f"dataset images are {tuple(batch.images.shape[1:])}, the tokenizer needs (3, {size}, {size}); "
+                f"build the dataset at image_size={size}"
+            )
+        cache = self.latent_cache
+        if cache is None:
+            return self.tokenizer.encode(batch.images.to(self.device).float())
+        missing = [i for i, key in enumerate(batch.keys) if key not in cache]
+        if missing:
+            encoded = self.tokenizer.encode(batch.images[missing].to(self.device).float())
+            for i, latent in zip(missing, encoded, strict=True):
+                cache[batch.keys[i]] = latent
+        return torch.stack([cache[key] for key in batch.keys])
+
+    def drop_conditions(
+        self, context: torch.Tensor, mask: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Replace each row's context by the unconditional one with probability condition_dropout."""
+        B = context.shape[0]
+        dropped = (
+            rand_tensor((B,), generator, device=context.device) < self.recipe.loss.condition_dropout
+        )  # (B,)
+        empty_context, empty_mask = self.pipeline.empty_context(B)
+        context = torch.where(dropped.view(B, 1, 1), empty_context.to(context.dtype), context)
+        mask = torch.where(dropped.view(B, 1), empty_mask, mask)
+        return context, mask, dropped
+
+    def subsample_positions(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """Kept last-scale positions (B, k), ascending per row; k = max(min_keep, (1 − drop)·l)."""
+        loss = self.recipe.loss
+        num_last = self.tokenizer.config.patch_nums[-1] ** 2
+        drop = loss.subsample_drop_min + (loss.subsample_drop_max - loss.subsample_drop_min) * float(
+            rand_tensor((1,), generator).item()
+        )
+        keep = min(num_last, max(loss.subsample_min_keep, round((1.0 - drop) * num_last)))
+        scores = rand_tensor(
+            (batch_size, num_last), generator
+        )  # (B, l): a random order of positions per image
+        positions = scores.argsort(dim=1)[:, :keep].sort(dim=1).values  # (B, k)
+        return positions.to(self.device)
+
+    # ------------------------------------------------------------------ one step
+    def compute_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        quantize = self.tokenizer.quantize
+        generator = step_generator(self.recipe.seed, step, "generator", rank=self.ctx.rank)
+        with torch.no_grad():
+            ids, residual = self.tokenizer.split(self.latents(batch))  # [(B, pn²)], (B, Cz, P, P)
+            scale_inputs = quantize.teacher_forcing_inputs(ids)  # (B, L − 1, Cz)
+            last_latent = quantize.last_scale_target(ids, residual)  # (B, Cz, P, P)
+            last_latent = last_latent.flatten(2).transpose(1, 2)  # (B, l, Cz) row-major, as the ids
+            context, mask = self.contexts(batch.captions)
+            context, mask, dropped = self.drop_conditions(context, mask, generator)
+            B = context.shape[0]
+            positions = None
+            last_ids = ids[-1]
+            if self.recipe.loss.token_subsampling:
+                positions = self.subsample_positions(B, generator)  # (B, k)
+                last_ids = last_ids.gather(1, positions)
+                last_latent = last_latent.gather(
+                    1, positions.unsqueeze(-1).expand(-1, -1, last_latent.shape[-1])
+                )
+            target_ids = torch.cat([*ids[:-1], last_ids], dim=1)  # (B, L')
+        with self.autocast_context():
+            loss, metrics = self.ddp_model(
+                context,
+                mask,
+                scale_inputs,
+                target_ids,
+                last_latent,
+                quantize.embedding.weight.detach(),
+                self.recipe.loss,
+                generator,
+                positions,
+            )
+        metrics.update(
+            loss=loss.item(),
+            kept_tokens=float(last_ids.shape[1]),
+            condition_dropped=dropped.float().mean().item(),
+        )
+        return loss, metrics
+
+    @torch.no_grad()
+    def evaluate(self, batch: Batch, seed: int = 0) -> dict[str, float]:
+        """Losses of the live networks on ``batch`` with fixed draws (no condition dropout or subsampling)."""
+        quantize = self.tokenizer.quantize
+        ids, residual = self.tokenizer.split(self.latents(batch))
+        last_latent = quantize.last_scale_target(ids, residual).flatten(2).transpose(1, 2)  # (B, l, Cz)
+        context, mask = self.contexts(batch.captions)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            loss, metrics = self.model(
+                context,
+                mask,
+                quantize.teacher_forcing_inputs(ids),
+                torch.cat(ids, dim=1),
+                last_latent,
+                quantize.embedding.weight,
+                self.recipe.loss,
+                torch.Generator().manual_seed(seed),
+            )
+        finally:
+            self.model.train(was_training)
+        return {"loss": loss.item(), **metrics}
+
+    # ------------------------------------------------------------------ outputs
+    def saved_pipeline(self) -> HartPipeline:
+        """The model as it is saved: the EMA networks (``save_ema``) or the live ones."""
+        use_ema = self.recipe.save_ema and self.ema is not None
+        source = self.ema.module if use_ema else self.model
+        pipeline = HartPipeline(
+            self.pipeline.text_encoder, self.tokenizer, source.transformer, source.diffusion_head
+        )
+        self.model.train()  # building a pipeline puts its components in eval mode
+        return pipeline
+
+    def write_model(self, folder: Path) -> None:
+        self.saved_pipeline().save_pretrained(folder)
+
+    @torch.no_grad()
+    def write_samples(self, step: int) -> Path | None:
+        """Grid of the recipe's fixed prompts (image i from seed + i: comparable across steps)."""
+        sampling = self.recipe.sampling
+        if not sampling.prompts:
+            return None
+        pipeline = self.saved_pipeline()
+        generators = [torch.Generator().manual_seed(sampling.seed + i) for i in range(len(sampling.prompts))]
+        try:
+            images = pipeline(
+                list(sampling.prompts),
+                guidance_scale=sampling.guidance_scale,
+                num_inference_steps=sampling.num_inference_steps,
+                generator=generators,
+                output_type="pt",
+            ).images  # (N, 3, S, S) in [0, 1]
+        finally:
+            self.model.train()
+        columns = math.ceil(math.sqrt(len(sampling.prompts)))
+        path = save_png(image_grid(images, columns), self.out_dir / SAMPLES_DIR / f"step-{step:07d}.png")
+        logger.info("step %d: sample grid %s", step, path)
+        return path

@@ -1,0 +1,310 @@
+"""Tokenizer training: reconstruction + VQ loss, HART's alternating hybrid decoder, dead-code revival.
+
+One step: images → encoder → multi-scale quantizer (``HybridTokenizer.forward``) → decoder.
+Loss = l1·|x̂ − x| + l2·(x̂ − x)² + vq·(codebook + β·commitment), with x̂ decoded from
+
+* the discrete-only latent (straight-through to the encoder) with probability
+  ``loss.discrete_probability`` (0.5 in HART), or
+* the full latent (discrete + continuous residual = the encoder's latent itself) otherwise,
+
+decided once per step from a generator seeded by (seed, step), so every rank takes the same branch.
+HART trains the decoder this way so that it decodes both what the transformer alone produces and
+what the residual head completes.
+
+Codebook usage is counted over windows of ``loss.revive_every`` steps (over all ranks); codes no
+rank picked in a window are dead and are re-initialised from this step's encoder outputs: the
+per-scale residual vectors the codes are matched against, plus a little noise. Rank 0 draws them
+and broadcasts the codebook; their AdamW moments are reset.
+
+Dimension legend: B images, S image side, Cz latent channels, H latent side, V codebook size,
+N residual vectors of all scales (Σ_k B·pn_k²).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from openhart.tokenizer import HybridTokenizer, TokenizerConfig
+from openhart.tokenizer.quantizer import MultiScaleQuantizer
+from openhart.training.distributed import all_reduce_sum_, broadcast_, step_generator
+from openhart.training.loop import SAMPLES_DIR, Batch, Trainer, image_grid, save_png
+from openhart.training.recipe import TokenizerRecipe
+from openhart.utils.config import read_json, write_json
+from openhart.utils.random import rand_tensor, randn_tensor
+from openhart.utils.weights import load_weights, save_weights
+
+logger = logging.getLogger(__name__)
+
+
+def save_tokenizer(tokenizer: HybridTokenizer, folder: str | Path) -> Path:
+    """A tokenizer folder: ``config.json`` + ``model.safetensors`` (the layout of a pipeline's tokenizer/)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "config.json", tokenizer.config.to_dict())
+    save_weights(tokenizer, folder)
+    return folder
+
+
+def load_tokenizer(folder: str | Path) -> HybridTokenizer:
+    """Load a trained tokenizer from a tokenizer folder, a pipeline folder, or a training run folder.
+
+    Accepts what ``openhart train tokenizer`` writes (``OUT``, ``OUT/final`` or a checkpoint's
+    ``model/``) and any saved pipeline (its ``tokenizer/``).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"tokenizer folder not found: {folder}")
+    candidates = [folder, folder / "tokenizer", folder / "final", folder / "final" / "tokenizer"]
+    for candidate in candidates:
+        if (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():
+            config_data = read_json(candidate / "config.json")
+            try:
+                config = TokenizerConfig.from_dict(config_data)
+            except (TypeError, ValueError):
+                continue  # e.g. a pipeline's text encoder config; keep looking
+            tokenizer = HybridTokenizer(config)
+            load_weights(tokenizer, candidate)
+            return tokenizer
+    raise FileNotFoundError(
+        f"{folder} holds no tokenizer (looked for config.json + model.safetensors in "
+        f"{[str(c) for c in candidates]})"
+    )
+
+
+def residual_vectors(quantize: MultiScaleQuantizer, latent: torch.Tensor) -> torch.Tensor:
+    """(N, Cz): at every scale, the rows the codebook is matched against in ``training_forward``.
+
+    That is what is left of the latent after the coarser scales (VAR-style, Φ on every scale),
+    area-downsampled to the scale's grid: exactly the vectors a live code should sit near.
+    """
+    rest = latent.detach().float()
+    rows = []
+    for k in range(quantize.num_scales):
+        target = quantize.downsample_to_scale(rest, k)  # (B, Cz, pn, pn)
+        flat = target.permute(0, 2, 3, 1).reshape(-1, quantize.latent_channels)  # (B·pn², Cz)
+        rows.append(flat)
+        ids = quantize.nearest_code(flat).view(latent.shape[0], -1)  # (B, pn²)
+        rest = rest - quantize.phi(quantize.upsample_to_latent(quantize.code_map(ids, k)), k)
+    return torch.cat(rows)
+
+
+def psnr(images: torch.Tensor, reference: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio in dB of images in [−1, 1] (peak-to-peak 2)."""
+    mse = F.mse_loss(images.float().clamp(-1, 1), reference.float()).item()
+    return float("inf") if mse == 0 else 10 * math.log10(4.0 / mse)
+
+
+class TokenizerTrainer(Trainer):
+    """``openhart train tokenizer``: trains a preset's :class:`HybridTokenizer` from a recipe."""
+
+    recipe_kind = "tokenizer"
+    metric_names = (
+        "loss",
+        "l1",
+        "l2",
+        "vq",
+        "l2_discrete",
+        "l2_hybrid",
+        "discrete_fraction",
+        "codes_used",
+        "codes_revived",
+        "code_perplexity",
+    )
+    recipe: TokenizerRecipe
+
+    # ------------------------------------------------------------------ model
+    def build_model(self) -> nn.Module:
+        recipe = self.recipe
+        if recipe.init is not None:
+            tokenizer = load_tokenizer(recipe.init)
+            if recipe.tokenizer:
+                logger.warning(
+                    "init: tokenizer sizes come from %s; the recipe's `tokenizer` overrides are ignored",
+                    recipe.init,
+                )
+        else:
+            # Same initial weights on every rank (DDP would broadcast them anyway) and per seed.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(recipe.seed)
+                tokenizer = HybridTokenizer(recipe.tokenizer_config())
+        self.tokenizer = tokenizer.to(self.device)
+        codebook = self.tokenizer.config.codebook_size
+        self.usage_counts = torch.zeros(codebook, dtype=torch.float64)  # hits in the current window
+        self.usage_window_steps = 0
+        self._sample_images: torch.Tensor | None = None
+        return self.tokenizer
+
+    @property
+    def image_size(self) -> int:
+        return self.tokenizer.config.image_size
+
+    def _check_batch(self, images: torch.Tensor) -> None:
+        size = self.image_size
+        if tuple(images.shape[1:]) != (3, size, size):
+            raise ValueError(
+                f"dataset images are {tuple(images.shape[1:])}, the tokenizer needs (3, {size}, {size}); "
+                f"build the dataset at image_size={size}"
+            )
+
+    # ------------------------------------------------------------------ one step
+    def compute_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        images = batch.images.to(self.device, non_blocking=True)
+        self._check_batch(images)
+        loss_recipe = self.recipe.loss
+        # One decision per step, the same on every rank (rank=None): a step is discrete or hybrid.
+        decide = step_generator(self.recipe.seed, step, "tokenizer-branch")
+        discrete = bool(rand_tensor((1,), decide).item() < loss_recipe.discrete_probability)
+        with self.autocast_context():
+            reconstruction, vq_loss, ids = self.ddp_model(images, use_residual=not discrete)
+        reconstruction = reconstruction.float()
+        l1 = (reconstruction - images).abs().mean()
+        l2 = F.mse_loss(reconstruction, images)
+        vq_loss = vq_loss.float()
+        loss = loss_recipe.l1_weight * l1 + loss_recipe.l2_weight * l2 + loss_recipe.vq_weight * vq_loss
+
+        hits = torch.cat([i.reshape(-1) for i in ids]).cpu()
+        self.usage_counts += torch.bincount(hits, minlength=self.usage_counts.numel()).double()
+        self._last_images = images
+        metrics: dict[str, Any] = {
+            "loss": loss.item(),
+            "l1": l1.item(),
+            "l2": l2.item(),
+            "vq": vq_loss.item(),
+            "l2_discrete" if discrete else "l2_hybrid": l2.item(),
+            "discrete_fraction": float(discrete),
+        }
+        return loss, metrics
+
+    def after_step(self, batch: Batch, step: int) -> dict[str, float]:
+        self.usage_window_steps += 1
+        window = self.recipe.loss.revive_every or self.recipe.run.log_every
+        if self.usage_window_steps < window:
+            return {}
+        return self._close_usage_window(step)
+
+    # ------------------------------------------------------------------ codebook usage
+    @torch.no_grad()
+    def _close_usage_window(self, step: int) -> dict[str, float]:
+        """Usage statistics over every rank; revive dead codes when enabled. A collective."""
+        counts = self.usage_counts.clone().to(self.device)  # a copy: the window is reset below
+        all_reduce_sum_(counts)
+        counts = counts.cpu()
+        self.usage_counts.zero_()
+        self.usage_window_steps = 0
+        probabilities = counts / counts.sum().clamp(min=1)
+        entropy = -(probabilities[probabilities > 0] * probabilities[probabilities > 0].log()).sum()
+        dead = counts == 0
+        metrics = {
+            "codes_used": float((~dead).double().mean()),
+            "code_perplexity": float(entropy.exp()),
+            "codes_revived": 0.0,
+        }
+        if self.recipe.loss.revive_every and bool(dead.any()):
+            metrics["codes_revived"] = float(self._revive(dead, step))
+        return metrics
+
+    @torch.no_grad()
+    def _revive(self, dead: torch.Tensor, step: int) -> int:
+        quantize = self.tokenizer.quantize
+        codebook = quantize.embedding.weight  # (V, Cz)
+        count = int(dead.sum())
+        if self.ctx.is_main:
+            was_training = self.tokenizer.training
+            self.tokenizer.eval()
+            latent = self.tokenizer.encode(self._last_images)  # (B, Cz, H, W)
+            self.tokenizer.train(was_training)
+            pool = residual_vectors(quantize, latent)  # (N, Cz)
+            generator = step_generator(self.recipe.seed, step, "revive")
+            picks = (rand_tensor((count,), generator) * pool.shape[0]).long().clamp_(max=pool.shape[0] - 1)
+            noise = randn_tensor((count, pool.shape[1]), generator)
+            scale = self.recipe.loss.revive_noise * pool.std().clamp(min=1e-6)
+            new_codes = pool[picks.to(pool.device)] + noise.to(pool.device) * scale
+            codebook[dead.to(codebook.device)] = new_codes.to(codebook.dtype)
+        broadcast_(codebook.data)  # every rank gets rank 0's codebook
+        rows = dead.to(codebook.device)
+        state = self.optimizer.state.get(codebook, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                state[key][rows] = 0  # stale moments would throw the fresh codes straight back
+        if self.ema is not None:
+            ema_codebook = self.ema.module.quantize.embedding.weight
+            ema_codebook[rows] = codebook[rows].to(ema_codebook.dtype)
+        logger.info("step %d: revived %d dead codes of %d", step, count, codebook.shape[0])
+        return count
+
+    # ------------------------------------------------------------------ state
+    def extra_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        # Each rank's window counts are summed at the window's end, so saving rank 0's alone would
+        # lose the others': sum them into the checkpoint and restore the sum on rank 0 only.
+        counts = self.usage_counts.clone().to(self.device)
+        all_reduce_sum_(counts)
+        return {"usage_window_steps": self.usage_window_steps}, {"usage_counts": counts.cpu()}
+
+    def load_extra_state(self, extra: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        self.usage_window_steps = int(extra.get("usage_window_steps", 0))
+        counts = tensors.get("usage_counts")
+        self.usage_counts.zero_()
+        if counts is not None and self.ctx.is_main:
+            self.usage_counts.copy_(counts)
+
+    # ------------------------------------------------------------------ outputs
+    def write_model(self, folder: Path) -> None:
+        save_tokenizer(self.saved_module, folder)
+
+    def sample_images(self) -> torch.Tensor:
+        """The first ``num_sample_images`` images of the dataset: (n, 3, S, S), fixed for the run."""
+        if self._sample_images is None:
+            wanted = self.recipe.num_sample_images
+            images = []
+            if hasattr(self.dataset, "__getitem__") and hasattr(self.dataset, "__len__"):
+                for index in range(min(wanted, len(self.dataset))):
+                    images.append(self.dataset[index]["image"])
+            else:
+                for sample in self.dataset:
+                    images.append(sample["image"])
+                    if len(images) == wanted:
+                        break
+            self._sample_images = torch.stack(images)
+        return self._sample_images
+
+    @torch.no_grad()
+    def evaluate(self, images: torch.Tensor | None = None) -> dict[str, Any]:
+        """Reconstructions (discrete-only and hybrid) of ``images`` by the saved weights, with PSNRs."""
+        tokenizer = self.saved_module
+        was_training = tokenizer.training
+        tokenizer.eval()
+        images = (self.sample_images() if images is None else images).to(self.device)
+        ids, residual = tokenizer.split(tokenizer.encode(images))
+        discrete = tokenizer.decode(tokenizer.compose(ids, None))
+        hybrid = tokenizer.decode(tokenizer.compose(ids, residual))
+        tokenizer.train(was_training)
+        return {
+            "discrete": discrete,
+            "hybrid": hybrid,
+            "psnr_discrete": psnr(discrete, images),
+            "psnr_hybrid": psnr(hybrid, images),
+        }
+
+    def write_samples(self, step: int) -> Path | None:
+        """Grid: originals, discrete-only and hybrid reconstructions (one row each)."""
+        result = self.evaluate()
+        originals = self.sample_images()
+        rows = [originals, result["discrete"].cpu(), result["hybrid"].cpu()]  # each (n, 3, S, S) in [-1, 1]
+        grid = image_grid((torch.cat(rows) + 1) / 2, columns=originals.shape[0])
+        path = self.out_dir / SAMPLES_DIR / f"step-{step:07d}.png"
+        save_png(grid, path)
+        logger.info(
+            "step %d: reconstruction PSNR discrete %.2f dB, hybrid %.2f dB (%s)",
+            step,
+            result["psnr_discrete"],
+            result["psnr_hybrid"],
+            path,
+        )
+        return path
