@@ -115,6 +115,7 @@ class GenerationQueue:
         workers: int = 1,
         capacity: int = 16,
         max_batch_images: int = 1,
+        torch_threads: int | None = None,
     ) -> None:
         for name, value in (
             ("workers", workers),
@@ -123,10 +124,13 @@ class GenerationQueue:
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if torch_threads is not None and (not isinstance(torch_threads, int) or torch_threads < 1):
+            raise ValueError(f"torch_threads must be an int >= 1 or None, got {torch_threads!r}")
         self.pipeline = pipeline
         self.workers = workers
         self.capacity = capacity
         self.max_batch_images = max_batch_images
+        self.torch_threads = torch_threads
         self._pending: collections.deque[GenerationJob] = collections.deque()
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
@@ -187,6 +191,18 @@ class GenerationQueue:
             self._ready.notify()
         return job
 
+    def refuse_if_full(self) -> QueueFull | None:
+        """A :class:`QueueFull` (counted as a rejection) when no slot is free, else None.
+
+        Lets the HTTP layer answer 503 before reading and validating a body: under a flood of
+        requests that cheap path leaves more of the CPU (and the GIL) to the workers.
+        """
+        with self._lock:
+            if self._closing or len(self._pending) < self.capacity:
+                return None
+            self._rejected += 1
+            return QueueFull(self._retry_after_locked())
+
     def abandon(self, job: GenerationJob) -> None:
         """The client stopped waiting: drop the job if it still waits, else let its batch stop early."""
         job.abandoned.set()
@@ -216,6 +232,10 @@ class GenerationQueue:
 
     # ------------------------------------------------------------------ worker side
     def _work(self) -> None:
+        if self.torch_threads is not None:
+            # CPU kernels split work over this many threads and wait for the slowest: more threads
+            # than free cores (the HTTP loop needs one) make every call as slow as a descheduled thread.
+            torch.set_num_threads(self.torch_threads)
         while True:
             with self._lock:
                 while not self._pending and not self._closing:

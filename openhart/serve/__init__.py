@@ -1,0 +1,13 @@
+"""``openhart serve``: a local browser UI and JSON HTTP API over one loaded HART pipeline.
+
+Files, one job each:
+
+- ``schema.py``: per-server limits, the strict request model, the response bodies (OpenAPI).
+- ``queue.py``: the bounded queue and the worker threads that run the pipeline (optional batching).
+- ``safety.py``: the optional prompt-safety hook (a callable or a local transformers classifier).
+- ``app.py``: the FastAPI app: routes, JSON errors, body-size/content-type guard, static page.
+- ``cli.py``: the ``serve`` command (load the model once, run uvicorn, exit 0 on SIGINT/SIGTERM).
+- ``static/``: the page (``index.html``) and its script (``app.js``), which only call the API.
+
+Nothing here is imported by ``openhart`` itself, so the web extra stays optional.
+"""

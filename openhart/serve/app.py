@@ -1,0 +1,448 @@
+"""The FastAPI app of ``openhart serve``: a JSON API, a model card, health, and the browser page.
+
+Legend: N images of one request.
+
+Routes::
+
+    GET  /                 the browser UI (static/index.html + static/app.js, over the API below)
+    POST /api/generate     prompt → N images + the parameters actually used        (schema.py)
+    GET  /api/model        model card: what is loaded, image size, scales, parameters, limits
+    GET  /health           liveness + queue depth
+    GET  /openapi.json     the OpenAPI schema (no /docs page: it would load scripts from a CDN)
+
+Every error is JSON ``{"detail": "<field>: <what is wrong>", "errors": [...]}``: 400 malformed
+JSON, 404/405 unknown route or method, 413 body too large, 415 not ``application/json``, 422 a
+field out of bounds, of the wrong type, unknown, or refused by the safety hook, 503 queue full
+(with Retry-After) or shutting down, 504 past the per-request timeout. Clients never name files:
+the page and its script are read once at start-up and served from memory.
+
+This module has no ``from __future__ import annotations``: the generate route's body type is
+built per server, and FastAPI must see it as a class, not a string.
+"""
+
+import asyncio
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+
+from openhart import __version__
+from openhart.serve.queue import (
+    GenerationQueue,
+    GenerationRequest,
+    GenerationResult,
+    JobAbandoned,
+    QueueClosed,
+    QueueFull,
+    to_base64,
+)
+from openhart.serve.safety import SafetyChecker
+from openhart.serve.schema import (
+    DEFAULT_GUIDANCE_SCALE,
+    MAX_SEED,
+    RAW_FORMATS,
+    ErrorResponse,
+    GeneratedImage,
+    GenerateResponse,
+    HealthResponse,
+    ModelCard,
+    ServeLimits,
+    Timings,
+    UsedParameters,
+    build_request_model,
+)
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+# The only files the server ever sends: URL path → (file in STATIC_DIR, media type).
+STATIC_FILES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+}
+# The page only talks to its own origin and shows images from data: URLs.
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self'; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]
+# Random seeds stay below 2**31 like the CLI's, well inside the accepted [0, MAX_SEED].
+RANDOM_SEED_BOUND = min(2**31, MAX_SEED + 1)
+
+ASGIApp = Callable[
+    [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
+    Awaitable[None],
+]
+
+
+def error_response(
+    status: int, detail: str, field: str = "", kind: str = "", headers: dict[str, str] | None = None
+) -> JSONResponse:
+    errors = [{"field": field, "message": detail, "type": kind}] if field or kind else []
+    return JSONResponse(status_code=status, content={"detail": detail, "errors": errors}, headers=headers)
+
+
+def build_model_card(
+    pipeline: Any,
+    name: str,
+    weights: str,
+    limits: ServeLimits,
+    safety: SafetyChecker | None = None,
+) -> ModelCard:
+    transformer = pipeline.transformer.config
+    return ModelCard(
+        name=name,
+        weights=weights,
+        image_size=pipeline.image_size,
+        num_scales=len(transformer.patch_nums),
+        patch_nums=list(transformer.patch_nums),
+        text_encoder=pipeline.text_encoder.config.kind,
+        context_tokens=transformer.context_tokens,
+        parameters=pipeline.num_parameters(),
+        device=str(pipeline.device),
+        dtype=str(pipeline.dtype).removeprefix("torch."),
+        defaults={
+            "guidance_scale": DEFAULT_GUIDANCE_SCALE,
+            "steps": pipeline.diffusion_head.config.num_inference_steps,
+            "num_images": 1,
+            "format": "base64",
+        },
+        limits={**limits.to_dict(), "max_seed": MAX_SEED},
+        safety_checker=safety.describe() if safety is not None else None,
+        version=__version__,
+    )
+
+
+class RequestGuard:
+    """ASGI middleware in front of every route: body-size and content-type checks, security headers.
+
+    The body is read here, up to ``max_body_bytes``, before any JSON parsing, so a huge or endless
+    body costs at most that much memory and gets 413; then it is replayed to the app.
+    """
+
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, refuse_if_full: Callable[[], QueueFull | None] | None = None
+    ) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.refuse_if_full = refuse_if_full
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+            await send(message)
+
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send_with_headers)
+            return
+        headers = {key.lower(): value for key, value in scope.get("headers", [])}
+        if scope["path"].startswith("/api/"):
+            media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+            if media_type != b"application/json":
+                shown = media_type.decode("latin-1") or "none"
+                response = error_response(
+                    415, f"content-type: expected application/json, got {shown}", "content-type", "media_type"
+                )
+                await response(scope, receive, send_with_headers)
+                return
+        if scope["path"] == "/api/generate" and self.refuse_if_full is not None:
+            full = self.refuse_if_full()
+            if full is not None:  # 503 before the body is read or validated: cheap under a flood
+                response = _queue_full_response(full)
+                await response(scope, receive, send_with_headers)
+                return
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
+            await self._too_large(scope, receive, send_with_headers)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                await self._too_large(scope, receive, send_with_headers)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> MutableMapping[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send_with_headers)
+
+    async def _too_large(self, scope: Any, receive: Any, send: Any) -> None:
+        response = error_response(
+            413, f"body: larger than the limit of {self.max_body_bytes} bytes", "body", "body_too_large"
+        )
+        await response(scope, receive, send)
+
+
+def _queue_full_response(full: QueueFull) -> JSONResponse:
+    return error_response(503, str(full), kind="queue_full", headers={"Retry-After": str(full.retry_after_s)})
+
+
+def _describe_validation_error(error: dict[str, Any]) -> tuple[str, str, str]:
+    """(field, message naming the field, type) of one pydantic/FastAPI validation error."""
+    location = [str(part) for part in error.get("loc", ()) if part != "body"]
+    kind = str(error.get("type", "invalid"))
+    if kind == "json_invalid":
+        reason = (error.get("ctx") or {}).get("error", "invalid JSON")
+        position = location[0] if location else "?"
+        return "body", f"body: malformed JSON ({reason} at position {position})", kind
+    field = ".".join(location) or "body"
+    if kind == "extra_forbidden":
+        return field, f"{field}: unknown field (see GET /openapi.json for the accepted fields)", kind
+    if kind == "missing":
+        return field, f"{field}: required", kind
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    return field, f"{field}: {message}", kind
+
+
+def create_app(
+    queue: GenerationQueue,
+    card: ModelCard,
+    limits: ServeLimits,
+    safety: SafetyChecker | None = None,
+    cors_origins: tuple[str, ...] = (),
+) -> FastAPI:
+    """The app for one loaded model. The queue's workers start and stop with the app's lifespan."""
+    default_steps = int(card.defaults["steps"])
+    request_model = build_request_model(limits, default_steps)
+    static = {
+        route: ((STATIC_DIR / filename).read_bytes(), media_type)
+        for route, (filename, media_type) in STATIC_FILES.items()
+    }
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        queue.start()
+        logger.info(
+            "serving %s with %d worker(s), %d waiting slot(s)", card.name, queue.workers, queue.capacity
+        )
+        yield
+        # In-flight requests have finished (or timed out) by now; stop the workers.
+        await run_in_threadpool(queue.close, limits.request_timeout_s)
+        logger.info("workers stopped")
+
+    app = FastAPI(
+        title="OpenHART",
+        version=__version__,
+        summary="Text-to-image with HART: a local JSON API and browser UI.",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        described = [_describe_validation_error(error) for error in exc.errors()]
+        status = 400 if any(kind == "json_invalid" for _, _, kind in described) else 422
+        return JSONResponse(
+            status_code=status,
+            content={
+                "detail": "; ".join(message for _, message, _ in described),
+                "errors": [{"field": f, "message": m, "type": k} for f, m, k in described],
+            },
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        cause = exc.__cause__
+        if exc.status_code == 400 and cause is not None:
+            # FastAPI's "error parsing the body": bytes that are not UTF-8, JSON nested too deep for
+            # the parser, or a number with too many digits for Python's int.
+            detail = f"body: cannot be parsed as JSON ({type(cause).__name__}: {str(cause)[:200]})"
+            return error_response(400, detail, "body", "body_unparsable")
+        return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def on_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal server error (see the server log)", kind="internal")
+
+    error_responses: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorResponse, "description": description}
+        for code, description in (
+            (400, "Malformed JSON."),
+            (413, "Body larger than max_body_bytes."),
+            (415, "Content-Type is not application/json."),
+            (
+                422,
+                "A field is missing, unknown, of the wrong type, out of bounds, or refused by the safety hook.",
+            ),
+            (503, "Queue full (see Retry-After) or shutting down."),
+            (504, "Not finished within request_timeout_s (queue wait included)."),
+        )
+    }
+
+    @app.post(
+        "/api/generate",
+        response_model=GenerateResponse,
+        responses={
+            200: {
+                "description": "JSON (format base64), or the raw image (format png/jpeg) with the "
+                "parameters in X-OpenHART-Seed / X-OpenHART-Parameters headers.",
+                "content": {"image/png": {}, "image/jpeg": {}},
+            },
+            **error_responses,
+        },
+        summary="Generate images from a prompt",
+    )
+    async def generate(body: request_model) -> Any:  # type: ignore[valid-type]
+        if safety is not None:
+            try:
+                reason = await run_in_threadpool(safety, body.prompt)
+            except Exception:
+                logger.exception("the prompt-safety checker failed; refusing the request")
+                return error_response(
+                    500, "prompt: the prompt-safety checker failed", "prompt", "safety_error"
+                )
+            if reason:
+                return error_response(
+                    422, f"prompt: refused by the prompt-safety checker ({reason})", "prompt", "unsafe_prompt"
+                )
+        request = GenerationRequest(
+            prompt=body.prompt,
+            negative_prompt=body.negative_prompt,
+            seed=body.seed if body.seed is not None else secrets.randbelow(RANDOM_SEED_BOUND),
+            guidance_scale=float(body.guidance_scale),
+            steps=body.steps if body.steps is not None else default_steps,
+            num_images=body.num_images,
+            image_format="jpeg" if body.format == "jpeg" else "png",
+        )
+        try:
+            job = queue.submit(request)
+        except QueueFull as full:
+            return _queue_full_response(full)
+        except QueueClosed as closed:
+            return error_response(503, str(closed), kind="shutting_down", headers={"Retry-After": "10"})
+        try:
+            result: GenerationResult = await asyncio.wait_for(
+                asyncio.wrap_future(job.future), timeout=limits.request_timeout_s
+            )
+        except asyncio.TimeoutError:
+            queue.abandon(job)
+            return error_response(
+                504,
+                f"not finished within {limits.request_timeout_s:g} s (queue wait included); "
+                "retry later or ask for fewer images or steps",
+                kind="timeout",
+            )
+        except asyncio.CancelledError:
+            queue.abandon(job)
+            raise
+        except (QueueClosed, JobAbandoned):
+            return error_response(503, "stopped: the server is shutting down", kind="shutting_down")
+        except (ValueError, TypeError) as error:
+            return error_response(422, str(error), kind="pipeline_rejected")
+        used = UsedParameters(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            seed=request.seed,
+            guidance_scale=request.guidance_scale,
+            steps=request.steps,
+            num_images=request.num_images,
+            format=body.format,
+        )
+        if body.format in RAW_FORMATS:
+            return Response(
+                content=result.images[0],
+                media_type=RAW_FORMATS[body.format],
+                headers={
+                    "X-OpenHART-Seed": str(request.seed),
+                    # ensure_ascii: headers are latin-1, prompts are not.
+                    "X-OpenHART-Parameters": json.dumps(used.model_dump(), ensure_ascii=True),
+                },
+            )
+        return GenerateResponse(
+            images=[
+                GeneratedImage(
+                    seed=request.seed + i,
+                    width=result.width,
+                    height=result.height,
+                    media_type="image/png",
+                    data=to_base64(data),
+                )
+                for i, data in enumerate(result.images)
+            ],
+            parameters=used,
+            timings=Timings(
+                queue_s=round(result.queue_s, 4),
+                inference_s=round(result.inference_s, 4),
+                batch_images=result.batch_images,
+            ),
+        )
+
+    @app.get("/api/model", response_model=ModelCard, summary="The loaded model and the request limits")
+    async def model_card() -> ModelCard:
+        return card
+
+    @app.get(
+        "/health",
+        response_model=HealthResponse,
+        responses={503: {"model": HealthResponse, "description": "Shutting down."}},
+        summary="Liveness and queue depth",
+    )
+    async def health() -> JSONResponse:
+        closing = queue.closing
+        content = HealthResponse(status="closing" if closing else "ok", model=card.name, queue=queue.stats())
+        return JSONResponse(status_code=503 if closing else 200, content=content.model_dump())
+
+    def static_route(path: str) -> None:
+        data, media_type = static[path]
+        headers = {"Cache-Control": "no-cache"}
+        if media_type.startswith("text/html"):
+            headers["Content-Security-Policy"] = PAGE_CSP
+
+        async def serve_file() -> Response:
+            return Response(content=data, media_type=media_type, headers=headers)
+
+        app.get(path, include_in_schema=False)(serve_file)
+
+    for path in static:
+        static_route(path)
+
+    app.add_middleware(
+        RequestGuard, max_body_bytes=limits.max_body_bytes, refuse_if_full=queue.refuse_if_full
+    )
+    if cors_origins:
+        # Off unless the operator names origins: browsers then let those sites call the API. Added
+        # last, so it wraps the guard and its early 413/415/503 answers carry the CORS headers too.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type"],
+        )
+    return app

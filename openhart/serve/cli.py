@@ -1,0 +1,223 @@
+"""``openhart serve``: load one model, then serve the browser UI and the JSON API with uvicorn.
+
+openhart serve --model tiny                      # http://127.0.0.1:7860
+python -m openhart.serve.cli --model DIR --port 8000 --workers 1 --queue-size 16
+
+Register in the main CLI with ``app.command()(serve)``. The web extra (fastapi, uvicorn) is only
+imported when the command runs, so ``openhart generate`` works without it.
+
+SIGINT/SIGTERM: uvicorn stops accepting connections, lets in-flight requests finish (each is
+bounded by ``--timeout``), then the workers stop and the process exits with status 0.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import signal
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+logger = logging.getLogger("openhart.serve")
+
+
+# The choices of `openhart generate` (openhart.cli.DeviceChoice / DtypeChoice; a test keeps them
+# equal). openhart.cli is only imported when the command runs: it registers this command, so
+# importing it here would be an import cycle.
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class Dtype(str, Enum):
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+# Extra seconds uvicorn waits for in-flight requests on shutdown, beyond one request timeout.
+SHUTDOWN_GRACE_S = 5.0
+
+
+def serve(
+    model: Annotated[
+        str | None, typer.Option(help="Model folder or preset name (default: the embedded model).")
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Interface to bind; anything but loopback exposes the server (no auth).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: any free port).")] = 7860,
+    device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
+    dtype: Annotated[
+        Dtype, typer.Option(help="Weights dtype (auto: bf16 on CUDA, fp32 elsewhere).")
+    ] = Dtype.auto,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Generation worker threads.")] = 1,
+    queue_size: Annotated[
+        int, typer.Option(min=1, max=100_000, help="Requests that may wait for a worker; more get 503.")
+    ] = 16,
+    max_batch_images: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=1024,
+            help="Images of compatible requests run as one call (1: off; >1 may change a pixel level "
+            "now and then, so same seed → same bytes only holds at 1).",
+        ),
+    ] = 1,
+    threads: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=1024,
+            help="CPU threads per worker for torch (0: auto = one core left for HTTP, split over the "
+            "workers, on CPU; torch's default on GPUs).",
+        ),
+    ] = 0,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds per request, queue wait included (then 504).")
+    ] = 120.0,
+    max_prompt_chars: Annotated[int, typer.Option(min=1)] = 1000,
+    max_num_images: Annotated[int, typer.Option(min=1)] = 4,
+    max_steps: Annotated[int, typer.Option(min=1, help="Most residual diffusion steps per request.")] = 50,
+    max_guidance: Annotated[float, typer.Option(min=0.001, help="Largest guidance_scale accepted.")] = 20.0,
+    max_body_bytes: Annotated[int, typer.Option(min=1024)] = 1 << 20,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(help="Allow browser calls from this origin (repeatable). Off by default."),
+    ] = None,
+    safety_checker: Annotated[
+        str | None, typer.Option(help="Prompt-safety hook 'module:function' (returns None or a reason).")
+    ] = None,
+    safety_model: Annotated[
+        Path | None, typer.Option(help="Local transformers text-classification folder as safety hook.")
+    ] = None,
+    safety_labels: Annotated[
+        str, typer.Option(help="Comma-separated labels of --safety-model that mean unsafe.")
+    ] = "",
+    safety_threshold: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Refuse when P(unsafe label) reaches this.")
+    ] = 0.5,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Serve a browser UI and a JSON HTTP API for one model (127.0.0.1 only, unless --host says otherwise)."""
+    try:
+        import uvicorn
+
+        from openhart.cli import load_model, resolve_device, resolve_dtype
+        from openhart.serve.app import build_model_card, create_app
+        from openhart.serve.queue import GenerationQueue
+        from openhart.serve.safety import build_safety_checker
+        from openhart.serve.schema import ServeLimits
+    except ImportError as error:
+        raise typer.BadParameter(
+            f"the web extra is missing ({error.name}); install it with: pip install 'openhart[web]'"
+        ) from error
+
+    level = log_level.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise typer.BadParameter(f"unknown log level {log_level!r}", param_hint="--log-level")
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    _warn_if_exposed(host)
+
+    try:
+        limits = ServeLimits(
+            max_prompt_chars=max_prompt_chars,
+            max_num_images=max_num_images,
+            max_steps=max_steps,
+            max_guidance_scale=max_guidance,
+            max_body_bytes=max_body_bytes,
+            request_timeout_s=timeout,
+        )
+        labels = [label.strip() for label in safety_labels.split(",") if label.strip()]
+        safety = build_safety_checker(safety_checker, safety_model, labels, safety_threshold)
+    except (ValueError, FileNotFoundError) as error:
+        raise typer.BadParameter(str(error)) from error
+
+    torch_device = resolve_device(device.value)
+    pipeline = load_model(model, torch_device, resolve_dtype(dtype.value, torch_device))
+    name, weights = _describe_weights(model)
+    card = build_model_card(pipeline, name, weights, limits, safety)
+    queue = GenerationQueue(
+        pipeline,
+        workers=workers,
+        capacity=queue_size,
+        max_batch_images=max_batch_images,
+        torch_threads=threads or _auto_threads(torch_device.type, workers),
+    )
+    app = create_app(queue, card, limits, safety=safety, cors_origins=tuple(cors_origin or ()))
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        timeout_graceful_shutdown=int(timeout + SHUTDOWN_GRACE_S),
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    _keep_signals_from_killing_us()
+    server.run()
+    if not server.started:
+        raise typer.Exit(1)  # uvicorn logged why (e.g. the port is taken)
+    logger.info("stopped")
+
+
+def _auto_threads(device_type: str, workers: int) -> int | None:
+    """On CPU: the usable cores minus one (the HTTP event loop), split over the workers."""
+    if device_type != "cpu":
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, (cores - 1) // workers)
+
+
+def _describe_weights(model: str | None) -> tuple[str, str]:
+    """(name shown to clients, where the weights came from); a folder shows its name, not its path."""
+    from openhart.cli import DEFAULT_MODEL, PACKAGED_WEIGHTS
+    from openhart.presets import PRESETS
+
+    name = model or DEFAULT_MODEL
+    if Path(name).is_dir():
+        return Path(name).resolve().name, "folder"
+    if (PACKAGED_WEIGHTS / name).is_dir():
+        return name, "preset-trained"
+    assert name in PRESETS  # load_model refused anything else
+    return name, "preset-random"
+
+
+def _warn_if_exposed(host: str) -> None:
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        logger.warning(
+            "binding to %s: anyone who can reach this address can use the server (there is no authentication)",
+            host,
+        )
+
+
+def _keep_signals_from_killing_us() -> None:
+    """After a graceful shutdown uvicorn re-raises the signal it caught, to the handler that was in
+    place before it started; with Python's defaults that kills the process (SIGTERM → status 143,
+    SIGINT → KeyboardInterrupt). Handlers that only log make a clean stop exit with status 0."""
+
+    def note(signum: int, frame: object) -> None:
+        logger.info("received %s after shutdown", signal.Signals(signum).name)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, note)
+
+
+def main() -> None:
+    typer.run(serve)
+
+
+if __name__ == "__main__":
+    main()
