@@ -318,8 +318,10 @@ def compat_verify(
 
 def _register_subcommands() -> None:
     from openhart.data.cli import data_app
+    from openhart.serve.cli import serve
 
     app.add_typer(data_app, name="data")
+    app.command()(serve)
 
 
 _register_subcommands()
