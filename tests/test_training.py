@@ -443,6 +443,21 @@ def test_bad_generator_recipe_values_name_the_field(tmp_path, change, message):
         recipe_from_dict(data)
 
 
+def test_bad_datasets_and_recipes_are_refused_before_training(tmp_path, tokenizer_dir):
+    with pytest.raises(ValueError, match=r"image_size=32"):
+        TokenizerTrainer(tokenizer_recipe(tmp_path / "a"), dataset=SquaresDataset(16, size=64)).train()
+    with pytest.raises(ValueError, match="fewer than batch_size 8"):
+        TokenizerTrainer(tokenizer_recipe(tmp_path / "b"), dataset=SquaresDataset(4))
+    with pytest.raises(ValueError, match="'image', 'caption' and 'key'"):
+        collate_samples([{"image": torch.zeros(3, 32, 32), "caption": "x"}])
+    with pytest.raises(TypeError, match="needs a tokenizer recipe"):
+        TokenizerTrainer(generator_recipe(tmp_path / "c", tokenizer_dir), dataset=SquaresDataset(16))
+    with pytest.raises(FileNotFoundError, match="holds no tokenizer"):
+        GeneratorTrainer(generator_recipe(tmp_path / "d", tmp_path), dataset=SquaresDataset(16))
+    with pytest.raises(ValueError, match=r"data\.train: the recipe names no dataset"):
+        TokenizerTrainer(tokenizer_recipe(tmp_path / "e"))
+
+
 def test_overrides_are_parsed_as_yaml_and_checked():
     data = apply_overrides(
         {"optim": {"lr": 1.0}}, ["optim.lr=1e-4", "loss.token_subsampling=true", "optim.betas=[0.8, 0.9]"]

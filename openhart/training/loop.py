@@ -87,6 +87,9 @@ class Batch:
     captions: list[str]
     keys: list[str]
 
+    def pin_memory(self) -> Batch:  # called by DataLoader(pin_memory=True) on CUDA runs
+        return Batch(self.images.pin_memory(), self.captions, self.keys)
+
 
 def collate_samples(samples: list[dict[str, Any]]) -> Batch:
     """Stack dataset samples ``dict(image=(3, S, S) float in [-1, 1], caption=str, key=str)``."""
@@ -357,6 +360,8 @@ class Trainer:
                 "or choose another --out"
             )
 
+        # Subclasses may read frozen parts from the checkpoint's model folder (what the run used).
+        self.resume_checkpoint: Path | None = checkpoint
         self.model = self.build_model()  # trainable module on self.device, fp32 master weights
         self.model.train()
         if self.ctx.distributed:
