@@ -505,3 +505,15 @@ def test_cli_trains_the_tiny_recipe_on_the_fixture_and_resumes(tmp_path):
     result = runner.invoke(train_app, [*common, "--resume"])
     assert result.exit_code == 0, result.output
     assert "finished at step 4" in result.output and (out / "final" / "model.safetensors").is_file()
+
+    features = tmp_path / "text.safetensors"
+    args = [
+        "text-features",
+        "--config",
+        str(ROOT / "configs" / "tiny-generator.yaml"),
+        "--out",
+        str(features),
+    ]
+    result = runner.invoke(train_app, [*args, "--set", f"data.train.root={fixture}"])
+    assert result.exit_code == 0, result.output
+    assert "of 20 captions" in result.output  # the sample prompts are training captions here

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from openhart.presets import PRESETS, preset_configs
+from openhart.tokenizer import TokenizerConfig
 from openhart.utils.config import Config
 
 RECIPE_KINDS = ("tokenizer", "generator")
@@ -311,8 +313,6 @@ class SamplingRecipe(Config):
 
 # ---------------------------------------------------------------------- recipes
 def _check_common(recipe: Any) -> None:
-    from openhart.presets import PRESETS
-
     _check(recipe.preset in PRESETS, "preset", f"one of {sorted(PRESETS)}", recipe.preset)
     _check(_int(recipe.seed) and recipe.seed >= 0, "seed", "an int >= 0", recipe.seed)
 
@@ -350,9 +350,8 @@ class TokenizerRecipe(Config):
         )
         self.tokenizer_config()  # fail now, with the field named, rather than after loading data
 
-    def tokenizer_config(self):  # -> TokenizerConfig
-        from openhart.presets import preset_configs
-
+    def tokenizer_config(self) -> TokenizerConfig:
+        """The preset's tokenizer config with this recipe's ``tokenizer`` overrides."""
         base = preset_configs(self.preset).tokenizer
         try:
             return base.replace(**_tuples(self.tokenizer))
@@ -373,8 +372,9 @@ class GeneratorRecipe(Config):
     text_encoder: dict = dataclasses.field(default_factory=dict)  # TextEncoderConfig overrides
     transformer: dict = dataclasses.field(default_factory=dict)  # HartTransformerConfig overrides
     diffusion_head: dict = dataclasses.field(default_factory=dict)  # DiffusionHeadConfig overrides
-    # Optional file of precomputed text features (`openhart train text-features`): the text
-    # encoder is then never run during training (e.g. a GPU machine without its weights).
+    # Optional file of precomputed text features (`openhart train text-features`): captions found
+    # there are never encoded, and a text encoder that cannot be built here (e.g. a GPU machine
+    # without its weights) is replaced by the file (sampling prompts are in it too).
     text_features: str | None = None
     cache_text_features: bool = True  # encode each distinct caption once per process
     cache_latents: bool = True  # encode each image (by dataset key) once per process
@@ -410,8 +410,6 @@ class GeneratorRecipe(Config):
 
     def component_configs(self) -> dict[str, Config]:
         """The preset's text encoder / transformer / head configs with this recipe's overrides."""
-        from openhart.presets import preset_configs
-
         preset = preset_configs(self.preset)
         out: dict[str, Config] = {}
         for name in ("text_encoder", "transformer", "diffusion_head"):
