@@ -18,12 +18,13 @@ streams cannot be reproduced bit for bit by an independent implementation.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import math
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -425,8 +426,15 @@ class GoldenVerifier:
     # ------------------------------------------------------------------ prompt encoding
     def check_prompt(self, group: str, g: dict[str, torch.Tensor]) -> None:
         from transformers import AutoModel
+        from transformers.utils import logging as transformers_logging
 
-        model = AutoModel.from_pretrained(str(self.folder / "qwen2-tiny"), local_files_only=True)
+        bar_was_enabled = transformers_logging.is_progress_bar_enabled()
+        transformers_logging.disable_progress_bar()  # one line per case, nothing else
+        try:
+            model = AutoModel.from_pretrained(str(self.folder / "qwen2-tiny"), local_files_only=True)
+        finally:
+            if bar_was_enabled:
+                transformers_logging.enable_progress_bar()
         model = model.to(self.device, self.dtype).eval()
         system_ids = self.put(g["system_prompt_tiny_ids_len8"])
         self.mark_inputs(group, ["system_prompt_tiny_ids_len8"], "input (tiny vocabulary)")
@@ -492,6 +500,19 @@ def _qwen_tokenizer(path: str | None):
     return PreTrainedTokenizerFast(tokenizer_file=str(Path(path) / "tokenizer.json"))
 
 
+@contextlib.contextmanager
+def _exact_float32(enabled: bool) -> Iterator[None]:
+    """An exactness check wants no TF32 on CUDA (with it images differ by ~3e-3); flags are restored after."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    if enabled:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -515,18 +536,11 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.folder / "golden" / "cases.json").is_file():
         print(f"error: {args.folder} has no golden/cases.json", file=sys.stderr)
         return 2
-    torch.set_grad_enabled(False)
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()  # one line per case, nothing else
-    if args.dtype == "float32":
-        # An exactness check: no TF32 convolutions/matmuls on CUDA (with them images differ by ~3e-3).
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
     verifier = GoldenVerifier(
         args.folder, args.tolerance, args.qwen_tokenizer, args.device, getattr(torch, args.dtype)
     )
-    results = verifier.run()
+    with torch.no_grad(), _exact_float32(args.dtype == "float32"):
+        results = verifier.run()
     for result in results:
         print(result.line())
     failed = [r for r in results if r.status in ("FAIL", "UNKNOWN")]
