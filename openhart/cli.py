@@ -319,11 +319,14 @@ def compat_verify(
 def _register_subcommands() -> None:
     from openhart.data.cli import data_app
     from openhart.serve.cli import serve
+    from openhart.evaluation.cli import compare_command, eval_command
     from openhart.training.cli import train_app
 
     app.add_typer(data_app, name="data")
     app.add_typer(train_app, name="train")
     app.command()(serve)
+    app.command("eval")(eval_command)
+    app.command("compare")(compare_command)
 
 
 _register_subcommands()
