@@ -32,10 +32,9 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from openhart.cli import DeviceChoice, DtypeChoice
 from openhart.presets import build_pipeline
 from openhart.serve.app import build_model_card, create_app
-from openhart.serve.cli import Device, Dtype, _describe_weights, serve
+from openhart.serve.cli import _describe_weights, serve
 from openhart.serve.queue import GenerationQueue, GenerationRequest, QueueClosed, QueueFull
 from openhart.serve.safety import ClassifierSafetyChecker, build_safety_checker, load_callable
 from openhart.serve.schema import MAX_SEED, ServeLimits
@@ -570,8 +569,5 @@ def test_serve_command_errors_and_weights_description(tmp_path):
     assert _describe_weights(str(folder)) == ("my-model", "folder")  # a name, never the path
     assert _describe_weights("tiny") == ("tiny", "preset-random")
     assert ServeLimits().max_num_images == 4
-    # The same device and dtype choices as `openhart generate`.
-    assert [choice.value for choice in Device] == [choice.value for choice in DeviceChoice]
-    assert [choice.value for choice in Dtype] == [choice.value for choice in DtypeChoice]
     with pytest.raises(ValueError, match="max_steps"):
         ServeLimits(max_steps=0)

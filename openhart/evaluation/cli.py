@@ -18,6 +18,7 @@ from typing import Annotated
 
 import typer
 
+from openhart.runtime import DeviceChoice, DtypeChoice
 from openhart.utils.config import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -32,23 +33,9 @@ class VariantChoice(str, Enum):
     diffusion = "diffusion"
 
 
-class DeviceChoice(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    mps = "mps"
-
-
-class DtypeChoice(str, Enum):
-    auto = "auto"
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
-
-
 def _device_and_dtype(device: DeviceChoice, dtype: DtypeChoice):
     # Imported here: openhart.cli registers this module's commands while it is being imported.
-    from openhart.cli import resolve_device, resolve_dtype
+    from openhart.runtime import resolve_device, resolve_dtype
 
     torch_device = resolve_device(device.value)
     return torch_device, resolve_dtype(dtype.value, torch_device)

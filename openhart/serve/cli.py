@@ -16,30 +16,14 @@ import ipaddress
 import logging
 import os
 import signal
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from openhart.runtime import DeviceChoice, DtypeChoice
+
 logger = logging.getLogger("openhart.serve")
-
-
-# The choices of `openhart generate` (openhart.cli.DeviceChoice / DtypeChoice; a test keeps them
-# equal). openhart.cli is only imported when the command runs: it registers this command, so
-# importing it here would be an import cycle.
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    mps = "mps"
-
-
-class Dtype(str, Enum):
-    auto = "auto"
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
 
 
 # Extra seconds uvicorn waits for in-flight requests on shutdown, beyond one request timeout.
@@ -54,10 +38,10 @@ def serve(
         str, typer.Option(help="Interface to bind; anything but loopback exposes the server (no auth).")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: any free port).")] = 7860,
-    device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
+    device: Annotated[DeviceChoice, typer.Option(help="Where to run.")] = DeviceChoice.auto,
     dtype: Annotated[
-        Dtype, typer.Option(help="Weights dtype (auto: bf16 on CUDA, fp32 elsewhere).")
-    ] = Dtype.auto,
+        DtypeChoice, typer.Option(help="Weights dtype (auto: bf16 on CUDA, fp32 elsewhere).")
+    ] = DtypeChoice.auto,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Generation worker threads.")] = 1,
     queue_size: Annotated[
         int, typer.Option(min=1, max=100_000, help="Requests that may wait for a worker; more get 503.")
@@ -110,7 +94,7 @@ def serve(
     try:
         import uvicorn
 
-        from openhart.cli import load_model, resolve_device, resolve_dtype
+        from openhart.runtime import load_model, resolve_device, resolve_dtype
         from openhart.serve.app import build_model_card, create_app
         from openhart.serve.queue import GenerationQueue
         from openhart.serve.safety import build_safety_checker
@@ -179,7 +163,7 @@ def _auto_threads(device_type: str, workers: int) -> int | None:
 
 def _describe_weights(model: str | None) -> tuple[str, str]:
     """(name shown to clients, where the weights came from); a folder shows its name, not its path."""
-    from openhart.cli import DEFAULT_MODEL, PACKAGED_WEIGHTS
+    from openhart.runtime import DEFAULT_MODEL, PACKAGED_WEIGHTS
     from openhart.presets import PRESETS
 
     name = model or DEFAULT_MODEL
