@@ -163,8 +163,8 @@ def _auto_threads(device_type: str, workers: int) -> int | None:
 
 def _describe_weights(model: str | None) -> tuple[str, str]:
     """(name shown to clients, where the weights came from); a folder shows its name, not its path."""
-    from openhart.runtime import DEFAULT_MODEL, PACKAGED_WEIGHTS
     from openhart.presets import PRESETS
+    from openhart.runtime import DEFAULT_MODEL, PACKAGED_WEIGHTS
 
     name = model or DEFAULT_MODEL
     if Path(name).is_dir():
