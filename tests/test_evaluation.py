@@ -339,7 +339,9 @@ def test_diffusion_training_loss_decreases(hart, shapes):
 def test_diffusion_recipe_matches_the_baseline_size():
     yaml = pytest.importorskip("yaml")
     recipe = yaml.safe_load(
-        (Path(__file__).resolve().parents[1] / "docs" / "planned" / "diffusion-baseline-emoji-64.yaml").read_text()
+        (
+            Path(__file__).resolve().parents[1] / "docs" / "planned" / "diffusion-baseline-emoji-64.yaml"
+        ).read_text()
     )
     assert recipe["preset"] == "emoji-64" and recipe["kind"] == "diffusion"
     assert LatentDiffusionConfig(**recipe["model"]) == DIFFUSION_BASELINE_SIZES["emoji-64"]
