@@ -1,4 +1,4 @@
-"""``openhart train tokenizer|generator --config RECIPE.yaml``: the training commands.
+"""``openhart train tokenizer|generator|diffusion --config RECIPE.yaml``: the training commands.
 
 Register in the main CLI with ``app.add_typer(train_app, name="train")``. The same commands run
 without the main CLI (``python -m openhart.training.cli tokenizer --config ...``), which is the
@@ -102,6 +102,8 @@ def _run(
     try:
         if kind == "tokenizer":
             from openhart.training.tokenizer_trainer import TokenizerTrainer as trainer_class
+        elif kind == "diffusion":
+            from openhart.training.diffusion_trainer import DiffusionTrainer as trainer_class
         else:
             from openhart.training.generator_trainer import GeneratorTrainer as trainer_class
         try:
@@ -166,6 +168,32 @@ def train_generator(
     """Train the transformer + residual diffusion head on a frozen trained tokenizer."""
     _run(
         "generator",
+        config,
+        resume,
+        out,
+        _overrides(set_, max_steps, batch_size, device),
+        stop_at_step,
+        time_limit,
+        verbose,
+    )
+
+
+@train_app.command("diffusion")
+def train_diffusion(
+    config: ConfigOption,
+    resume: ResumeOption = False,
+    out: OutOption = None,
+    set_: SetOption = None,
+    max_steps: MaxStepsOption = None,
+    batch_size: BatchOption = None,
+    device: DeviceOption = None,
+    stop_at_step: StopOption = None,
+    time_limit: TimeOption = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """Train the latent-diffusion baseline (diffusers PixArt transformer) on a frozen trained tokenizer."""
+    _run(
+        "diffusion",
         config,
         resume,
         out,

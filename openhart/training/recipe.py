@@ -1,6 +1,7 @@
 """Training recipes: YAML files → typed, validated, frozen dataclasses.
 
-A recipe names what to train (``kind: tokenizer`` or ``kind: generator``), the model sizes (a
+A recipe names what to train (``kind: tokenizer``, ``generator`` or ``diffusion``: the latent-diffusion
+baseline of issue 5), the model sizes (a
 preset, optionally with field overrides), the data (a spec handed to
 ``openhart.data.build_dataset``), the optimiser and schedule, the losses and the run's
 bookkeeping (output folder, logging, checkpoints, sample grids). Every field has a documented
@@ -27,7 +28,7 @@ from openhart.presets import PRESETS, preset_configs
 from openhart.tokenizer import TokenizerConfig
 from openhart.utils.config import Config
 
-RECIPE_KINDS = ("tokenizer", "generator")
+RECIPE_KINDS = ("tokenizer", "generator", "diffusion")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -420,7 +421,77 @@ class GeneratorRecipe(Config):
         return out
 
 
-Recipe = TokenizerRecipe | GeneratorRecipe
+@dataclasses.dataclass(frozen=True)
+class DiffusionRecipe(Config):
+    """``openhart train diffusion``: the latent-diffusion baseline on a frozen trained tokenizer.
+
+    The diffusion transformer (``model``: LatentDiffusionConfig fields over the preset's size in
+    ``openhart.evaluation.baselines.DIFFUSION_BASELINE_SIZES``) learns to denoise the tokenizer's
+    continuous latents, conditioned on the preset's text encoder: HART's generator recipe with
+    the transformer + residual head swapped for a diffusion transformer.
+    """
+
+    preset: str  # text encoder config and the baseline's size
+    tokenizer_from: str | None = None  # a tokenizer, pipeline or training-run folder
+    pipeline: str | None = None  # continue from a saved LatentDiffusionPipeline folder
+    text_encoder: dict = dataclasses.field(default_factory=dict)  # TextEncoderConfig overrides
+    model: dict = dataclasses.field(default_factory=dict)  # LatentDiffusionConfig overrides
+    text_features: str | None = None  # as in the generator recipe
+    cache_text_features: bool = True
+    cache_latents: bool = True
+    latent_statistics_images: int = 1024  # first N training images fit latent_shift / latent_scale
+    save_ema: bool = True
+    seed: int = 0
+    data: DataRecipe = dataclasses.field(default_factory=DataRecipe)
+    optim: OptimRecipe = dataclasses.field(default_factory=lambda: OptimRecipe(ema_decay=0.999))
+    sampling: SamplingRecipe = dataclasses.field(default_factory=SamplingRecipe)
+    run: RunRecipe = dataclasses.field(default_factory=RunRecipe)
+    kind: str = "diffusion"
+
+    def __post_init__(self) -> None:
+        _check(self.kind == "diffusion", "kind", "'diffusion'", self.kind)
+        _check_common(self)
+        for name in ("tokenizer_from", "pipeline", "text_features"):
+            value = getattr(self, name)
+            _check(value is None or (isinstance(value, str) and value), name, "a path or null", value)
+        if self.tokenizer_from is None and self.pipeline is None:
+            raise RecipeError(
+                "tokenizer_from: a diffusion recipe needs a trained tokenizer (a tokenizer or pipeline "
+                "folder), or `pipeline` to start from a saved LatentDiffusionPipeline"
+            )
+        for name in ("text_encoder", "model"):
+            _check(
+                isinstance(getattr(self, name), dict), name, "a mapping of config fields", getattr(self, name)
+            )
+        for name in ("cache_text_features", "cache_latents", "save_ema"):
+            _check(isinstance(getattr(self, name), bool), name, "true or false", getattr(self, name))
+        _check(
+            _int(self.latent_statistics_images) and self.latent_statistics_images >= 2,
+            "latent_statistics_images",
+            "an int >= 2",
+            self.latent_statistics_images,
+        )
+        if self.save_ema and self.optim.ema_decay == 0:
+            raise RecipeError("save_ema: true needs optim.ema_decay > 0 (or set save_ema: false)")
+        self.component_configs()
+
+    def component_configs(self) -> dict[str, Config]:
+        """{"text_encoder": TextEncoderConfig, "model": LatentDiffusionConfig} with the overrides."""
+        # Imported here: the baselines module pulls diffusers lazily, but keep recipes import-light.
+        from openhart.evaluation.baselines import diffusion_baseline_config
+
+        try:
+            text_encoder = preset_configs(self.preset).text_encoder.replace(**_tuples(self.text_encoder))
+        except (TypeError, ValueError) as error:
+            raise RecipeError(f"text_encoder: {error}") from error
+        try:
+            model = diffusion_baseline_config(self.preset).replace(**_tuples(self.model))
+        except (TypeError, ValueError) as error:
+            raise RecipeError(f"model: {error}") from error
+        return {"text_encoder": text_encoder, "model": model}
+
+
+Recipe = TokenizerRecipe | GeneratorRecipe | DiffusionRecipe
 
 
 def _tuples(overrides: dict) -> dict:
@@ -486,7 +557,7 @@ def recipe_from_dict(data: dict, kind: str | None = None) -> Recipe:
         raise RecipeError(f"kind: expected one of {RECIPE_KINDS}, got {found!r}")
     if kind is not None and found != kind:
         raise RecipeError(f"kind: this command trains a {kind}, but the recipe is a {found} recipe")
-    cls = TokenizerRecipe if found == "tokenizer" else GeneratorRecipe
+    cls = {"tokenizer": TokenizerRecipe, "generator": GeneratorRecipe, "diffusion": DiffusionRecipe}[found]
     return build_section(cls, data)
 
 
