@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from openhart import __version__
 from openhart.diffusion import DiffusionHeadConfig, ResidualDiffusionHead
+from openhart.diffusion.graphs import CUDAGraphResidualSampler
 from openhart.sampling import (
     GUIDANCE_RAMPS,
     guidance_per_scale,
@@ -70,9 +71,15 @@ class HartPipeline:
         _check_components_fit(text_encoder, tokenizer, transformer, diffusion_head)
         for module in self.components.values():
             module.eval()
-        # Captured CUDA graphs per (CFG batch rows, dtype); they point at the weights' memory, so
-        # any .to() drops them.
+        # Captured CUDA graphs per (CFG batch rows, dtype) for the scales, and per (rows, dtype,
+        # steps, guidance, temperature, CFG) for the residual loop; they point at the weights'
+        # memory, so any .to() drops them.
         self._graph_generators: dict[tuple[int, torch.dtype], CUDAGraphGenerator] = {}
+        self._residual_graphs: dict[tuple, CUDAGraphResidualSampler] = {}
+        # Memory format of the decoder's convolutions: None (default) picks channels-last on CUDA,
+        # where cuDNN's bf16/fp16 convolutions run natively in NHWC; set torch.contiguous_format to
+        # opt out. The result is the same up to the convolution algorithm's rounding.
+        self.decoder_memory_format: torch.memory_format | None = None
 
     # ------------------------------------------------------------------ components, devices
     @property
@@ -101,6 +108,7 @@ class HartPipeline:
         for module in self.components.values():
             module.to(device=device, dtype=dtype)
         self._graph_generators.clear()
+        self._residual_graphs.clear()
         return self
 
     def num_parameters(self) -> dict[str, int]:
@@ -296,23 +304,79 @@ class HartPipeline:
         # 4. Sample the continuous residual of the last scale with the diffusion head.
         latent = pyramid.discrete_latent
         if sample_residual:
-            residual_rows = self.diffusion_head.sample(
-                pyramid.condition,
-                uncond_condition=pyramid.uncond_condition,
-                guidance_scale=pyramid.residual_guidance,
-                num_inference_steps=num_inference_steps,
-                generator=generator,
-                temperature=float(residual_temperature),
-            )  # (B·P², Cz)
+            residual_graph = None
+            if graphs is not None:  # CUDA graphs on: the residual loop is replayed too
+                residual_graph = self._residual_graph(
+                    pyramid.condition,
+                    pyramid.uncond_condition,
+                    pyramid.residual_guidance,
+                    num_inference_steps,
+                    float(residual_temperature),
+                )
+            if residual_graph is not None:
+                residual_rows = residual_graph.sample(pyramid.condition, pyramid.uncond_condition, generator)
+            else:
+                residual_rows = self.diffusion_head.sample(
+                    pyramid.condition,
+                    uncond_condition=pyramid.uncond_condition,
+                    guidance_scale=pyramid.residual_guidance,
+                    num_inference_steps=num_inference_steps,
+                    generator=generator,
+                    temperature=float(residual_temperature),
+                )  # (B·P², Cz)
             side = self.transformer.config.patch_nums[-1]
             latent = latent + residual_rows_to_latent(residual_rows, batch_size, side).to(latent.dtype)
             notify("residual")
 
         # 5. Decode to pixels and post-process.
-        images = (self.tokenizer.decode(latent).float() + 1) / 2  # (B, 3, H, W) in [0, 1]
+        images = (self.decode_latent(latent).float() + 1) / 2  # (B, 3, H, W) in [0, 1]
         notify("decode")
         output = _to_output_type(images.clamp(0, 1), output_type)
         return HartPipelineOutput(images=output) if return_dict else output
+
+    @torch.no_grad()
+    def decode_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        """Latent (B, Cz, h, w) → images (B, 3, H, W) in [−1, 1], in :attr:`decoder_memory_format`."""
+        memory_format = self.decoder_memory_format
+        if memory_format is None:
+            memory_format = torch.channels_last if latent.device.type == "cuda" else torch.contiguous_format
+        if memory_format != torch.contiguous_format:
+            # Converting the weights is a no-op after the first call (they keep the format).
+            self.tokenizer.decoder.to(memory_format=memory_format)
+            latent = latent.contiguous(memory_format=memory_format)
+        return self.tokenizer.decode(latent).contiguous()
+
+    def _residual_graph(
+        self,
+        condition: torch.Tensor,
+        uncond_condition: torch.Tensor | None,
+        guidance_scale: float,
+        num_inference_steps: int | None,
+        temperature: float,
+    ) -> CUDAGraphResidualSampler | None:
+        use_uncond = uncond_condition is not None and guidance_scale > 0
+        key = (
+            condition.shape[0],
+            condition.dtype,
+            num_inference_steps,
+            guidance_scale,
+            temperature,
+            use_uncond,
+        )
+        if key not in self._residual_graphs:
+            if len(self._residual_graphs) >= 8:  # each holds its own memory pool: keep a few settings
+                self._residual_graphs.pop(next(iter(self._residual_graphs)))
+            self._residual_graphs[key] = CUDAGraphResidualSampler(
+                self.diffusion_head,
+                condition.shape[0],
+                condition.dtype,
+                condition.device,
+                guidance_scale=guidance_scale,
+                num_inference_steps=num_inference_steps,
+                temperature=temperature,
+                use_uncond=use_uncond,
+            )
+        return self._residual_graphs[key]
 
     def _graph_generator(
         self, batch_size: int, guidance_scale: float, guidance_ramp: str, use_cuda_graphs: bool | None

@@ -152,6 +152,7 @@ class DiffusionSchedule:
         self.timestep_map = torch.tensor(
             list(timestep_map), dtype=torch.int64, device="cpu"
         )  # (S,) original timesteps
+        self._tables: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
 
     # Declared for type checkers and readers; assigned in __init__.
     betas: torch.Tensor
@@ -197,11 +198,24 @@ class DiffusionSchedule:
     # ----------------------------------------------------------------------------------------------
     # helpers
 
-    @staticmethod
-    def _gather(array: torch.Tensor, index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    def table(self, array: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """One of the float64 CPU arrays cast to ``dtype`` and moved to ``device``, cached.
+
+        The copy is made once per (array, device, dtype): a sampling step then reads the tables
+        without a host-to-device transfer, which is also what lets the whole loop be captured in
+        a CUDA graph (see ``diffusion/graphs.py``).
+        """
+        key = (id(array), torch.device(device), dtype)
+        cached = self._tables.get(key)
+        if cached is None:
+            # Cast on the CPU before moving: float64 does not exist on every accelerator (e.g. MPS).
+            cached = array.to(dtype=dtype).to(device)
+            self._tables[key] = cached
+        return cached
+
+    def _gather(self, array: torch.Tensor, index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """array[index] cast to like's dtype/device, shaped (N, 1, ...) to broadcast against ``like``."""
-        # Cast on the CPU before moving: float64 does not exist on every accelerator (e.g. MPS).
-        values = array.to(dtype=like.dtype).to(like.device)[index.to(like.device)]
+        values = self.table(array, like.device, like.dtype)[index.to(like.device)]
         return values.reshape(-1, *([1] * (like.ndim - 1)))
 
     def _check_index(self, index: torch.Tensor, rows: int, name: str) -> torch.Tensor:
@@ -372,7 +386,7 @@ class DiffusionSchedule:
             raise ValueError(f"step_noises: expected {self.num_steps} tensors, got {len(step_noises)}")
         x = initial_noise
         rows = x.shape[0]
-        timestep_map = self.timestep_map.to(x.device)
+        timestep_map = self.table(self.timestep_map, x.device, torch.int64)
         for k, index in enumerate(range(self.num_steps - 1, -1, -1)):
             timesteps = timestep_map[index].expand(rows)  # (N,) original timestep of this step
             output = model_fn(x, timesteps)

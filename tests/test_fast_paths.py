@@ -1,0 +1,76 @@
+"""The inference fast paths (issue 7) give the reference path's outputs.
+
+What runs here without a GPU: the residual sampler's pre-drawn noise (what its CUDA graph
+replays) equals the eager draws, the schedule's cached device tables, the channels-last decoder.
+The graphs themselves are checked on CUDA by ``benchmarks/gpu_check.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from openhart.diffusion.graphs import CUDAGraphResidualSampler, draw_residual_noise
+from tests.conftest import generators, make_tiny_pipeline
+
+
+@pytest.mark.parametrize("guidance", [0.0, 3.0])
+def test_predrawn_residual_noise_replays_the_eager_sampler(guidance):
+    head = make_tiny_pipeline().diffusion_head
+    rows, width = 6, head.config.condition_dim
+    condition = torch.randn(rows, width, generator=torch.Generator().manual_seed(1))
+    uncond = torch.randn(rows, width, generator=torch.Generator().manual_seed(2))
+    # Per-image generators (what the pipeline passes): rows split across them in order.
+    eager = head.sample(
+        condition, uncond_condition=uncond, guidance_scale=guidance, generator=generators(5, 6)
+    )
+    steps = head.schedule().num_steps
+    noise = draw_residual_noise(
+        rows, head.config.latent_channels, steps, generators(5, 6), "cpu", torch.float32
+    )
+    replayed = head.sample(condition, uncond_condition=uncond, guidance_scale=guidance, noise=noise)
+    assert torch.equal(eager, replayed)
+    # The last step draws nothing: its entry is zeros, and the generators end where eager's do.
+    assert len(noise[1]) == steps and not noise[1][-1].any()
+
+
+def test_schedule_tables_are_copied_once_per_device_and_dtype():
+    schedule = make_tiny_pipeline().diffusion_head.schedule()
+    first = schedule.table(schedule.posterior_mean_coef1, torch.device("cpu"), torch.float32)
+    assert schedule.table(schedule.posterior_mean_coef1, torch.device("cpu"), torch.float32) is first
+    assert torch.equal(first, schedule.posterior_mean_coef1.float())
+    assert (
+        schedule.table(schedule.posterior_mean_coef1, torch.device("cpu"), torch.float64).dtype
+        == torch.float64
+    )
+
+
+def test_channels_last_decoder_matches_the_contiguous_one():
+    pipeline = make_tiny_pipeline()
+    config = pipeline.tokenizer.config
+    side = config.latent_size
+    latent = torch.randn(2, config.latent_channels, side, side, generator=torch.Generator().manual_seed(0))
+    reference = pipeline.decode_latent(latent)  # CPU default: contiguous
+    pipeline.decoder_memory_format = torch.channels_last
+    fast = pipeline.decode_latent(latent)
+    assert fast.is_contiguous() and fast.shape == reference.shape
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)
+    images = pipeline("a red circle", generator=torch.Generator().manual_seed(0), output_type="pt").images
+    pipeline.decoder_memory_format = torch.contiguous_format
+    again = pipeline("a red circle", generator=torch.Generator().manual_seed(0), output_type="pt").images
+    torch.testing.assert_close(images, again, atol=1e-5, rtol=1e-5)
+
+
+def test_residual_graph_needs_cuda():
+    head = make_tiny_pipeline().diffusion_head
+    with pytest.raises(ValueError, match="CUDA"):
+        CUDAGraphResidualSampler(
+            head,
+            4,
+            torch.float32,
+            torch.device("cpu"),
+            guidance_scale=1.0,
+            num_inference_steps=None,
+            temperature=1.0,
+            use_uncond=True,
+        )
