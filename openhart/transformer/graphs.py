@@ -1,21 +1,28 @@
-"""CUDA graphs for the scale-by-scale passes: one captured graph per scale, replayed every call.
+"""CUDA graphs for the scale-by-scale passes: one captured graph per scale (and one for the prompt
+pass), replayed every call.
 
 At batch 1 the coarse scales do almost no arithmetic (1 to 100 tokens) but still launch every
 kernel of every layer, so their time is launch and Python overhead. A CUDA graph records a
 scale's whole pass once and replays it as one launch. Everything a pass reads lives in buffers
 with fixed addresses: the preallocated :class:`GenerationState` (KV cache, AdaLN parameters, rope
-offset), refilled by ``prefill`` for each call, and one static input buffer per scale.
+offset), refilled by ``prefill`` for each call, and one static input buffer per scale. The prompt
+pass (``prefill``: context embedding, AdaLN parameters, the prompt's keys and values) is captured
+too, reading the prompt from static context and mask buffers; if it cannot be captured (an op that
+needs the host), it stays eager and the scales are still replayed.
 
 Legend: B rows (the CFG batch), l tokens of a scale, Cz latent channels, V codebook size, C width.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import torch
 
-from openhart.transformer.model import GenerationState, HartTransformer
+from openhart.transformer.model import GenerationState, HartTransformer, check_context_mask
+
+logger = logging.getLogger(__name__)
 
 
 class CUDAGraphGenerator:
@@ -43,14 +50,50 @@ class CUDAGraphGenerator:
         self.outputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.cache_end: dict[int, int] = {}
         self._captured = False
+        self.prefill_graph: torch.cuda.CUDAGraph | None = None
+        self.prompt_length = 0
         # One sampling call at a time: the buffers are shared by every call (e.g. server workers).
         self.lock = threading.Lock()
 
     def prefill(self, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
+        if self.prefill_graph is not None and context.shape == self.context.shape:
+            check_context_mask(context_mask)
+            self.context.copy_(context)
+            self.context_mask.copy_(context_mask)
+            self.prefill_graph.replay()
+            self.state.cache.length = self.prompt_length
+            return self.prefill_logits
         logits = self.transformer.prefill(self.state, context, context_mask)
         if not self._captured:
             self._capture()  # writes only past the prompt in the cache: the prefill above stays valid
+            self._capture_prefill(context, context_mask)
         return logits
+
+    @torch.no_grad()
+    def _capture_prefill(self, context: torch.Tensor, context_mask: torch.Tensor) -> None:
+        """Capture the prompt pass on static buffers holding this call's prompt (state stays valid)."""
+        self.context = context.clone()
+        self.context_mask = context_mask.clone()
+        transformer, state = self.transformer, self.state
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                transformer.prefill(state, self.context, self.context_mask)  # refills the same values
+            torch.cuda.current_stream().wait_stream(stream)
+            self.prompt_length = state.cache.length
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.prefill_logits = transformer.prefill(state, self.context, self.context_mask)
+            self.prefill_graph = graph
+        except RuntimeError as error:  # e.g. an op that syncs with the host: keep the eager prompt pass
+            logger.warning(
+                "the prompt pass could not be captured in a CUDA graph (%s); it stays eager", error
+            )
+            self.prefill_graph = None
+            transformer.prefill(
+                state, self.context, self.context_mask
+            )  # refill the state a failed capture may have left
 
     def step(self, scale_index: int, scale_inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.inputs[scale_index].copy_(scale_inputs)

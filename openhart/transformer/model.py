@@ -47,6 +47,12 @@ class GenerationState:
     level_table: torch.Tensor  # (S, C) level embedding of every scale
 
 
+def check_context_mask(context_mask: torch.Tensor) -> None:
+    """ValueError unless every row of the (B, T) bool mask has at least one valid token."""
+    if not bool(context_mask.any(dim=1).all()):
+        raise ValueError("context_mask: every row needs at least one valid token")
+
+
 class HartTransformer(nn.Module):
     """Scale-wise autoregressive transformer of HART (see the module docstring for the layout)."""
 
@@ -119,8 +125,10 @@ class HartTransformer(nn.Module):
             raise ValueError(
                 f"context_mask must be a bool (B, T) tensor, got {context_mask.dtype} {tuple(context_mask.shape)}"
             )
-        if not bool(context_mask.any(dim=1).all()):
-            raise ValueError("context_mask: every row needs at least one valid token")
+        # The check reads the mask on the host: skipped while a CUDA graph records this pass
+        # (the replaying caller checks each call's mask instead, see transformer/graphs.py).
+        if not (context_mask.is_cuda and torch.cuda.is_current_stream_capturing()):
+            check_context_mask(context_mask)
         dtype = self.context_embed.weight.dtype
         if cfg.mask_context_padding:
             # Padded positions still run as queries (the last one predicts scale 0 under right
