@@ -5,21 +5,21 @@
 Sections (each reports its numbers; a failing section is reported and the run goes on):
 1. ``correctness`` (tiny model): KV-cached vs teacher-forced logits; the same CPU generators give
    the same images on CPU and CUDA; the fast path (CUDA graphs for the prompt pass, every scale and
-   the residual loop, channels-last decoder) vs the eager reference path, on two calls;
+   the residual loop) vs the eager reference path, on two calls;
 2. ``golden`` with ``--golden DIR`` (a folder like shared/compat/hart-tiny): the golden verifier
-   on CUDA in float32;
-3. ``release_fast_vs_reference``: hart-0.7b-1024 (random weights, bf16), fast path vs reference
-   path images for the same generator;
-4. ``decoder``: the 1024 px decoder alone, batch 1 and 8: contiguous vs channels-last, with
-   and without cudnn.benchmark (and, last, torch.compile of the channels-last one when time
-   allows: ``decoder_compiled``);
-5. ``attention``: the last 1024 px scale's attention (8192 queries over the whole cache) with the
-   context-padding mask vs without it (the flash kernel);
-6. ``benchmarks``: ``benchmark_pipeline`` tables (per stage, synchronised at every stage) and
-   end-to-end latency without per-stage synchronisation, reference vs fast, 1024 and 512 px,
-   batch 1 and 8; per-stage memory of the fast 1024 px batch-1 call;
-7. ``profile``: the top CUDA kernels of one fast 1024 px batch-1 call (torch.profiler);
-8. ``compare`` with ``--compare`` (needs diffusers): ``openhart compare`` for hart, var,
+   on CUDA in float32 (TF32 off);
+3. ``release_fast_vs_reference``: hart-0.7b-1024 (random weights, bf16): fast and compiled
+   (``pipe.compile()``) images vs the reference path's for the same generator;
+4. ``decoder``: the 1024 px decoder alone at batch 1: eager vs torch.compile, contiguous and
+   channels-last;
+5. ``residual``: the residual head's loop at 1024 px: eager, CUDA graph, compiled, compiled + graph;
+6. ``attention``: the last 1024 px scale's attention with a context-padding mask vs without;
+7. ``benchmarks``: ``benchmark_pipeline`` tables (per stage, synchronised at every stage) and
+   end-to-end latency without per-stage synchronisation, for the reference, fast (CUDA graphs)
+   and compiled (CUDA graphs + ``pipe.compile()``) paths, 1024 and 512 px, batch 1 and 8;
+   per-stage memory of the 1024 px batch-1 call;
+8. ``profile``: the top CUDA kernels of one compiled 1024 px batch-1 call (torch.profiler);
+9. ``compare`` with ``--compare`` (needs diffusers): ``openhart compare`` for hart, var,
    diffusion@20 and diffusion@50 at the released 1024 px size.
 """
 
@@ -47,6 +47,7 @@ STARTED = time.perf_counter()
 
 
 _RELEASE: dict[str, object] = {}
+_OUT: list[str] = ["."]
 
 
 def _elapsed() -> float:
@@ -62,10 +63,17 @@ def _release(device: torch.device, preset: str = "hart-0.7b-1024"):
     pipe = _RELEASE[preset]
     pipe._graph_generators.clear()  # each section measures memory with only its own graphs
     pipe._residual_graphs.clear()
-    pipe.decoder_memory_format = None
-    pipe.tokenizer.decoder.to(memory_format=torch.contiguous_format)
+    _uncompile(pipe)
     torch.cuda.empty_cache()
     return pipe
+
+
+def _uncompile(pipe) -> None:
+    """Undo ``pipe.compile()`` (nn.Module.compile keeps the compiled call in one attribute)."""
+    for module in (pipe.tokenizer.decoder, pipe.diffusion_head):
+        module._compiled_call_impl = None
+    pipe.decoder_memory_format = torch.contiguous_format
+    pipe.tokenizer.decoder.to(memory_format=torch.contiguous_format)
 
 
 def _images(pipe, use_cuda_graphs=None, seeds=(0, 1)):
@@ -75,12 +83,8 @@ def _images(pipe, use_cuda_graphs=None, seeds=(0, 1)):
 
 
 def _reference(pipe, seeds):
-    """The reference path: eager everywhere, contiguous decoder."""
-    pipe.decoder_memory_format = torch.contiguous_format
-    try:
-        return _images(pipe, use_cuda_graphs=False, seeds=seeds)
-    finally:
-        pipe.decoder_memory_format = None
+    """The reference path: eager everywhere (no CUDA graphs)."""
+    return _images(pipe, use_cuda_graphs=False, seeds=seeds)
 
 
 def correctness(device: torch.device) -> dict:
@@ -117,6 +121,9 @@ def correctness(device: torch.device) -> dict:
 def golden(folder: Path, device: torch.device) -> dict:
     from openhart.compat.verify import GoldenVerifier
 
+    # float32 means float32: TF32 convolutions (cuDNN's default) alone exceed the 1e-4 tolerance.
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     results = GoldenVerifier(folder, 1e-4, device=device, dtype=torch.float32).run()
     report = {
         "passed": sum(r.status == "PASS" for r in results),
@@ -133,11 +140,16 @@ def release_fast_vs_reference(device: torch.device) -> dict:
     fast = _images(pipe, use_cuda_graphs=True, seeds=(3,))
     fast_again = _images(pipe, use_cuda_graphs=True, seeds=(3,))
     graphs = next(iter(pipe._graph_generators.values()))
+    pipe.compile()
+    compiled = _images(pipe, use_cuda_graphs=True, seeds=(3,))
     return {
         "max_abs": (fast - reference).abs().max().item(),
         "mean_abs": (fast - reference).abs().mean().item(),
         "fast_repeat_max_abs": (fast - fast_again).abs().max().item(),
+        "compiled_vs_reference_max_abs": (compiled - reference).abs().max().item(),
+        "compiled_vs_reference_mean_abs": (compiled - reference).abs().mean().item(),
         "prompt_pass_graphed": graphs.prefill_graph is not None,
+        "residual_graph_failed": [g.failed for g in pipe._residual_graphs.values()],
     }
 
 
@@ -155,69 +167,88 @@ def _time(fn, repeats: int = 5) -> float:
 
 @torch.no_grad()
 def decoder(device: torch.device) -> dict:
-    pipe = _release(device)
-    config = pipe.tokenizer.config
-    out = {}
-    for batch, cudnn_benchmark in ((1, False), (1, True), (8, False)):
-        torch.backends.cudnn.benchmark = cudnn_benchmark
-        latent = torch.randn(
-            batch,
-            config.latent_channels,
-            config.latent_size,
-            config.latent_size,
-            device=device,
-            dtype=torch.bfloat16,
-        )
-        pipe.decoder_memory_format = torch.contiguous_format
-        pipe.tokenizer.decoder.to(memory_format=torch.contiguous_format)
-        torch.cuda.reset_peak_memory_stats(device)
-        contiguous = _time(lambda latent=latent: pipe.decode_latent(latent))
-        contiguous_peak = torch.cuda.max_memory_allocated(device)
-        reference = pipe.decode_latent(latent)
-        pipe.decoder_memory_format = torch.channels_last
-        torch.cuda.reset_peak_memory_stats(device)
-        channels_last = _time(lambda latent=latent: pipe.decode_latent(latent))
-        channels_last_peak = torch.cuda.max_memory_allocated(device)
-        difference = (pipe.decode_latent(latent).float() - reference.float()).abs().max().item()
-        out[f"batch_{batch}_cudnn_benchmark_{cudnn_benchmark}"] = {
-            "contiguous_s": contiguous,
-            "channels_last_s": channels_last,
-            "contiguous_peak_gib": contiguous_peak / 2**30,
-            "channels_last_peak_gib": channels_last_peak / 2**30,
-            "max_abs_difference": difference,
-        }
-        print(
-            f"decoder batch {batch} cudnn.benchmark {cudnn_benchmark}: {out[f'batch_{batch}_cudnn_benchmark_{cudnn_benchmark}']}",
-            flush=True,
-        )
-    torch.backends.cudnn.benchmark = False
-    pipe.tokenizer.decoder.to(memory_format=torch.contiguous_format)
-    return out
-
-
-@torch.no_grad()
-def decoder_compiled(device: torch.device) -> dict:
-    """torch.compile of the channels-last decoder at batch 1 (run last: compiling takes a while)."""
-    if _elapsed() > 270:
-        return {"skipped": f"out of time ({_elapsed():.0f} s elapsed)"}
+    """The 1024 px decoder alone at batch 1: eager contiguous vs compiled contiguous / channels-last."""
     pipe = _release(device)
     config = pipe.tokenizer.config
     latent = torch.randn(
         1, config.latent_channels, config.latent_size, config.latent_size, device=device, dtype=torch.bfloat16
-    ).contiguous(memory_format=torch.channels_last)
-    decoder = pipe.tokenizer.decoder.to(memory_format=torch.channels_last)
-    eager = _time(lambda: decoder(latent))
-    compiled = torch.compile(decoder)
+    )
+    module = pipe.tokenizer.decoder
+    out = {}
+    torch.cuda.reset_peak_memory_stats(device)
+    out["eager_contiguous_s"] = _time(lambda: module(latent))
+    out["eager_contiguous_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    reference = module(latent).float()
+    for name, memory_format in (
+        ("contiguous", torch.contiguous_format),
+        ("channels_last", torch.channels_last),
+    ):
+        module.to(memory_format=memory_format)
+        x = latent.contiguous(memory_format=memory_format)
+        compiled = torch.compile(module)
+        started = time.perf_counter()
+        compiled(x)
+        torch.cuda.synchronize()
+        out[f"compiled_{name}_compile_s"] = time.perf_counter() - started
+        torch.cuda.reset_peak_memory_stats(device)
+        out[f"compiled_{name}_s"] = _time(lambda compiled=compiled, x=x: compiled(x))
+        out[f"compiled_{name}_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        out[f"compiled_{name}_max_abs"] = (compiled(x).float() - reference).abs().max().item()
+        print(f"decoder: {out}", flush=True)
+    module.to(memory_format=torch.contiguous_format)
+    return out
+
+
+@torch.no_grad()
+def residual(device: torch.device) -> dict:
+    """The residual head's 8-step loop at 1024 px batch 1 with CFG: eager, graph, compiled, both."""
+    from openhart.diffusion.graphs import CUDAGraphResidualSampler
+
+    pipe = _release(device)
+    head = pipe.diffusion_head
+    rows = pipe.transformer.config.patch_nums[-1] ** 2
+    width = head.config.condition_dim
+    condition = torch.randn(rows, width, device=device, dtype=torch.bfloat16)
+    uncond = torch.randn(rows, width, device=device, dtype=torch.bfloat16)
+
+    def eager():
+        return head.sample(
+            condition, uncond_condition=uncond, guidance_scale=4.5, generator=torch.Generator().manual_seed(0)
+        )
+
+    def graphed_sampler():
+        return CUDAGraphResidualSampler(
+            head,
+            rows,
+            torch.bfloat16,
+            device,
+            guidance_scale=4.5,
+            num_inference_steps=None,
+            temperature=1.0,
+            use_uncond=True,
+        )
+
+    out = {"rows": rows}
+    reference = eager()
+    out["eager_s"] = _time(eager)
+    sampler = graphed_sampler()
+    graphed = lambda: sampler.sample(condition, uncond, torch.Generator().manual_seed(0))  # noqa: E731
+    out["graph_vs_eager_max_abs"] = (graphed() - reference).abs().max().item()
+    out["graph_s"] = _time(graphed)
+    head.compile()
     started = time.perf_counter()
-    compiled(latent)
-    torch.cuda.synchronize()
-    compile_s = time.perf_counter() - started
-    return {
-        "eager_channels_last_s": eager,
-        "compiled_channels_last_s": _time(lambda: compiled(latent)),
-        "compile_s": compile_s,
-        "max_abs_difference": (compiled(latent).float() - decoder(latent).float()).abs().max().item(),
-    }
+    compiled = eager()
+    out["compile_s"] = time.perf_counter() - started
+    out["compiled_vs_eager_max_abs"] = (compiled - reference).abs().max().item()
+    out["compiled_s"] = _time(eager)
+    sampler = graphed_sampler()
+    graphed = lambda: sampler.sample(condition, uncond, torch.Generator().manual_seed(0))  # noqa: E731
+    out["compiled_graph_vs_eager_max_abs"] = (graphed() - reference).abs().max().item()
+    out["compiled_graph_failed"] = sampler.failed
+    out["compiled_graph_s"] = _time(graphed)
+    head._compiled_call_impl = None
+    print(f"residual: {out}", flush=True)
+    return out
 
 
 @torch.no_grad()
@@ -285,32 +316,38 @@ def _stage_memory(pipe, device: torch.device) -> dict:
 def benchmarks(device: torch.device) -> list[dict]:
     out = []
     plan = (
-        ("hart-0.7b-1024", 1, False),
-        ("hart-0.7b-1024", 1, True),
-        ("hart-0.7b-1024", 8, False),
-        ("hart-0.7b-1024", 8, True),
-        ("hart-0.7b-512", 1, False),
-        ("hart-0.7b-512", 1, True),
-        ("hart-0.7b-512", 8, True),
+        ("hart-0.7b-1024", 1, "reference"),
+        ("hart-0.7b-1024", 1, "fast"),
+        ("hart-0.7b-1024", 1, "compiled"),
+        ("hart-0.7b-1024", 8, "reference"),
+        ("hart-0.7b-1024", 8, "fast"),
+        ("hart-0.7b-1024", 8, "compiled"),
+        ("hart-0.7b-512", 1, "reference"),
+        ("hart-0.7b-512", 1, "fast"),
+        ("hart-0.7b-512", 1, "compiled"),
+        ("hart-0.7b-512", 8, "compiled"),
     )
-    for preset, batch, fast in plan:
+    for preset, batch, variant in plan:
         pipe = _release(device, preset)
-        pipe.decoder_memory_format = None if fast else torch.contiguous_format
+        if variant == "compiled":
+            pipe.compile()
+        graphs = variant != "reference"
         result = benchmark_pipeline(
             pipe,
             preset=preset,
             batch_size=batch,
             warmup=1,
             repeats=3 if batch == 1 else 2,
-            use_cuda_graphs=fast,
+            use_cuda_graphs=graphs,
         )
-        row = {**result.to_dict(), "fast": fast}
-        row["end_to_end_s"] = _end_to_end(pipe, batch, fast, repeats=5 if batch == 1 else 3)
+        row = {**result.to_dict(), "variant": variant}
+        row["end_to_end_s"] = _end_to_end(pipe, batch, graphs, repeats=5 if batch == 1 else 3)
         row["images_per_s"] = batch / row["end_to_end_s"]
-        if preset == "hart-0.7b-1024" and batch == 1 and fast:
+        if preset == "hart-0.7b-1024" and batch == 1 and variant != "reference":
             row["stage_memory"] = _stage_memory(pipe, device)
-        print(f"--- fast: {fast}, end to end {row['end_to_end_s']:.4f} s\n{result.table()}", flush=True)
+        print(f"--- {variant}: end to end {row['end_to_end_s']:.4f} s\n{result.table()}", flush=True)
         out.append(row)
+        (Path(_OUT[0]) / "benchmarks_partial.json").write_text(json.dumps(out, indent=2))
     return out
 
 
@@ -318,7 +355,7 @@ def profile(device: torch.device, out_dir: Path) -> dict:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    pipe = _release(device)
+    pipe = _release(device).compile()
     for _ in range(2):
         pipe(["a red fox"], generator=torch.Generator().manual_seed(0), output_type="pt")
     torch.cuda.synchronize()
@@ -351,12 +388,14 @@ def main() -> None:
     parser.add_argument("--compare", action="store_true")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    _OUT[0] = str(args.out)
     device = torch.device("cuda")
     report = {"card": torch.cuda.get_device_name(device), "torch": torch.__version__}
     sections = [
         ("correctness", lambda: correctness(device)),
         ("release_fast_vs_reference", lambda: release_fast_vs_reference(device)),
         ("decoder", lambda: decoder(device)),
+        ("residual", lambda: residual(device)),
         ("attention", lambda: attention(device)),
         ("benchmarks", lambda: benchmarks(device)),
         ("profile", lambda: profile(device, args.out)),
@@ -365,12 +404,11 @@ def main() -> None:
         sections.insert(1, ("golden", lambda: golden(args.golden, device)))
     if args.compare:
         sections.append(("compare", lambda: compare(device)))
-    sections.append(("decoder_compiled", lambda: decoder_compiled(device)))
     for name, run in sections:
         started = time.perf_counter()
         try:
             report[name] = run()
-            if name in ("correctness", "release_fast_vs_reference", "attention"):
+            if name in ("correctness", "golden", "release_fast_vs_reference", "attention"):
                 print(json.dumps(report[name], indent=2), flush=True)
         except Exception:  # a benchmark script reports a broken section and goes on to the next
             report[name] = {"error": traceback.format_exc()}

@@ -179,12 +179,12 @@ def sample_token_pyramid(
             soft = gumbel_soft_probs(logits, exponentials, ratio, tau)
             h = (soft @ quantizer.embedding.weight.float()).to(dtype)  # (B, l, Cz)
         else:
-            h = quantizer.embed(ids)
+            h = quantizer.embed(ids, check=replay_ids is not None)  # drawn ids are in range by construction
         f_hat, next_input = quantizer.next_scale_input(f_hat, h, k)
         if on_scale is not None:
             on_scale(k, guided_logits)
 
-    token_latents = quantizer.embed(ids_per_scale[-1])  # (B, P², Cz)
+    token_latents = quantizer.embed(ids_per_scale[-1], check=False)  # (B, P², Cz), checked above
     if guided:
         token_latents = torch.cat((token_latents, token_latents))
     condition = transformer.diffusion_condition(hidden, token_latents)  # (B or 2B, P², C)

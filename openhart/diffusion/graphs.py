@@ -15,12 +15,15 @@ Legend: N rows (tokens × images), C condition width, Cz latent channels, S samp
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import torch
 
 from openhart.diffusion.head import ResidualDiffusionHead
 from openhart.utils.random import GeneratorSpec, randn_tensor
+
+logger = logging.getLogger(__name__)
 
 
 def draw_residual_noise(
@@ -86,6 +89,7 @@ class CUDAGraphResidualSampler:
         )
         self.graph: torch.cuda.CUDAGraph | None = None
         self.output: torch.Tensor | None = None
+        self.failed = False  # the capture failed: callers sample eagerly instead
         self.lock = threading.Lock()
 
     def _run(self) -> torch.Tensor:
@@ -115,6 +119,11 @@ class CUDAGraphResidualSampler:
     def sample(
         self, condition: torch.Tensor, uncond_condition: torch.Tensor | None, generator: GeneratorSpec
     ) -> torch.Tensor:
+        """The residual rows (N, Cz) for these conditions, drawing the noise from ``generator``.
+
+        If the first call's capture fails (an op that needs the host), the loop runs eagerly on
+        the same draws, :attr:`failed` is set, and the pipeline stops using this sampler.
+        """
         if condition.shape != self.condition.shape or (uncond_condition is None) != (self.uncond is None):
             raise ValueError(
                 f"condition: this graph was captured for {tuple(self.condition.shape)} "
@@ -136,6 +145,13 @@ class CUDAGraphResidualSampler:
             for buffer, noise in zip(self.step_noises, steps, strict=True):
                 buffer.copy_(noise)
             if self.graph is None:
-                self._capture()
+                try:
+                    self._capture()
+                except RuntimeError as error:
+                    logger.warning(
+                        "the residual loop could not be captured in a CUDA graph (%s); it runs eagerly", error
+                    )
+                    self.failed = True
+                    return self._run()  # the static buffers hold this call's conditions and draws
             self.graph.replay()
             return self.output.clone()

@@ -130,9 +130,14 @@ class MultiScaleQuantizer(nn.Module):
             out[start : start + rows.shape[0]] = dist.argmin(dim=1)
         return out
 
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """Codebook vectors (B, l, Cz) of ids (B, l)."""
-        self._check_ids_tensor(ids, "ids")
+    def embed(self, ids: torch.Tensor, check: bool = True) -> torch.Tensor:
+        """Codebook vectors (B, l, Cz) of ids (B, l).
+
+        ``check=False`` skips the range check, which reads the ids on the host (a GPU sync): for
+        ids the sampler drew itself, valid by construction.
+        """
+        if check:
+            self._check_ids_tensor(ids, "ids")
         return self.embedding(ids.long())
 
     def phi(self, h: torch.Tensor, scale_index: int) -> torch.Tensor:

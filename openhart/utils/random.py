@@ -45,7 +45,21 @@ def _draw(
         sampler(part_shape, generator=g, device=_generator_device(g), dtype=torch.float32)
         for g, part_shape in _chunks(shape, generator)
     ]
-    return torch.cat(parts).to(device=device, dtype=dtype)
+    return _to_device(torch.cat(parts), device, dtype)
+
+
+def _to_device(draws: torch.Tensor, device, dtype: torch.dtype) -> torch.Tensor:
+    """Move host draws to ``device`` without stalling the host on a CUDA device.
+
+    A copy from pageable host memory waits for all queued GPU work first; at batch 1 the
+    sampler draws at every scale, so each draw would drain the GPU queue and expose the launch
+    latency of the next scale. From pinned memory the copy is queued like a kernel (PyTorch keeps
+    the pinned block alive until the copy has run).
+    """
+    target = torch.device(device) if device is not None else draws.device
+    if target.type == "cuda" and draws.device.type == "cpu":
+        return draws.pin_memory().to(device=target, dtype=dtype, non_blocking=True)
+    return draws.to(device=target, dtype=dtype)
 
 
 def randn_tensor(
@@ -78,7 +92,7 @@ def exponential_tensor(
     for g, part_shape in _chunks(shape, generator):
         draw = torch.empty(part_shape, device=_generator_device(g), dtype=torch.float32)
         parts.append(draw.exponential_(generator=g))
-    return torch.cat(parts).to(device=device)
+    return _to_device(torch.cat(parts), device, torch.float32)
 
 
 def sample_categorical(probs: torch.Tensor, generator: GeneratorSpec = None) -> torch.Tensor:
