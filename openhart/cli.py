@@ -192,21 +192,37 @@ def bench(
     device: Annotated[DeviceChoice, typer.Option()] = DeviceChoice.auto,
     dtype: Annotated[DtypeChoice, typer.Option()] = DtypeChoice.auto,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON.")] = None,
+    cuda_graphs: Annotated[
+        bool | None,
+        typer.Option("--cuda-graphs/--no-cuda-graphs", help="Replay CUDA graphs (default: on CUDA devices)."),
+    ] = None,
+    compile_: Annotated[
+        bool,
+        typer.Option("--compile", help="pipe.compile(): torch.compile the decoder and residual head (GPUs)."),
+    ] = False,
 ) -> None:
-    """Per-stage latency and peak memory of one model on one device (not a test: a table)."""
+    """Per-stage latency, end-to-end latency and peak memory of one model on one device (a table).
+
+    For the released sizes it also prints the ratio to the official HART's numbers (docs/performance.md).
+    """
     from openhart.evaluation.benchmark import benchmark_pipeline
 
     logging.basicConfig(level=logging.ERROR)
     torch_device = resolve_device(device.value)
     pipeline = load_model(model, torch_device, resolve_dtype(dtype.value, torch_device))
+    if cuda_graphs and torch_device.type != "cuda":
+        raise typer.BadParameter("CUDA graphs need a CUDA device", param_hint="--cuda-graphs")
+    if compile_:
+        pipeline.compile()
     result = benchmark_pipeline(
         pipeline,
         preset=model,
         batch_size=batch_size,
         num_inference_steps=steps,
         guidance_scale=guidance_scale,
-        warmup=warmup,
+        warmup=max(warmup, 1) if compile_ else warmup,
         repeats=repeats,
+        use_cuda_graphs=cuda_graphs,
     )
     typer.echo(result.table())
     if json_out is not None:

@@ -80,8 +80,30 @@ def test_info_and_bench(saved_model):
         app, ["bench", "--model", str(saved_model), "--repeats", "1", "--warmup", "0", "--device", "cpu"]
     )
     assert result.exit_code == 0, result.output
-    for stage in ("text_encoder", "scale_0", "scale_5", "residual", "decode", "total", "peak memory"):
+    for stage in (
+        "text_encoder",
+        "scale_0",
+        "scale_5",
+        "residual",
+        "decode",
+        "total",
+        "end to end",
+        "peak memory",
+    ):
         assert stage in result.output
+    result = runner.invoke(app, ["bench", "--model", str(saved_model), "--device", "cpu", "--cuda-graphs"])
+    assert result.exit_code == 2 and "CUDA graphs need a CUDA device" in result.output
+
+
+def test_bench_reports_the_ratio_to_the_official_numbers():
+    from openhart.evaluation.benchmark import BenchmarkResult
+
+    result = BenchmarkResult(
+        "hart-0.7b-512", "cpu", "bfloat16", 1, 8, 4.5, 1, {"decode": 20.0}, 36.0, end_to_end_seconds=35.0
+    )
+    assert "105.000 s per call" in result.table() and "3.00x as fast" in result.table()
+    other = BenchmarkResult("hart-0.7b-512", "cuda:0", "bfloat16", 2, 8, 4.5, 1, {}, 1.0)
+    assert other.official_reference() is None and "official" not in other.table()  # no batch-2 reference
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,13 @@
 
 A stage's time runs from the end of the previous stage to its own end, with the device
 synchronised at every boundary, so the stages add up to the whole call. ``scale_k`` covers the
-transformer pass of scale k, the token sampling and the next scale's input.
+transformer pass of scale k, the token sampling and the next scale's input. Those boundaries stop
+the host from running ahead of the GPU, so the end-to-end latency is measured apart, on calls
+without them (``end_to_end_seconds``): that is the number to compare.
+
+:data:`OFFICIAL_REFERENCE` holds the official HART's numbers at the released sizes (measured
+with its own code, random weights, its compiled RMSNorm kernel, fp16 autocast, CFG 4.5, text
+encoder excluded); results of the same preset, batch size and device type report the ratio.
 """
 
 from __future__ import annotations
@@ -32,9 +38,19 @@ class BenchmarkResult:
     total_seconds: float = 0.0  # median of whole calls
     peak_memory_bytes: int = 0
     peak_memory_kind: str = ""  # "cuda max allocated" or "process peak RSS"
+    end_to_end_seconds: float | None = None  # median of calls without stage synchronisation
+    options: dict[str, object] = field(default_factory=dict)  # e.g. cuda_graphs, compiled
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def latency_seconds(self) -> float:
+        return self.end_to_end_seconds if self.end_to_end_seconds is not None else self.total_seconds
+
+    def official_reference(self) -> OfficialReference | None:
+        device_type = self.device.split(":")[0]
+        return OFFICIAL_REFERENCE.get((self.preset, device_type, self.batch_size))
 
     def table(self) -> str:
         """A plain-text table: stage, seconds, share of the total."""
@@ -48,10 +64,43 @@ class BenchmarkResult:
             lines.append(f"{name:<22}{seconds:>12.4f}{100 * seconds / total:>8.1f}%")
         scales = sum(s for n, s in self.stage_seconds.items() if n.startswith("scale_"))
         lines.append(f"{'all scales':<22}{scales:>12.4f}{100 * scales / total:>8.1f}%")
-        lines.append(f"{'total':<22}{self.total_seconds:>12.4f}")
-        lines.append(f"{'images/s':<22}{self.batch_size / self.total_seconds:>12.3f}")
+        lines.append(f"{'total (stages synced)':<22}{self.total_seconds:>12.4f}")
+        if self.end_to_end_seconds is not None:
+            lines.append(f"{'end to end':<22}{self.end_to_end_seconds:>12.4f}")
+        lines.append(f"{'images/s':<22}{self.batch_size / self.latency_seconds:>12.3f}")
         lines.append(f"peak memory ({self.peak_memory_kind}): {self.peak_memory_bytes / 2**30:.2f} GiB")
+        reference = self.official_reference()
+        if reference is not None:
+            lines.append(
+                f"official HART ({reference.where}): {reference.seconds:.3f} s per call, "
+                f"{self.batch_size / reference.seconds:.2f} images/s -> this run is "
+                f"{reference.seconds / self.latency_seconds:.2f}x as fast"
+                + (
+                    f"; official peak memory {reference.peak_memory_gib} GiB"
+                    if reference.peak_memory_gib
+                    else ""
+                )
+            )
+        if self.options:
+            lines.append("options: " + ", ".join(f"{k}={v}" for k, v in self.options.items()))
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class OfficialReference:
+    seconds: float  # one call of this batch size
+    where: str
+    peak_memory_gib: float | None = None
+
+
+# (preset, device type, batch size) -> the official HART code's time per call (see the module docstring).
+OFFICIAL_REFERENCE: dict[tuple[str, str, int], OfficialReference] = {
+    ("hart-0.7b-1024", "cuda", 1): OfficialReference(0.498, "H200, 2026-11-26", 5.1),
+    ("hart-0.7b-1024", "cuda", 8): OfficialReference(8 / 4.40, "H200, 2026-11-26"),
+    ("hart-0.7b-512", "cuda", 1): OfficialReference(0.210, "H200, 2026-11-26"),
+    ("hart-0.7b-512", "cuda", 8): OfficialReference(8 / 17.2, "H200, 2026-11-26"),
+    ("hart-0.7b-512", "cpu", 1): OfficialReference(105.0, "2-core CPU, fp32, 2026-11-26"),
+}
 
 
 def synchronize(device: torch.device) -> None:
@@ -77,8 +126,12 @@ def benchmark_pipeline(
     repeats: int = 3,
     seed: int = 0,
     use_cuda_graphs: bool | None = None,
+    end_to_end: bool = True,
 ) -> BenchmarkResult:
-    """Time ``repeats`` calls (after ``warmup`` untimed ones) of ``pipeline`` on ``batch_size`` prompts."""
+    """Time ``repeats`` calls (after ``warmup`` untimed ones) of ``pipeline`` on ``batch_size`` prompts.
+
+    With ``end_to_end`` another ``repeats`` calls run without stage callbacks for the latency.
+    """
     if batch_size < 1 or repeats < 1 or warmup < 0:
         raise ValueError("batch_size and repeats must be ≥ 1, warmup ≥ 0")
     device = pipeline.device
@@ -115,6 +168,24 @@ def benchmark_pipeline(
         for stage, stamp in stamps:
             per_stage[stage].append(stamp - previous)
             previous = stamp
+    end_to_end_seconds = None
+    if end_to_end:
+        calls = []
+        for run in range(repeats):
+            generator = torch.Generator().manual_seed(seed + warmup + repeats + run)
+            synchronize(device)
+            start = time.perf_counter()
+            pipeline(
+                prompts,
+                guidance_scale=guidance_scale,
+                num_inference_steps=steps,
+                generator=generator,
+                output_type="pt",
+                use_cuda_graphs=use_cuda_graphs,
+            )
+            synchronize(device)
+            calls.append(time.perf_counter() - start)
+        end_to_end_seconds = statistics.median(calls)
     if device.type == "cuda":
         peak, kind = torch.cuda.max_memory_allocated(device), "cuda max allocated"
     else:
@@ -131,4 +202,9 @@ def benchmark_pipeline(
         total_seconds=statistics.median(totals),
         peak_memory_bytes=int(peak),
         peak_memory_kind=kind,
+        end_to_end_seconds=end_to_end_seconds,
+        options={
+            "cuda_graphs": use_cuda_graphs if use_cuda_graphs is not None else device.type == "cuda",
+            "compiled": getattr(pipeline.tokenizer.decoder, "_compiled_call_impl", None) is not None,
+        },
     )
