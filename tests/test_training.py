@@ -190,6 +190,28 @@ def test_generator_steps_reduce_both_losses_and_save_a_generating_pipeline(tmp_p
     assert images.shape == (1, 3, 32, 32) and torch.isfinite(images).all()
 
 
+def test_var_only_recipe_trains_the_transformer_and_leaves_the_head(tmp_path, tokenizer_dir):
+    dataset = SquaresDataset()
+    recipe = generator_recipe(
+        tmp_path / "run",
+        tokenizer_dir,
+        optim={"max_steps": 15},
+        loss={"diffusion_weight": 0.0},
+        run={"sample_every": 15},
+    )
+    assert recipe.var_only
+    trainer = GeneratorTrainer(recipe, dataset=dataset)
+    head_before = _weights(trainer.model.diffusion_head)
+    batch = collate_samples([dataset[i] for i in range(8)])
+    before = trainer.evaluate(batch)
+    trainer.train()
+    after = trainer.evaluate(batch)
+    assert after["ce"] < before["ce"] - 0.5, (before, after)
+    assert _max_difference(head_before, _weights(trainer.model.diffusion_head)) == 0.0
+    assert _max_difference(head_before, _weights(trainer.ema.module.diffusion_head)) == 0.0
+    assert (tmp_path / "run" / "samples" / "step-0000015.png").is_file()
+
+
 def test_generator_condition_dropout_and_subsampling_follow_the_recipe(tmp_path, tokenizer_dir):
     trainer = GeneratorTrainer(generator_recipe(tmp_path / "run", tokenizer_dir), dataset=SquaresDataset())
     generator = torch.Generator().manual_seed(0)

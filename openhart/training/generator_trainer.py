@@ -15,6 +15,8 @@ One step (teacher forcing, as HART trains):
    leaves, conditioned on ``diffusion_condition(hidden, codebook[sampled id])``. Each row is seen
    ``loss.diffusion_batch_mul`` times with independent timesteps and noise.
 6. loss = CE + diffusion_weight · diffusion; AdamW; EMA of both networks (what gets saved).
+   ``diffusion_weight: 0`` is the VAR-only baseline: steps 5–6 train the transformer on CE alone,
+   the head stays at its initialisation, and the model is sampled with ``sample_residual=False``.
 
 Dimension legend: B images, T prompt tokens, Dctx text width, C width, S scales, L = Σ pn² tokens,
 l = P² tokens of the last scale, k kept last-scale tokens, V codebook size, Cz latent channels,
@@ -82,6 +84,18 @@ class GeneratorModel(nn.Module):
         )
         kept = last_scale_latent.shape[1]
         last_logits = logits[:, -kept:]  # (B, k, V)
+        if loss_recipe.diffusion_weight == 0:
+            # VAR-only (the baseline of issue 5): tokens only; the head is neither run nor trained.
+            with torch.no_grad():
+                hits = logits.argmax(dim=-1) == target_ids  # (B, L')
+                metrics = {
+                    "ce": ce.item(),
+                    "diffusion": 0.0,
+                    "token_accuracy": hits.float().mean().item(),
+                    "last_scale_accuracy": hits[:, -kept:].float().mean().item(),
+                    "sampled_matches_target": 0.0,  # nothing is sampled without the head's loss
+                }
+            return ce, metrics
         with torch.no_grad():
             # HART learns the residual the model's own token leaves, not the one the true token leaves:
             # at sampling time the head only ever completes sampled tokens.
@@ -314,6 +328,8 @@ class GeneratorTrainer(Trainer):
             self._precomputed_features(text_encoder.config),
         )
         self.latent_cache: dict[str, torch.Tensor] | None = {} if recipe.cache_latents else None
+        if recipe.var_only:
+            head.requires_grad_(False)  # untouched: DDP and the optimiser skip it
         return GeneratorModel(transformer, head)
 
     def _precomputed_features(
@@ -484,6 +500,7 @@ class GeneratorTrainer(Trainer):
                 num_inference_steps=sampling.num_inference_steps,
                 generator=generators,
                 output_type="pt",
+                sample_residual=not self.recipe.var_only,
             ).images  # (N, 3, S, S) in [0, 1]
         finally:
             self.model.train()

@@ -409,6 +409,11 @@ class GeneratorRecipe(Config):
             raise RecipeError("save_ema: true needs optim.ema_decay > 0 (or set save_ema: false)")
         self.component_configs()
 
+    @property
+    def var_only(self) -> bool:
+        """``loss.diffusion_weight: 0``: the VAR-only baseline (tokens only, no residual head)."""
+        return self.loss.diffusion_weight == 0
+
     def component_configs(self) -> dict[str, Config]:
         """The preset's text encoder / transformer / head configs with this recipe's overrides."""
         preset = preset_configs(self.preset)
