@@ -1,12 +1,18 @@
 """HART vs VAR-only vs latent diffusion on emoji-64: quality, speed, a plot and sample grids.
 
     python scripts/emoji64_comparison.py --hart runs/emoji-64-generator/final \
-        --diffusion runs/emoji-64-diffusion/final --data data/emoji-64 --out docs/results
+        --var runs/emoji-64-var/final --diffusion runs/emoji-64-diffusion/final \
+        --data data/emoji-64 --out docs/results
+
+``--var`` is the VAR-only model trained by configs/emoji-64-generator-var.yaml; without it,
+VAR-only is the HART model sampled without its residual head. ``--only hart,diffusion`` evaluates
+a subset (e.g. while another model still trains); an existing ``OUT/eval-NAME/eval.json`` is
+reused unless ``--fresh``, so a later full run only adds what is missing.
 
 Runs, on one device, in one process:
 1. ``evaluate`` (FID, KID, precision/recall, prompt adherence; tokenizer reconstruction once, with
-   HART) for ``hart``, ``var`` (the same weights without the residual head) and ``diffusion``
-   (20 DPM-Solver++ steps), same real rows, prompts and seeds;
+   HART) for ``hart``, ``var`` (sampled without a residual head) and ``diffusion`` (20
+   DPM-Solver++ steps), same real rows, prompts and seeds;
 2. ``compare_pipelines`` for hart, var, diffusion@20, diffusion@50 (latency, throughput, MACs, memory);
 3. ``emoji64-quality-vs-latency.png`` (FID against batch-1 latency, matplotlib) and
    ``emoji64-samples.png`` (rows: the three models; columns: held-out prompts, seed i per column);
@@ -149,15 +155,31 @@ def main() -> None:
     parser.add_argument("--reference-images", type=int, default=2000)
     parser.add_argument("--diffusion-steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--var", type=Path, default=None, help="trained VAR-only HartPipeline folder")
+    parser.add_argument(
+        "--only", default=None, help="evaluate these models only (comma list), no speed/plots"
+    )
+    parser.add_argument(
+        "--fresh", action="store_true", help="re-evaluate even where OUT/eval-NAME/eval.json exists"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     hart = HartPipeline.from_pretrained(args.hart)
     diffusion = LatentDiffusionPipeline.from_pretrained(args.diffusion)
-    pipelines = {"hart": hart, "var": var_only(hart), "diffusion": diffusion}
+    var = var_only(HartPipeline.from_pretrained(args.var) if args.var is not None else hart)
+    pipelines = {"hart": hart, "var": var, "diffusion": diffusion}
+    selected = MODELS if args.only is None else tuple(args.only.split(","))
 
     quality, wall = {}, {}
     for name, pipe in pipelines.items():
+        saved = args.out / f"eval-{name}" / "eval.json"
+        if name not in selected:
+            continue
+        if saved.is_file() and not args.fresh:
+            quality[name] = json.loads(saved.read_text())
+            print(f"{name}: reusing {saved}", flush=True)
+            continue
         begun = time.perf_counter()
         quality[name] = evaluate(
             pipe,
@@ -172,6 +194,8 @@ def main() -> None:
         )
         wall[f"eval_{name}_seconds"] = time.perf_counter() - begun
         print(f"{name}: FID {quality[name]['fid']:.2f} ({wall[f'eval_{name}_seconds']:.0f} s)", flush=True)
+    if args.only is not None:
+        return
 
     begun = time.perf_counter()
     speed = compare_pipelines(
@@ -207,13 +231,13 @@ def main() -> None:
     report = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "models": {"hart": str(args.hart), "diffusion": str(args.diffusion)},
-        "settings": vars(args)
-        | {
-            "out": str(args.out),
+        "models": {
             "hart": str(args.hart),
+            "var": str(args.var) if args.var is not None else f"{args.hart} without the residual head",
             "diffusion": str(args.diffusion),
-            "data": str(args.data),
+        },
+        "settings": {
+            key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()
         },
         "sample_prompts": prompts,
         "quality": quality,
