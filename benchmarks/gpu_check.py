@@ -370,16 +370,27 @@ def profile(device: torch.device, out_dir: Path) -> dict:
 
 
 def compare(device: torch.device) -> dict:
+    """``openhart compare`` at 1024 px: default (CUDA graphs) HART, then compiled HART."""
     from openhart.evaluation.baselines import build_diffusion_baseline
     from openhart.evaluation.compare import compare_pipelines
 
     hart = _release(device)
     diffusion = build_diffusion_baseline("hart-0.7b-1024", seed=0, hart=hart)
-    result = compare_pipelines(
-        hart, diffusion, "hart,var,diffusion@20,diffusion@50", throughput_batch_size=8, warmup=1, repeats=2
-    )
-    print(result.table(), flush=True)
-    return result.to_dict()
+    out = {}
+    for variant in ("default", "compiled"):
+        if variant == "compiled":
+            hart.compile()
+        result = compare_pipelines(
+            hart,
+            diffusion,
+            "hart,var,diffusion@20,diffusion@50",
+            throughput_batch_size=8,
+            warmup=1,
+            repeats=2,
+        )
+        print(f"--- HART {variant}\n{result.table()}", flush=True)
+        out[variant] = result.to_dict()
+    return out
 
 
 def main() -> None:
@@ -387,6 +398,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("gpu-results"))
     parser.add_argument("--golden", type=Path, default=None)
     parser.add_argument("--compare", action="store_true")
+    parser.add_argument("--sections", default=None, help="run only these sections (comma list)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     _OUT[0] = str(args.out)
@@ -405,6 +417,9 @@ def main() -> None:
         sections.insert(1, ("golden", lambda: golden(args.golden, device)))
     if args.compare:
         sections.append(("compare", lambda: compare(device)))
+    if args.sections is not None:
+        wanted = set(args.sections.split(","))
+        sections = [(name, run) for name, run in sections if name in wanted]
     for name, run in sections:
         started = time.perf_counter()
         try:
