@@ -74,3 +74,17 @@ def test_residual_graph_needs_cuda():
             temperature=1.0,
             use_uncond=True,
         )
+
+
+def test_compile_keeps_outputs_weights_and_saving(tmp_path):
+    # torch.compile on this CPU gains nothing, but the opt-in must stay correct where it runs.
+    pytest.importorskip("torch._inductor")
+    pipeline = make_tiny_pipeline()
+    keys = set(pipeline.tokenizer.state_dict()) | set(pipeline.diffusion_head.state_dict())
+    reference = pipeline("a red circle", generator=torch.Generator().manual_seed(0), output_type="pt").images
+    pipeline.compile()
+    compiled = pipeline("a red circle", generator=torch.Generator().manual_seed(0), output_type="pt").images
+    torch.testing.assert_close(compiled, reference, atol=1e-4, rtol=1e-4)
+    assert set(pipeline.tokenizer.state_dict()) | set(pipeline.diffusion_head.state_dict()) == keys
+    pipeline.save_pretrained(tmp_path / "model")  # weights are saved under their usual names
+    assert (tmp_path / "model" / "tokenizer" / "model.safetensors").is_file()
