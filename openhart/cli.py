@@ -200,6 +200,14 @@ def bench(
         bool,
         typer.Option("--compile", help="pipe.compile(): torch.compile the decoder and residual head (GPUs)."),
     ] = False,
+    compare: Annotated[
+        str | None,
+        typer.Option(
+            "--compare",
+            help="Compare models instead (hart,var,diffusion,diffusion@STEPS): what `openhart compare` does; "
+            "--batch-size is then the throughput batch.",
+        ),
+    ] = None,
 ) -> None:
     """Per-stage latency, end-to-end latency and peak memory of one model on one device (a table).
 
@@ -207,6 +215,22 @@ def bench(
     """
     from openhart.evaluation.benchmark import benchmark_pipeline
 
+    if compare is not None:
+        from openhart.evaluation.cli import run_compare
+
+        run_compare(
+            models=compare,
+            model=model,
+            batch_size=batch_size,
+            guidance_scale=guidance_scale,
+            hart_steps=steps,
+            warmup=warmup,
+            repeats=repeats,
+            device=device,
+            dtype=dtype,
+            json_out=json_out,
+        )
+        return
     logging.basicConfig(level=logging.ERROR)
     torch_device = resolve_device(device.value)
     pipeline = load_model(model, torch_device, resolve_dtype(dtype.value, torch_device))

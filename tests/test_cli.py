@@ -93,6 +93,26 @@ def test_info_and_bench(saved_model):
         assert stage in result.output
     result = runner.invoke(app, ["bench", "--model", str(saved_model), "--device", "cpu", "--cuda-graphs"])
     assert result.exit_code == 2 and "CUDA graphs need a CUDA device" in result.output
+    result = runner.invoke(
+        app,
+        [
+            "bench",
+            "--model",
+            "tiny",
+            "--compare",
+            "hart,var",
+            "--batch-size",
+            "2",
+            "--warmup",
+            "0",
+            "--repeats",
+            "1",
+            "--device",
+            "cpu",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "| hart |" in result.output and "| var |" in result.output and "×" in result.output
 
 
 def test_bench_reports_the_ratio_to_the_official_numbers():
