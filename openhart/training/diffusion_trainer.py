@@ -16,7 +16,6 @@ Everything else (checkpoints, resume, metrics.csv, torchrun) is :class:`~openhar
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +24,10 @@ from torch import nn
 from torch.utils.data import IterableDataset
 
 from openhart.evaluation.baselines import LatentDiffusionPipeline, is_latent_diffusion_folder
-from openhart.text import TextEncoder, TextEncoderConfig, build_text_encoder
 from openhart.training.checkpoint import MODEL_DIR
 from openhart.training.distributed import step_generator
-from openhart.training.generator_trainer import PrecomputedTextEncoder, TextContexts, load_text_features
-from openhart.training.loop import SAMPLES_DIR, Batch, Trainer, image_grid, save_png
+from openhart.training.generator_trainer import TextContexts, TextEncoderFromRecipe, write_sample_grid
+from openhart.training.loop import Batch, Trainer
 from openhart.training.recipe import DiffusionRecipe
 from openhart.training.tokenizer_trainer import load_tokenizer
 
@@ -51,7 +49,7 @@ def first_images(dataset: Any, count: int) -> torch.Tensor:
     return torch.stack(images)
 
 
-class DiffusionTrainer(Trainer):
+class DiffusionTrainer(TextEncoderFromRecipe, Trainer):
     """``openhart train diffusion``: the latent-diffusion baseline of a preset on a trained tokenizer."""
 
     recipe_kind = "diffusion"
@@ -116,29 +114,6 @@ class DiffusionTrainer(Trainer):
             self._given_dataset = load_dataset(self.recipe.data.train, image_size)
         return self._given_dataset
 
-    def _precomputed_features(
-        self, config: TextEncoderConfig
-    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
-        if self.recipe.text_features is None:
-            return None
-        if not hasattr(self, "_feature_table"):
-            self._feature_table = load_text_features(self.recipe.text_features, config)
-        return self._feature_table
-
-    def _text_encoder(self, config: TextEncoderConfig) -> TextEncoder:
-        try:
-            return build_text_encoder(config)
-        except (ImportError, OSError, FileNotFoundError) as error:
-            if self.recipe.text_features is None:
-                raise
-            logger.warning(
-                "text encoder %s unavailable (%s): using the precomputed features of %s only",
-                config.kind,
-                error,
-                self.recipe.text_features,
-            )
-            return PrecomputedTextEncoder(config, self._precomputed_features(config))
-
     @property
     def image_size(self) -> int:
         return self.pipeline.image_size
@@ -199,25 +174,10 @@ class DiffusionTrainer(Trainer):
     def write_model(self, folder: Path) -> None:
         self.saved_pipeline().save_pretrained(folder)
 
-    @torch.no_grad()
     def write_samples(self, step: int) -> Path | None:
-        """Grid of the recipe's fixed prompts (image i from seed + i: comparable across steps)."""
-        sampling = self.recipe.sampling
-        if not sampling.prompts:
+        if not self.recipe.sampling.prompts:
             return None
-        pipeline = self.saved_pipeline()
-        generators = [torch.Generator().manual_seed(sampling.seed + i) for i in range(len(sampling.prompts))]
         try:
-            images = pipeline(
-                list(sampling.prompts),
-                guidance_scale=sampling.guidance_scale,
-                num_inference_steps=sampling.num_inference_steps,
-                generator=generators,
-                output_type="pt",
-            ).images  # (N, 3, S, S) in [0, 1]
+            return write_sample_grid(self.saved_pipeline(), self.recipe.sampling, self.out_dir, step)
         finally:
             self.model.train()
-        columns = math.ceil(math.sqrt(len(sampling.prompts)))
-        path = save_png(image_grid(images, columns), self.out_dir / SAMPLES_DIR / f"step-{step:07d}.png")
-        logger.info("step %d: sample grid %s", step, path)
-        return path

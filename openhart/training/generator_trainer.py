@@ -267,7 +267,64 @@ class TextContexts:
         return torch.stack(contexts).to(self.device), torch.stack(masks).to(self.device)
 
 
-class GeneratorTrainer(Trainer):
+class TextEncoderFromRecipe:
+    """The recipe's frozen text encoder, or precomputed features standing in for it.
+
+    For trainers whose recipe has ``text_features`` (a file of precomputed caption features):
+    captions found there are never encoded, and an encoder that cannot be built here (e.g. a GPU
+    machine without its weights) is replaced by the file.
+    """
+
+    recipe: Any
+
+    def _precomputed_features(
+        self, config: TextEncoderConfig
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
+        if self.recipe.text_features is None:
+            return None
+        if not hasattr(self, "_feature_table"):
+            self._feature_table = load_text_features(self.recipe.text_features, config)
+        return self._feature_table
+
+    def _text_encoder(self, config: TextEncoderConfig) -> TextEncoder:
+        """The recipe's text encoder; with ``text_features``, a stand-in when it cannot be built here."""
+        try:
+            return build_text_encoder(config)
+        except (ImportError, OSError, FileNotFoundError) as error:
+            if self.recipe.text_features is None:
+                raise
+            logger.warning(
+                "text encoder %s unavailable (%s): using the precomputed features of %s only",
+                config.kind,
+                error,
+                self.recipe.text_features,
+            )
+            return PrecomputedTextEncoder(config, self._precomputed_features(config))
+
+
+@torch.no_grad()
+def write_sample_grid(
+    pipeline: Any, sampling: Any, out_dir: Path, step: int, **call_options: Any
+) -> Path | None:
+    """Grid of the recipe's fixed prompts (image i from seed + i: comparable across steps)."""
+    if not sampling.prompts:
+        return None
+    generators = [torch.Generator().manual_seed(sampling.seed + i) for i in range(len(sampling.prompts))]
+    images = pipeline(
+        list(sampling.prompts),
+        guidance_scale=sampling.guidance_scale,
+        num_inference_steps=sampling.num_inference_steps,
+        generator=generators,
+        output_type="pt",
+        **call_options,
+    ).images  # (N, 3, S, S) in [0, 1]
+    columns = math.ceil(math.sqrt(len(sampling.prompts)))
+    path = save_png(image_grid(images, columns), out_dir / SAMPLES_DIR / f"step-{step:07d}.png")
+    logger.info("step %d: sample grid %s", step, path)
+    return path
+
+
+class GeneratorTrainer(TextEncoderFromRecipe, Trainer):
     """``openhart train generator``: transformer + residual head of a preset on a trained tokenizer."""
 
     recipe_kind = "generator"
@@ -331,30 +388,6 @@ class GeneratorTrainer(Trainer):
         if recipe.var_only:
             head.requires_grad_(False)  # untouched: DDP and the optimiser skip it
         return GeneratorModel(transformer, head)
-
-    def _precomputed_features(
-        self, config: TextEncoderConfig
-    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
-        if self.recipe.text_features is None:
-            return None
-        if not hasattr(self, "_feature_table"):
-            self._feature_table = load_text_features(self.recipe.text_features, config)
-        return self._feature_table
-
-    def _text_encoder(self, config: TextEncoderConfig) -> TextEncoder:
-        """The recipe's text encoder; with ``text_features``, a stand-in when it cannot be built here."""
-        try:
-            return build_text_encoder(config)
-        except (ImportError, OSError, FileNotFoundError) as error:
-            if self.recipe.text_features is None:
-                raise
-            logger.warning(
-                "text encoder %s unavailable (%s): using the precomputed features of %s only",
-                config.kind,
-                error,
-                self.recipe.text_features,
-            )
-            return PrecomputedTextEncoder(config, self._precomputed_features(config))
 
     @property
     def image_size(self) -> int:
@@ -485,26 +518,16 @@ class GeneratorTrainer(Trainer):
     def write_model(self, folder: Path) -> None:
         self.saved_pipeline().save_pretrained(folder)
 
-    @torch.no_grad()
     def write_samples(self, step: int) -> Path | None:
-        """Grid of the recipe's fixed prompts (image i from seed + i: comparable across steps)."""
-        sampling = self.recipe.sampling
-        if not sampling.prompts:
+        if not self.recipe.sampling.prompts:
             return None
-        pipeline = self.saved_pipeline()
-        generators = [torch.Generator().manual_seed(sampling.seed + i) for i in range(len(sampling.prompts))]
         try:
-            images = pipeline(
-                list(sampling.prompts),
-                guidance_scale=sampling.guidance_scale,
-                num_inference_steps=sampling.num_inference_steps,
-                generator=generators,
-                output_type="pt",
+            return write_sample_grid(
+                self.saved_pipeline(),
+                self.recipe.sampling,
+                self.out_dir,
+                step,
                 sample_residual=not self.recipe.var_only,
-            ).images  # (N, 3, S, S) in [0, 1]
+            )
         finally:
             self.model.train()
-        columns = math.ceil(math.sqrt(len(sampling.prompts)))
-        path = save_png(image_grid(images, columns), self.out_dir / SAMPLES_DIR / f"step-{step:07d}.png")
-        logger.info("step %d: sample grid %s", step, path)
-        return path
