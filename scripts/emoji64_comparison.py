@@ -34,26 +34,12 @@ from PIL import Image, ImageDraw
 
 from openhart import HartPipeline
 from openhart.cli import make_grid
+from openhart.data.emoji import heldout_prompts
 from openhart.evaluation.baselines import LatentDiffusionPipeline, var_only
 from openhart.evaluation.compare import compare_pipelines
 from openhart.evaluation.evaluate import evaluate
 
 MODELS = ("hart", "var", "diffusion")
-
-
-def heldout_prompts(data: Path, count: int) -> list[str]:
-    """One prompt per held-out concept (file order, one style each, no skin-tone variants)."""
-    prompts, seen = [], set()
-    with open(data / "metadata.jsonl", encoding="utf-8") as handle:
-        for line in handle:
-            row = json.loads(line)
-            if row.get("split") != "test" or row["concept"] in seen or row.get("skin_tone"):
-                continue
-            seen.add(row["concept"])
-            prompts.append(f"{row['concept']} emoji, {row['style']}")
-            if len(prompts) == count:
-                break
-    return prompts
 
 
 def sample_grid(pipelines: dict, prompts: list[str], scale: int = 2) -> Image.Image:

@@ -18,22 +18,8 @@ import torch
 from openhart import HartPipeline
 from openhart.cli import make_grid, save_png
 from openhart.data.datasets import ImageFolderDataset
+from openhart.data.emoji import heldout_prompts
 from openhart.evaluation.metrics import reconstruction_metrics
-
-
-def heldout_prompts(data: Path, count: int) -> list[str]:
-    """One prompt per held-out concept (the first ``count`` concepts in file order, one style each)."""
-    prompts, seen = [], set()
-    with open(data / "metadata.jsonl", encoding="utf-8") as handle:
-        for line in handle:
-            row = json.loads(line)
-            if row.get("split") != "test" or row["concept"] in seen or row.get("skin_tone"):
-                continue
-            seen.add(row["concept"])
-            prompts.append(f"{row['concept']} emoji, {row['style']}")
-            if len(prompts) == count:
-                break
-    return prompts
 
 
 def main() -> None:

@@ -465,3 +465,18 @@ def test_cli_emoji_command(emoji_sources, tmp_path):
     assert json.loads(result.stdout[result.stdout.index("{") :])["images"] == 3
     bad = CliRunner().invoke(data_app, ["emoji", "--out", str(out), "--sources", str(tmp_path / "missing")])
     assert bad.exit_code == 1 and "does not exist" in bad.output
+
+
+def test_heldout_prompts_take_one_style_per_held_out_concept(tmp_path):
+    from openhart.data.emoji import heldout_prompts
+
+    rows = [
+        {"split": "train", "concept": "dog face", "style": "noto style"},
+        {"split": "test", "concept": "sun", "style": "twemoji style"},
+        {"split": "test", "concept": "sun", "style": "noto style"},
+        {"split": "test", "concept": "thumbs up", "style": "noto style", "skin_tone": "medium"},
+        {"split": "test", "concept": "fog", "style": "openmoji line style"},
+    ]
+    (tmp_path / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert heldout_prompts(tmp_path, 5) == ["sun emoji, twemoji style", "fog emoji, openmoji line style"]
+    assert heldout_prompts(tmp_path, 1) == ["sun emoji, twemoji style"]

@@ -926,3 +926,23 @@ def build_emoji_dataset(
         report.images, report.per_set, report.emoji, report.concepts, report.test_concepts, report.seconds,
     )  # fmt: skip
     return report
+
+
+def heldout_prompts(folder: str | os.PathLike[str], count: int) -> list[str]:
+    """Prompts of the first ``count`` held-out concepts of an emoji dataset folder (file order).
+
+    One prompt per concept, ``"{concept} emoji, {style}"`` with the style of its first row, skin-tone
+    variants skipped: fixed prompts for sample grids of concepts no model was trained on.
+    """
+    prompts: list[str] = []
+    seen: set[str] = set()
+    with open(Path(folder) / "metadata.jsonl", encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            if row.get("split") != "test" or row["concept"] in seen or row.get("skin_tone"):
+                continue
+            seen.add(row["concept"])
+            prompts.append(f"{row['concept']} emoji, {row['style']}")
+            if len(prompts) == count:
+                break
+    return prompts
