@@ -18,6 +18,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -141,6 +142,23 @@ def benchmark_pipeline(
         torch.cuda.reset_peak_memory_stats(device)
     per_stage: dict[str, list[float]] = defaultdict(list)
     totals: list[float] = []
+
+    def timed_call(seed_offset: int, stage_callback: Callable[[str], None] | None) -> tuple[float, float]:
+        """(start, seconds) of one synchronised call with seed ``seed + seed_offset``."""
+        synchronize(device)
+        start = time.perf_counter()
+        pipeline(
+            prompts,
+            guidance_scale=guidance_scale,
+            num_inference_steps=steps,
+            generator=torch.Generator().manual_seed(seed + seed_offset),
+            output_type="pt",
+            stage_callback=stage_callback,
+            use_cuda_graphs=use_cuda_graphs,
+        )
+        synchronize(device)
+        return start, time.perf_counter() - start
+
     for run in range(warmup + repeats):
         stamps: list[tuple[str, float]] = []
 
@@ -148,43 +166,17 @@ def benchmark_pipeline(
             synchronize(device)
             stamps.append((stage, time.perf_counter()))
 
-        generator = torch.Generator().manual_seed(seed + run)
-        synchronize(device)
-        start = time.perf_counter()
-        pipeline(
-            prompts,
-            guidance_scale=guidance_scale,
-            num_inference_steps=steps,
-            generator=generator,
-            output_type="pt",
-            stage_callback=record,
-            use_cuda_graphs=use_cuda_graphs,
-        )
-        synchronize(device)
+        start, seconds = timed_call(run, record)
         if run < warmup:
             continue
-        totals.append(time.perf_counter() - start)
+        totals.append(seconds)
         previous = start
         for stage, stamp in stamps:
             per_stage[stage].append(stamp - previous)
             previous = stamp
     end_to_end_seconds = None
     if end_to_end:
-        calls = []
-        for run in range(repeats):
-            generator = torch.Generator().manual_seed(seed + warmup + repeats + run)
-            synchronize(device)
-            start = time.perf_counter()
-            pipeline(
-                prompts,
-                guidance_scale=guidance_scale,
-                num_inference_steps=steps,
-                generator=generator,
-                output_type="pt",
-                use_cuda_graphs=use_cuda_graphs,
-            )
-            synchronize(device)
-            calls.append(time.perf_counter() - start)
+        calls = [timed_call(warmup + repeats + run, None)[1] for run in range(repeats)]
         end_to_end_seconds = statistics.median(calls)
     if device.type == "cuda":
         peak, kind = torch.cuda.max_memory_allocated(device), "cuda max allocated"
