@@ -208,6 +208,7 @@ class HartPipeline:
         progress: bool = False,
         stage_callback: Callable[[str], None] | None = None,
         use_cuda_graphs: bool | None = None,
+        unguided_last_scales: int = 0,
     ) -> HartPipelineOutput | Any:
         """Generate images for ``prompt``.
 
@@ -238,6 +239,9 @@ class HartPipeline:
                 "scale_0".."scale_{S-1}", "residual", "decode" (benchmarks time stages with it).
             use_cuda_graphs: replay one captured CUDA graph per scale instead of launching every
                 kernel (None: on CUDA devices). The first call of a batch size captures them.
+            unguided_last_scales: speed/quality knob, off (0) by default: the last n scales (and
+                the residual head) run without CFG, halving their work; quality measured in
+                docs/performance.md. Runs those calls without CUDA graphs.
         """
         # 1. Check inputs.
         prompts = _check_prompt_list(prompt, "prompt")
@@ -280,6 +284,17 @@ class HartPipeline:
         # 3. Sample the discrete token pyramid, scale by scale.
         num_scales = self.transformer.config.num_scales
         bar = tqdm(total=num_scales, desc="scales", disable=not progress, leave=False)
+        num_scales_total = self.transformer.config.num_scales
+        if (
+            isinstance(unguided_last_scales, bool)
+            or not isinstance(unguided_last_scales, int)
+            or not 0 <= unguided_last_scales <= num_scales_total
+        ):
+            raise ValueError(
+                f"unguided_last_scales: expected an int in [0, {num_scales_total}], got {unguided_last_scales!r}"
+            )
+        if unguided_last_scales:
+            use_cuda_graphs = False  # the graphs are captured for the full CFG batch
         graphs = self._graph_generator(batch_size, guidance_scale, guidance_ramp, use_cuda_graphs)
         with graphs.lock if graphs is not None else contextlib.nullcontext():
             pyramid = sample_token_pyramid(
@@ -298,6 +313,7 @@ class HartPipeline:
                 generator=generator,
                 on_scale=lambda k, _logits: (bar.update(1), notify(f"scale_{k}")),
                 graphs=graphs,
+                unguided_last_scales=unguided_last_scales,
             )
         bar.close()
 

@@ -119,6 +119,7 @@ def sample_token_pyramid(
     on_scale: Callable[[int, torch.Tensor], None] | None = None,
     replay_ids: Sequence[torch.Tensor] | None = None,
     graphs: CUDAGraphGenerator | None = None,
+    unguided_last_scales: int = 0,
 ) -> TokenPyramid:
     """Sample the ids of every scale, coarse to fine, with a KV cache.
 
@@ -131,6 +132,11 @@ def sample_token_pyramid(
     scale) replaces the token draws with recorded ones, to replay a recorded run exactly.
     ``graphs`` (for the batch this call runs, CFG doubling included) replays captured CUDA graphs
     instead of running the scale passes eagerly.
+
+    ``unguided_last_scales`` (a speed/quality knob, 0 = off): the last n scales run the prompt
+    rows only, without CFG, which halves their transformer work (at 1024 px the last three scales
+    are half of the whole call) and drops the residual head's CFG too. The earlier scales are
+    unchanged (same logits, same draws). Eager passes only: with ``graphs`` it raises.
     """
     cfg = transformer.config
     S = cfg.num_scales
@@ -138,6 +144,12 @@ def sample_token_pyramid(
     guidance = guidance_per_scale(guidance_scale, S, guidance_ramp)
     top_ks = per_scale(top_k, S, "top_k")
     top_ps = per_scale(top_p, S, "top_p")
+    if not (isinstance(unguided_last_scales, int) and 0 <= unguided_last_scales <= S):
+        raise ValueError(f"unguided_last_scales: expected an int in [0, {S}], got {unguided_last_scales!r}")
+    if unguided_last_scales and graphs is not None:
+        raise ValueError("unguided_last_scales: not supported with CUDA graphs (use_cuda_graphs=False)")
+    first_unguided = S - unguided_last_scales  # scales k >= this run the prompt rows only
+    guidance = [0.0 if k >= first_unguided else t for k, t in enumerate(guidance)]
     guided = not (skip_unguided_branch and all(t == 0 for t in guidance))
 
     # CFG doubles the batch: rows [0, B) see the prompt, rows [B, 2B) the unconditional context.
@@ -155,6 +167,11 @@ def sample_token_pyramid(
     next_input: torch.Tensor | None = None
     hidden = logits  # replaced at every scale ≥ 1
     for k in range(S):
+        if guided and k == first_unguided:
+            # From here on only the prompt rows: their cached keys/values are the first B rows.
+            state, guided = state.rows(B), False
+            if k == 0:
+                logits = logits[:B]
         if k > 0:
             assert next_input is not None
             inputs = torch.cat((next_input, next_input)) if guided else next_input

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import openhart.pipeline as pipeline_module
 from openhart.diffusion.graphs import CUDAGraphResidualSampler, draw_residual_noise
 from tests.conftest import generators, make_tiny_pipeline
 
@@ -88,3 +89,53 @@ def test_compile_keeps_outputs_weights_and_saving(tmp_path):
     assert set(pipeline.tokenizer.state_dict()) | set(pipeline.diffusion_head.state_dict()) == keys
     pipeline.save_pretrained(tmp_path / "model")  # weights are saved under their usual names
     assert (tmp_path / "model" / "tokenizer" / "model.safetensors").is_file()
+
+
+def test_unguided_last_scales_keep_the_guided_scales_and_halve_the_rest(monkeypatch):
+    pipeline = make_tiny_pipeline()
+    S = pipeline.transformer.config.num_scales
+    pyramids = []
+    original = pipeline_module.sample_token_pyramid
+
+    def spy(*args, **kwargs):  # records the token pyramid each call samples
+        pyramids.append(original(*args, **kwargs))
+        return pyramids[-1]
+
+    monkeypatch.setattr(pipeline_module, "sample_token_pyramid", spy)
+    images = {}
+    for n in (0, 2, S):
+        images[n] = pipeline(
+            ["a red circle", "a blue square"],
+            guidance_scale=3.0,
+            generator=generators(0, 1),
+            output_type="pt",
+            unguided_last_scales=n,
+        ).images
+    full, skipped = pyramids[0], pyramids[1]
+    for k in range(S - 2):  # the guided scales see the same logits and draws
+        assert torch.equal(full.ids[k], skipped.ids[k])
+    assert skipped.uncond_condition is None and skipped.residual_guidance == 0.0
+    assert not torch.equal(images[0], images[2])
+    # All scales unguided is exactly the conditional-only call.
+    unguided = pipeline(
+        ["a red circle", "a blue square"], guidance_scale=0.0, generator=generators(0, 1), output_type="pt"
+    ).images
+    torch.testing.assert_close(images[S], unguided, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="unguided_last_scales"):
+        pipeline("a red circle", unguided_last_scales=S + 1)
+
+
+def test_state_rows_give_the_same_logits_as_the_full_batch():
+    transformer = make_tiny_pipeline().transformer
+    cfg = transformer.config
+    g = torch.Generator().manual_seed(3)
+    context = torch.randn(4, cfg.context_tokens, cfg.context_dim, generator=g)
+    mask = torch.ones(4, cfg.context_tokens, dtype=torch.bool)
+    state, _ = transformer.start_generation(context, mask)
+    for k in range(1, cfg.num_scales):
+        inputs = torch.randn(4, cfg.patch_nums[k] ** 2, cfg.latent_channels, generator=g)
+        narrowed = state.rows(2)
+        first_rows, _ = transformer.generation_step(narrowed, k, inputs[:2])  # writes rows 0-1 only
+        full, _ = transformer.generation_step(state, k, inputs)  # rewrites them with the same values
+        torch.testing.assert_close(first_rows, full[:2], atol=1e-5, rtol=1e-5)
+        assert narrowed.cache.length == state.cache.length

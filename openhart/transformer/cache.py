@@ -42,3 +42,16 @@ class KVCache:
     def advance(self, num_positions: int) -> None:
         """Mark ``num_positions`` more positions as filled (called once per pass, after every layer)."""
         self.length += num_positions
+
+    def rows(self, count: int) -> KVCache:
+        """A cache over the first ``count`` batch rows, sharing this one's memory and fill level.
+
+        Lets a call drop rows mid-way (e.g. the unconditional half of CFG for the last scales)
+        without copying what is already cached.
+        """
+        narrowed = KVCache.__new__(KVCache)
+        narrowed.keys = [k[:count] for k in self.keys]
+        narrowed.values = [v[:count] for v in self.values]
+        narrowed.length = self.length
+        narrowed.max_length = self.max_length
+        return narrowed

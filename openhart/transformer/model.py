@@ -46,6 +46,17 @@ class GenerationState:
     key_valid: torch.Tensor | None  # (B, 1, 1, T + L) False at padded prompt tokens, None when unmasked
     level_table: torch.Tensor  # (S, C) level embedding of every scale
 
+    def rows(self, count: int) -> GenerationState:
+        """The state of the first ``count`` rows (views: nothing is copied)."""
+        return GenerationState(
+            cache=self.cache.rows(count),
+            modulations=[None if m is None else m[:count] for m in self.modulations],
+            head_pooled=self.head_pooled[:count],
+            rope_offset=self.rope_offset[:count],
+            key_valid=None if self.key_valid is None else self.key_valid[:count],
+            level_table=self.level_table,
+        )
+
 
 def check_context_mask(context_mask: torch.Tensor) -> None:
     """ValueError unless every row of the (B, T) bool mask has at least one valid token."""
