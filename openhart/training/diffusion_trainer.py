@@ -84,13 +84,13 @@ class DiffusionTrainer(TextEncoderFromRecipe, Trainer):
         for frozen in (pipeline.text_encoder, pipeline.tokenizer):
             frozen.eval()
             frozen.requires_grad_(False)
+        self.pipeline = pipeline  # image_size (hence training_dataset) reads it
         if recipe.pipeline is None:
             # Deterministic (the dataset's first images), so a resumed run refits the same numbers.
             config = pipeline.fit_latent_statistics(
-                first_images(self._statistics_dataset(pipeline.image_size), recipe.latent_statistics_images)
+                first_images(self.training_dataset(), recipe.latent_statistics_images)
             )
             logger.info("latent statistics: shift %.4f, scale %.4f", config.latent_shift, config.latent_scale)
-        self.pipeline = pipeline
         self.contexts = TextContexts(
             pipeline.text_encoder,
             self.device,
@@ -101,18 +101,6 @@ class DiffusionTrainer(TextEncoderFromRecipe, Trainer):
         transformer = pipeline.transformer
         transformer.train()
         return transformer
-
-    def __init__(self, recipe: DiffusionRecipe, *, dataset: Any = None, **kwargs: Any) -> None:
-        self._given_dataset = dataset  # build_model (inside super().__init__) fits statistics on it
-        super().__init__(recipe, dataset=dataset, **kwargs)
-
-    def _statistics_dataset(self, image_size: int) -> Any:
-        """The training dataset (build_model runs before the loop loads it: load it here once)."""
-        from openhart.training.loop import load_dataset
-
-        if self._given_dataset is None:
-            self._given_dataset = load_dataset(self.recipe.data.train, image_size)
-        return self._given_dataset
 
     @property
     def image_size(self) -> int:

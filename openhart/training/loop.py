@@ -362,6 +362,7 @@ class Trainer:
 
         # Subclasses may read frozen parts from the checkpoint's model folder (what the run used).
         self.resume_checkpoint: Path | None = checkpoint
+        self._dataset = dataset  # loaded on first use: build_model may need it (training_dataset)
         self.model = self.build_model()  # trainable module on self.device, fp32 master weights
         self.model.train()
         if self.ctx.distributed:
@@ -384,7 +385,7 @@ class Trainer:
             self.ema.to(self.device)
 
         data: DataRecipe = recipe.data
-        self.dataset = dataset if dataset is not None else load_dataset(data.train, self.image_size)
+        self.dataset = self.training_dataset()
         self.stream = BatchStream(self.dataset, data.batch_size, self.ctx, recipe.seed, data.num_workers)
 
         self.step = 0
@@ -426,6 +427,12 @@ class Trainer:
         pass
 
     # ------------------------------------------------------------------ helpers for subclasses
+    def training_dataset(self) -> Dataset:
+        """The recipe's training data (or the one passed in), loaded once; usable in build_model."""
+        if self._dataset is None:
+            self._dataset = load_dataset(self.recipe.data.train, self.image_size)
+        return self._dataset
+
     def autocast_context(self) -> AbstractContextManager:
         if self.autocast is None:
             return nullcontext()
