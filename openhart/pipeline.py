@@ -284,16 +284,7 @@ class HartPipeline:
         # 3. Sample the discrete token pyramid, scale by scale.
         num_scales = self.transformer.config.num_scales
         bar = tqdm(total=num_scales, desc="scales", disable=not progress, leave=False)
-        num_scales_total = self.transformer.config.num_scales
-        if (
-            isinstance(unguided_last_scales, bool)
-            or not isinstance(unguided_last_scales, int)
-            or not 0 <= unguided_last_scales <= num_scales_total
-        ):
-            raise ValueError(
-                f"unguided_last_scales: expected an int in [0, {num_scales_total}], got {unguided_last_scales!r}"
-            )
-        if unguided_last_scales:
+        if unguided_last_scales:  # the sampler checks the value
             use_cuda_graphs = False  # the graphs are captured for the full CFG batch
         graphs = self._graph_generator(batch_size, guidance_scale, guidance_ramp, use_cuda_graphs)
         with graphs.lock if graphs is not None else contextlib.nullcontext():

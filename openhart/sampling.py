@@ -144,7 +144,11 @@ def sample_token_pyramid(
     guidance = guidance_per_scale(guidance_scale, S, guidance_ramp)
     top_ks = per_scale(top_k, S, "top_k")
     top_ps = per_scale(top_p, S, "top_p")
-    if not (isinstance(unguided_last_scales, int) and 0 <= unguided_last_scales <= S):
+    if (
+        isinstance(unguided_last_scales, bool)
+        or not isinstance(unguided_last_scales, int)
+        or not 0 <= unguided_last_scales <= S
+    ):
         raise ValueError(f"unguided_last_scales: expected an int in [0, {S}], got {unguided_last_scales!r}")
     if unguided_last_scales and graphs is not None:
         raise ValueError("unguided_last_scales: not supported with CUDA graphs (use_cuda_graphs=False)")

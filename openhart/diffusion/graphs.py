@@ -79,14 +79,11 @@ class CUDAGraphResidualSampler:
         self.noise_dtype = torch.promote_types(condition_dtype, torch.float32)
         self.condition = torch.zeros(rows, config.condition_dim, device=device, dtype=condition_dtype)
         self.uncond = torch.zeros_like(self.condition) if use_uncond else None
-        self.initial, self.step_noises = draw_residual_noise(
-            rows,
-            config.latent_channels,
-            self.num_steps,
-            torch.Generator().manual_seed(0),
-            device,
-            self.noise_dtype,
-        )
+        shape = (rows, config.latent_channels)
+        self.initial = torch.zeros(shape, device=device, dtype=self.noise_dtype)  # static noise buffers
+        self.step_noises = [
+            torch.zeros(shape, device=device, dtype=self.noise_dtype) for _ in range(self.num_steps)
+        ]
         self.graph: torch.cuda.CUDAGraph | None = None
         self.output: torch.Tensor | None = None
         self.failed = False  # the capture failed: callers sample eagerly instead
