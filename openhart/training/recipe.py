@@ -318,6 +318,27 @@ def _check_common(recipe: Any) -> None:
     _check(_int(recipe.seed) and recipe.seed >= 0, "seed", "an int >= 0", recipe.seed)
 
 
+def _check_frozen_sources(recipe: Any, start_from: str, overrides: tuple[str, ...]) -> None:
+    """Checks the generator and diffusion recipes share: where the frozen parts come from, the
+    override mappings, the caching/EMA flags. ``start_from`` names what ``pipeline`` continues."""
+    for name in ("tokenizer_from", "pipeline", "text_features"):
+        value = getattr(recipe, name)
+        _check(value is None or (isinstance(value, str) and value), name, "a path or null", value)
+    if recipe.tokenizer_from is None and recipe.pipeline is None:
+        raise RecipeError(
+            f"tokenizer_from: a {recipe.kind} recipe needs a trained tokenizer (a tokenizer or pipeline "
+            f"folder), or `pipeline` to start from {start_from}"
+        )
+    for name in overrides:
+        _check(
+            isinstance(getattr(recipe, name), dict), name, "a mapping of config fields", getattr(recipe, name)
+        )
+    for name in ("cache_text_features", "cache_latents", "save_ema"):
+        _check(isinstance(getattr(recipe, name), bool), name, "true or false", getattr(recipe, name))
+    if recipe.save_ema and recipe.optim.ema_decay == 0:
+        raise RecipeError("save_ema: true needs optim.ema_decay > 0 (or set save_ema: false)")
+
+
 @dataclasses.dataclass(frozen=True)
 class TokenizerRecipe(Config):
     """``openhart train tokenizer``: the hybrid tokenizer of a preset, trained from scratch or a folder."""
@@ -391,22 +412,7 @@ class GeneratorRecipe(Config):
     def __post_init__(self) -> None:
         _check(self.kind == "generator", "kind", "'generator'", self.kind)
         _check_common(self)
-        for name in ("tokenizer_from", "pipeline", "text_features"):
-            value = getattr(self, name)
-            _check(value is None or (isinstance(value, str) and value), name, "a path or null", value)
-        if self.tokenizer_from is None and self.pipeline is None:
-            raise RecipeError(
-                "tokenizer_from: a generator recipe needs a trained tokenizer (a tokenizer or pipeline "
-                "folder), or `pipeline` to start from a saved pipeline"
-            )
-        for name in ("text_encoder", "transformer", "diffusion_head"):
-            _check(
-                isinstance(getattr(self, name), dict), name, "a mapping of config fields", getattr(self, name)
-            )
-        for name in ("cache_text_features", "cache_latents", "save_ema"):
-            _check(isinstance(getattr(self, name), bool), name, "true or false", getattr(self, name))
-        if self.save_ema and self.optim.ema_decay == 0:
-            raise RecipeError("save_ema: true needs optim.ema_decay > 0 (or set save_ema: false)")
+        _check_frozen_sources(self, "a saved pipeline", ("text_encoder", "transformer", "diffusion_head"))
         self.component_configs()
 
     @property
@@ -456,28 +462,13 @@ class DiffusionRecipe(Config):
     def __post_init__(self) -> None:
         _check(self.kind == "diffusion", "kind", "'diffusion'", self.kind)
         _check_common(self)
-        for name in ("tokenizer_from", "pipeline", "text_features"):
-            value = getattr(self, name)
-            _check(value is None or (isinstance(value, str) and value), name, "a path or null", value)
-        if self.tokenizer_from is None and self.pipeline is None:
-            raise RecipeError(
-                "tokenizer_from: a diffusion recipe needs a trained tokenizer (a tokenizer or pipeline "
-                "folder), or `pipeline` to start from a saved LatentDiffusionPipeline"
-            )
-        for name in ("text_encoder", "model"):
-            _check(
-                isinstance(getattr(self, name), dict), name, "a mapping of config fields", getattr(self, name)
-            )
-        for name in ("cache_text_features", "cache_latents", "save_ema"):
-            _check(isinstance(getattr(self, name), bool), name, "true or false", getattr(self, name))
+        _check_frozen_sources(self, "a saved LatentDiffusionPipeline", ("text_encoder", "model"))
         _check(
             _int(self.latent_statistics_images) and self.latent_statistics_images >= 2,
             "latent_statistics_images",
             "an int >= 2",
             self.latent_statistics_images,
         )
-        if self.save_ema and self.optim.ema_decay == 0:
-            raise RecipeError("save_ema: true needs optim.ema_decay > 0 (or set save_ema: false)")
         self.component_configs()
 
     def component_configs(self) -> dict[str, Config]:
