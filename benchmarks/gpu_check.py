@@ -274,28 +274,6 @@ def attention(device: torch.device) -> dict:
     }
 
 
-def _end_to_end(pipe, batch: int, graphs: bool, repeats: int = 5) -> float:
-    prompts = [f"benchmark prompt number {i}: a photo of a red fox in the snow" for i in range(batch)]
-
-    def call(seed: int) -> None:
-        pipe(
-            prompts,
-            generator=torch.Generator().manual_seed(seed),
-            output_type="pt",
-            use_cuda_graphs=graphs,
-        )
-
-    call(0)
-    torch.cuda.synchronize()
-    times = []
-    for seed in range(1, repeats + 1):
-        start = time.perf_counter()
-        call(seed)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _stage_memory(pipe, device: torch.device) -> dict:
     """Peak allocated memory inside each stage of one fast batch-1 call (after a warm call)."""
     memory = {}
@@ -339,11 +317,10 @@ def benchmarks(device: torch.device) -> list[dict]:
             warmup=1,
             repeats=3 if batch == 1 else 2,
             use_cuda_graphs=graphs,
-            end_to_end=False,  # measured below, with more repeats
         )
         row = {**result.to_dict(), "variant": variant}
-        row["end_to_end_s"] = _end_to_end(pipe, batch, graphs, repeats=5 if batch == 1 else 3)
-        row["images_per_s"] = batch / row["end_to_end_s"]
+        row["end_to_end_s"] = result.end_to_end_seconds
+        row["images_per_s"] = batch / result.end_to_end_seconds
         if preset == "hart-0.7b-1024" and batch == 1 and variant != "reference":
             row["stage_memory"] = _stage_memory(pipe, device)
         print(f"--- {variant}: end to end {row['end_to_end_s']:.4f} s\n{result.table()}", flush=True)
