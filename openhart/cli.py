@@ -198,8 +198,18 @@ def bench(
     ] = None,
     compile_: Annotated[
         bool,
-        typer.Option("--compile", help="pipe.compile(): torch.compile the decoder and residual head (GPUs)."),
+        typer.Option(
+            "--compile",
+            help="pipe.compile(): torch.compile the transformer blocks, decoder and residual head (GPUs).",
+        ),
     ] = False,
+    unguided_last_scales: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Speed/quality knob (changes the images): run the last N scales and the residual head without CFG.",
+        ),
+    ] = 0,
     compare: Annotated[
         str | None,
         typer.Option(
@@ -214,6 +224,7 @@ def bench(
     For the released sizes it also prints the ratio to the official HART's numbers (docs/performance.md).
     """
     from openhart.evaluation.benchmark import benchmark_pipeline
+    from openhart.sampling import check_unguided_last_scales
 
     if compare is not None:
         from openhart.evaluation.cli import run_compare
@@ -236,6 +247,10 @@ def bench(
     pipeline = load_model(model, torch_device, resolve_dtype(dtype.value, torch_device))
     if cuda_graphs and torch_device.type != "cuda":
         raise typer.BadParameter("CUDA graphs need a CUDA device", param_hint="--cuda-graphs")
+    try:
+        check_unguided_last_scales(unguided_last_scales, pipeline.transformer.config.num_scales)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--unguided-last-scales") from error
     if compile_:
         pipeline.compile()
     result = benchmark_pipeline(
@@ -247,6 +262,7 @@ def bench(
         warmup=max(warmup, 1) if compile_ else warmup,
         repeats=repeats,
         use_cuda_graphs=cuda_graphs,
+        unguided_last_scales=unguided_last_scales,
     )
     typer.echo(result.table())
     if json_out is not None:

@@ -31,6 +31,7 @@ from openhart.diffusion import DiffusionHeadConfig, ResidualDiffusionHead
 from openhart.diffusion.graphs import CUDAGraphResidualSampler
 from openhart.sampling import (
     GUIDANCE_RAMPS,
+    check_unguided_last_scales,
     guidance_per_scale,
     residual_rows_to_latent,
     sample_token_pyramid,
@@ -284,9 +285,10 @@ class HartPipeline:
         # 3. Sample the discrete token pyramid, scale by scale.
         num_scales = self.transformer.config.num_scales
         bar = tqdm(total=num_scales, desc="scales", disable=not progress, leave=False)
-        if unguided_last_scales:  # the sampler checks the value
-            use_cuda_graphs = False  # the graphs are captured for the full CFG batch
-        graphs = self._graph_generator(batch_size, guidance_scale, guidance_ramp, use_cuda_graphs)
+        check_unguided_last_scales(unguided_last_scales, num_scales)
+        graphs = self._graph_generator(
+            batch_size, guidance_scale, guidance_ramp, use_cuda_graphs, unguided_last_scales
+        )
         with graphs.lock if graphs is not None else contextlib.nullcontext():
             pyramid = sample_token_pyramid(
                 self.transformer,
@@ -344,25 +346,32 @@ class HartPipeline:
     def compile(
         self,
         *,
+        transformer: bool = True,
         decoder: bool = True,
         diffusion_head: bool = True,
         mode: str | None = None,
         decoder_memory_format: torch.memory_format = torch.channels_last,
     ) -> HartPipeline:
-        """Opt in to ``torch.compile`` for the decoder and the residual head's network; returns self.
+        """Opt in to ``torch.compile`` for the transformer blocks, the decoder and the residual head; returns self.
 
-        Worth it on a CUDA GPU, where the fused GroupNorm/SiLU kernels make the 1024 px decoder
-        ~2x faster (docs/performance.md); the first call of each shape compiles (tens of seconds).
-        On CPUs it is measured to gain nothing. Modules are compiled in place
-        (``nn.Module.compile``), so weights, ``save_pretrained`` and ``.to`` are unchanged; the
-        transformer keeps its CUDA graphs. ``decoder_memory_format``: the compiled decoder's layout
-        (channels-last measured fastest once GroupNorm is fused).
+        Worth it on a CUDA GPU (docs/performance.md): the blocks' elementwise work fuses into a
+        few kernels per layer, and the fused GroupNorm/SiLU kernels make the 1024 px decoder ~2x
+        faster; the first call of each shape compiles (tens of seconds). On CPUs it is measured
+        to gain nothing. Modules are compiled in place, so weights, ``save_pretrained`` and
+        ``.to`` are unchanged; CUDA graphs captured before are dropped and recaptured around the
+        compiled code on the next call. Images then differ from the eager path by bf16 rounding.
+        ``decoder_memory_format``: the compiled decoder's layout (channels-last measured fastest
+        once GroupNorm is fused).
         """
+        if transformer:
+            self.transformer.compile_blocks()
         if decoder:
             self.tokenizer.decoder.compile(mode=mode)
             self.decoder_memory_format = decoder_memory_format
         if diffusion_head:
             self.diffusion_head.compile(mode=mode)
+        self._graph_generators.clear()
+        self._residual_graphs.clear()
         return self
 
     @torch.no_grad()
@@ -410,14 +419,20 @@ class HartPipeline:
         return self._residual_graphs[key]
 
     def _graph_generator(
-        self, batch_size: int, guidance_scale: float, guidance_ramp: str, use_cuda_graphs: bool | None
+        self,
+        batch_size: int,
+        guidance_scale: float,
+        guidance_ramp: str,
+        use_cuda_graphs: bool | None,
+        unguided_last_scales: int = 0,
     ) -> CUDAGraphGenerator | None:
         if use_cuda_graphs is None:
             use_cuda_graphs = self.device.type == "cuda"
         if not use_cuda_graphs:
             return None
         num_scales = self.transformer.config.num_scales
-        unguided = all(t == 0 for t in guidance_per_scale(float(guidance_scale), num_scales, guidance_ramp))
+        guided_scales = guidance_per_scale(float(guidance_scale), num_scales, guidance_ramp)
+        unguided = all(t == 0 for t in guided_scales[: num_scales - unguided_last_scales])
         rows = batch_size if unguided else 2 * batch_size  # the sampler doubles the batch for CFG
         key = (rows, self.dtype)
         if key not in self._graph_generators:

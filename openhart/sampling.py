@@ -61,6 +61,12 @@ def gumbel_soft_probs(
     return ((logits * (1 + ratio) - exponentials.log()) / tau).softmax(dim=-1)
 
 
+def check_unguided_last_scales(value: object, num_scales: int) -> None:
+    """ValueError unless ``value`` is an int in [0, num_scales] (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= num_scales:
+        raise ValueError(f"unguided_last_scales: expected an int in [0, {num_scales}], got {value!r}")
+
+
 def per_scale(value: object, num_scales: int, name: str) -> list:
     """Broadcast a scalar (or None) to one value per scale; check a sequence's length."""
     if isinstance(value, Sequence) and not isinstance(value, str):
@@ -136,7 +142,8 @@ def sample_token_pyramid(
     ``unguided_last_scales`` (a speed/quality knob, 0 = off): the last n scales run the prompt
     rows only, without CFG, which halves their transformer work (at 1024 px the last three scales
     are half of the whole call) and drops the residual head's CFG too. The earlier scales are
-    unchanged (same logits, same draws). Eager passes only: with ``graphs`` it raises.
+    unchanged (same logits, same draws). With ``graphs`` the guided scales replay their graphs and
+    the unguided ones run eagerly on the prompt rows of the graphs' state.
     """
     cfg = transformer.config
     S = cfg.num_scales
@@ -144,14 +151,7 @@ def sample_token_pyramid(
     guidance = guidance_per_scale(guidance_scale, S, guidance_ramp)
     top_ks = per_scale(top_k, S, "top_k")
     top_ps = per_scale(top_p, S, "top_p")
-    if (
-        isinstance(unguided_last_scales, bool)
-        or not isinstance(unguided_last_scales, int)
-        or not 0 <= unguided_last_scales <= S
-    ):
-        raise ValueError(f"unguided_last_scales: expected an int in [0, {S}], got {unguided_last_scales!r}")
-    if unguided_last_scales and graphs is not None:
-        raise ValueError("unguided_last_scales: not supported with CUDA graphs (use_cuda_graphs=False)")
+    check_unguided_last_scales(unguided_last_scales, S)
     first_unguided = S - unguided_last_scales  # scales k >= this run the prompt rows only
     guidance = [0.0 if k >= first_unguided else t for k, t in enumerate(guidance)]
     guided = not (skip_unguided_branch and all(t == 0 for t in guidance))
@@ -162,6 +162,7 @@ def sample_token_pyramid(
         context_mask = torch.cat((context_mask, uncond_mask))
     if graphs is not None:
         logits = graphs.prefill(context, context_mask)
+        state = graphs.state  # refilled by the prompt pass; its cache length follows every replay
     else:
         state, logits = transformer.start_generation(context, context_mask)
     P = cfg.patch_nums[-1]
@@ -174,6 +175,7 @@ def sample_token_pyramid(
         if guided and k == first_unguided:
             # From here on only the prompt rows: their cached keys/values are the first B rows.
             state, guided = state.rows(B), False
+            graphs = None  # captured for the CFG batch: the prompt rows' passes run eagerly
             if k == 0:
                 logits = logits[:B]
         if k > 0:

@@ -7,6 +7,8 @@ The graphs themselves are checked on CUDA by ``benchmarks/gpu_check.py``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -139,3 +141,61 @@ def test_state_rows_give_the_same_logits_as_the_full_batch():
         full, _ = transformer.generation_step(state, k, inputs)  # rewrites them with the same values
         torch.testing.assert_close(first_rows, full[:2], atol=1e-5, rtol=1e-5)
         assert narrowed.cache.length == state.cache.length
+
+
+def _teacher_and_cached_logits(transformer, context, mask, inputs):
+    cfg = transformer.config
+    with torch.no_grad():
+        teacher = transformer(context, mask, inputs).logits
+    state, first = transformer.start_generation(context, mask)
+    rows, start = [first], 0
+    for k in range(1, cfg.num_scales):
+        count = cfg.patch_nums[k] ** 2
+        logits, _ = transformer.generation_step(state, k, inputs[:, start : start + count])
+        rows.append(logits)
+        start += count
+    return teacher, torch.cat(rows, dim=1)
+
+
+def test_compiled_blocks_match_the_eager_blocks_and_compile_once_for_every_layer():
+    pytest.importorskip("torch._inductor")
+    from torch._dynamo.utils import counters
+
+    from openhart.transformer import HartTransformer
+
+    pipeline = make_tiny_pipeline()
+    config = dataclasses.replace(pipeline.transformer.config, depth=4)  # twice the tiny depth
+    transformer = HartTransformer(config).eval()
+    context, mask = pipeline.encode_prompt(["a red circle", "a blue square"])
+    mask[1, 3:] = False  # a padded prompt
+    inputs = torch.randn(2, config.num_image_tokens - 1, config.latent_channels)
+    eager = _teacher_and_cached_logits(transformer, context, mask, inputs)
+    torch._dynamo.reset()
+    counters.clear()
+    transformer.compile_blocks()
+    compiled = _teacher_and_cached_logits(transformer, context, mask, inputs)
+    for reference, fused in zip(eager, compiled, strict=True):
+        torch.testing.assert_close(fused, reference, atol=1e-4, rtol=1e-4)
+    # Two pieces × (teacher-forced, prompt pass, scale passes) at most: not one per layer or scale.
+    assert 0 < counters["stats"]["unique_graphs"] <= 6
+    transformer.compile_blocks(False)
+    torch.testing.assert_close(_teacher_and_cached_logits(transformer, context, mask, inputs)[1], eager[1])
+
+
+def test_the_last_scale_is_attended_without_being_stored():
+    pipeline = make_tiny_pipeline()
+    transformer, cfg = pipeline.transformer, pipeline.transformer.config
+    context, mask = pipeline.encode_prompt(["a red circle"])
+    inputs = torch.randn(1, cfg.num_image_tokens - 1, cfg.latent_channels)
+    state, _ = transformer.start_generation(context, mask)
+    last = cfg.patch_nums[-1] ** 2
+    room = cfg.context_tokens + cfg.num_image_tokens - 1 - last
+    assert state.cache.max_length == room and state.cache.keys[0].shape[2] == room
+    start = 0
+    for k in range(1, cfg.num_scales):
+        count = cfg.patch_nums[k] ** 2
+        transformer.generation_step(state, k, inputs[:, start : start + count])
+        start += count
+    assert state.cache.length == room + last
+    with pytest.raises(ValueError, match="exceed"):  # nothing may come after the last pass
+        transformer.generation_step(state, cfg.num_scales - 1, inputs[:, -last:])

@@ -77,6 +77,11 @@ class BenchmarkResult:
                 f"{self.batch_size / reference.seconds:.2f} images/s -> this run is "
                 f"{reference.seconds / self.latency_seconds:.2f}x as fast"
                 + (
+                    " (not the same images: unguided_last_scales)"
+                    if self.options.get("unguided_last_scales")
+                    else ""
+                )
+                + (
                     f"; official peak memory {reference.peak_memory_gib} GiB"
                     if reference.peak_memory_gib
                     else ""
@@ -128,10 +133,12 @@ def benchmark_pipeline(
     seed: int = 0,
     use_cuda_graphs: bool | None = None,
     end_to_end: bool = True,
+    unguided_last_scales: int = 0,
 ) -> BenchmarkResult:
     """Time ``repeats`` calls (after ``warmup`` untimed ones) of ``pipeline`` on ``batch_size`` prompts.
 
     With ``end_to_end`` another ``repeats`` calls run without stage callbacks for the latency.
+    ``unguided_last_scales`` is the pipeline's speed/quality knob (it changes the images).
     """
     if batch_size < 1 or repeats < 1 or warmup < 0:
         raise ValueError("batch_size and repeats must be ≥ 1, warmup ≥ 0")
@@ -155,6 +162,7 @@ def benchmark_pipeline(
             output_type="pt",
             stage_callback=stage_callback,
             use_cuda_graphs=use_cuda_graphs,
+            unguided_last_scales=unguided_last_scales,
         )
         synchronize(device)
         return start, time.perf_counter() - start
@@ -198,5 +206,6 @@ def benchmark_pipeline(
         options={
             "cuda_graphs": use_cuda_graphs if use_cuda_graphs is not None else device.type == "cuda",
             "compiled": getattr(pipeline.tokenizer.decoder, "_compiled_call_impl", None) is not None,
+            "unguided_last_scales": unguided_last_scales,
         },
     )

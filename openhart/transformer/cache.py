@@ -3,7 +3,12 @@
 Legend: B batch, H heads, d head dim, Lmax = T context tokens + all image tokens.
 
 Each scale appends its pn^2 keys/values; attention then reads the filled prefix. Preallocating the
-whole sequence once avoids a ``torch.cat`` (and a copy of everything so far) per scale and layer.
+sequence once avoids a ``torch.cat`` (and a copy of everything so far) per scale and layer.
+
+The room ends where the last pass begins: that pass (the largest scale, 42% of the positions at
+1024 px) attends over everything cached plus its own keys, and nothing reads its keys afterwards,
+so they are concatenated for the pass instead of stored. That is a copy of the cached prefix per
+layer in one pass, for a cache (which CUDA graphs keep allocated between calls) 42% smaller.
 """
 
 from __future__ import annotations
@@ -31,8 +36,15 @@ class KVCache:
         self.max_length = max_length
 
     def append(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store (B, H, l, d) new keys/values of ``layer``; return all keys/values so far (views)."""
+        """Store (B, H, l, d) new keys/values of ``layer``; return all keys/values so far.
+
+        Views of the cache, except in the pass that begins where the room ends (the last one):
+        then new tensors, the cached prefix followed by ``key``/``value``, and nothing is stored.
+        """
         start, end = self.length, self.length + key.shape[2]
+        if start == self.max_length and end > start:  # the last pass (see the module docstring)
+            keys, values = self.keys[layer][:, :, :start], self.values[layer][:, :, :start]
+            return torch.cat((keys, key), dim=2), torch.cat((values, value), dim=2)
         if end > self.max_length:
             raise ValueError(f"KVCache: {end} positions exceed the preallocated {self.max_length}")
         self.keys[layer][:, :, start:end] = key

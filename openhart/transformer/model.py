@@ -58,6 +58,11 @@ class GenerationState:
         )
 
 
+def _rope_tables(angles: torch.Tensor, dtype: torch.dtype, num_context: int) -> Rope:
+    # Cast once per pass rather than in every layer (the rotation runs in the activations' dtype).
+    return Rope(angles.cos().to(dtype), angles.sin().to(dtype), num_context)
+
+
 def check_context_mask(context_mask: torch.Tensor) -> None:
     """ValueError unless every row of the (B, T) bool mask has at least one valid token."""
     if not bool(context_mask.any(dim=1).all()):
@@ -121,6 +126,16 @@ class HartTransformer(nn.Module):
                 elif block.adaln == "table":
                     block.scale_shift_table.normal_(std=std)
                     block.scale_shift_table[:2].add_(1.0)
+
+    def compile_blocks(self, enabled: bool = True) -> HartTransformer:
+        """Fuse the blocks' elementwise work with torch.compile (see ``TransformerBlock.compile_pieces``).
+
+        Compiles on the first call (seconds, once per process); numerics then differ from the eager
+        blocks by bf16 rounding (fused kernels keep float32 intermediates). Returns self.
+        """
+        for block in self.blocks:
+            block.compile_pieces(enabled)
+        return self
 
     # ------------------------------------------------------------------ shared pieces
     def embed_context(
@@ -229,7 +244,7 @@ class HartTransformer(nn.Module):
             (prompt + levels_table[0], tokens + levels_table[image_levels]), dim=1
         )  # (B, T + L', C)
         angles = torch.cat((rope_1d_angles(position_ids, cfg.head_dim, cfg.rope_theta), image_angles), dim=1)
-        rope = Rope(angles.cos(), angles.sin(), T)
+        rope = _rope_tables(angles, x.dtype, T)
 
         # Block-causal mask over levels; the prompt is level 0 and fully bidirectional.
         seq_levels = torch.cat((torch.zeros(T, device=device, dtype=torch.long), image_levels))
@@ -286,9 +301,11 @@ class HartTransformer(nn.Module):
         """
         cfg = self.config
         max_length = cfg.context_tokens + cfg.num_image_tokens - 1
+        # The last scale's keys are never stored (see transformer/cache.py); scale 0 has no pass.
+        cached = max_length - (cfg.patch_nums[-1] ** 2 if cfg.num_scales > 1 else 0)
         shape = (batch_size, 6, cfg.width)
         return GenerationState(
-            cache=KVCache(cfg.depth, batch_size, cfg.num_heads, max_length, cfg.head_dim, device, dtype),
+            cache=KVCache(cfg.depth, batch_size, cfg.num_heads, cached, cfg.head_dim, device, dtype),
             modulations=[
                 None if block.adaln == "none" else torch.zeros(shape, device=device, dtype=dtype)
                 for block in self.blocks
@@ -324,7 +341,7 @@ class HartTransformer(nn.Module):
         state.level_table.copy_(self.level_table(prompt.device))
         state.cache.length = 0
         angles = rope_1d_angles(position_ids, cfg.head_dim, cfg.rope_theta)
-        x = self._cached_pass(state, prompt + state.level_table[0], Rope(angles.cos(), angles.sin(), T))
+        x = self._cached_pass(state, prompt + state.level_table[0], _rope_tables(angles, prompt.dtype, T))
         return self.head(self.head_nm(x[:, -1:], state.head_pooled))
 
     @torch.no_grad()
@@ -353,7 +370,7 @@ class HartTransformer(nn.Module):
         dtype = state.level_table.dtype
         x = self.word_embed(scale_inputs.to(dtype)) + state.level_table[scale_index]
         angles = self._image_angles([scale_index], state.rope_offset)
-        x = self._cached_pass(state, x, Rope(angles.cos(), angles.sin(), 0))
+        x = self._cached_pass(state, x, _rope_tables(angles, x.dtype, 0))
         return self.head(self.head_nm(x, state.head_pooled)), x
 
     def _cached_pass(self, state: GenerationState, x: torch.Tensor, rope: Rope) -> torch.Tensor:
