@@ -1,26 +1,29 @@
 """One prepared GPU run: correctness of the fast paths on CUDA, then timings of the released sizes.
 
-    PYTHONPATH=. python benchmarks/gpu_check.py --out results/ [--golden DIR] [--compare]
+    PYTHONPATH=. python benchmarks/gpu_check.py --out results/ [--golden DIR] [--compare] [--sections a,b]
 
-Sections (each reports its numbers; a failing section is reported and the run goes on):
+Sections, in this order (each reports its numbers; a failing section is reported and the run goes on):
 1. ``correctness`` (tiny model): KV-cached vs teacher-forced logits; the same CPU generators give
    the same images on CPU and CUDA; the fast path (CUDA graphs for the prompt pass, every scale and
-   the residual loop) vs the eager reference path, on two calls;
+   the residual loop) vs the eager reference path, on two calls and with ``unguided_last_scales``;
 2. ``golden`` with ``--golden DIR`` (a folder like shared/compat/hart-tiny): the golden verifier
    on CUDA in float32 (TF32 off);
-3. ``release_fast_vs_reference``: hart-0.7b-1024 (random weights, bf16): fast and compiled
-   (``pipe.compile()``) images vs the reference path's for the same generator;
-4. ``decoder``: the 1024 px decoder alone at batch 1: eager vs torch.compile, contiguous and
+3. ``release_compiled_blocks``: hart-0.7b-1024 logits of every scale, eager blocks vs the
+   compiled block pieces (``HartTransformer.compile_blocks``), same inputs;
+4. ``benchmarks``: ``benchmark_pipeline`` tables (per stage, synchronised at every stage) and
+   end-to-end latency without per-stage synchronisation, for the reference, fast (CUDA graphs),
+   compiled without and with the blocks (``pipe.compile(transformer=False)``, ``pipe.compile()``)
+   paths and the ``unguided_last_scales`` knob, 1024 and 512 px, batch 1 and 8; per-stage memory
+   of the 1024 px batch-1 call;
+5. ``release_fast_vs_reference``: hart-0.7b-1024 (random weights, bf16): fast and compiled
+   images vs the reference path's for the same generator;
+6. ``profile``: the top CUDA kernels of one compiled 1024 px batch-1 call (torch.profiler);
+7. ``decoder``: the 1024 px decoder alone at batch 1: eager vs torch.compile, contiguous and
    channels-last;
-5. ``residual``: the residual head's loop at 1024 px: eager, CUDA graph, compiled, compiled + graph;
-6. ``attention``: the last 1024 px scale's attention with a context-padding mask vs without;
-7. ``benchmarks``: ``benchmark_pipeline`` tables (per stage, synchronised at every stage) and
-   end-to-end latency without per-stage synchronisation, for the reference, fast (CUDA graphs)
-   and compiled (CUDA graphs + ``pipe.compile()``) paths, 1024 and 512 px, batch 1 and 8;
-   per-stage memory of the 1024 px batch-1 call;
-8. ``profile``: the top CUDA kernels of one compiled 1024 px batch-1 call (torch.profiler);
-9. ``compare`` with ``--compare`` (needs diffusers): ``openhart compare`` for hart, var,
-   diffusion@20 and diffusion@50 at the released 1024 px size.
+8. ``residual``: the residual head's loop at 1024 px: eager, CUDA graph, compiled, compiled + graph;
+9. ``attention``: the last 1024 px scale's attention with a context-padding mask vs without;
+10. ``compare`` with ``--compare`` (needs diffusers): ``openhart compare`` for hart, var,
+    diffusion@20 and diffusion@50 at the released 1024 px size.
 """
 
 from __future__ import annotations
@@ -72,14 +75,21 @@ def _uncompile(pipe) -> None:
     """Undo ``pipe.compile()`` (nn.Module.compile keeps the compiled call in one attribute)."""
     for module in (pipe.tokenizer.decoder, pipe.diffusion_head):
         module._compiled_call_impl = None
+    pipe.transformer.compile_blocks(False)
     pipe.decoder_memory_format = torch.contiguous_format
     pipe.tokenizer.decoder.to(memory_format=torch.contiguous_format)
 
 
-def _images(pipe, use_cuda_graphs=None, seeds=(0, 1)):
+def _images(pipe, use_cuda_graphs=None, seeds=(0, 1), unguided_last_scales=0):
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     prompts = [PROMPTS[i % 2] for i in range(len(seeds))]
-    return pipe(prompts, generator=gens, output_type="pt", use_cuda_graphs=use_cuda_graphs).images
+    return pipe(
+        prompts,
+        generator=gens,
+        output_type="pt",
+        use_cuda_graphs=use_cuda_graphs,
+        unguided_last_scales=unguided_last_scales,
+    ).images
 
 
 def _reference(pipe, seeds):
@@ -106,12 +116,18 @@ def correctness(device: torch.device) -> dict:
     fast_again = _images(gpu, use_cuda_graphs=True, seeds=(5, 6))
     reference_again = _reference(gpu, (5, 6))
     graphs = next(iter(gpu._graph_generators.values()))
+    unguided_fast = _images(gpu, use_cuda_graphs=True, unguided_last_scales=2)
+    unguided_reference = _images(gpu, use_cuda_graphs=False, unguided_last_scales=2)
     bf16 = _images(make_tiny_pipeline().to(device, torch.bfloat16))
     return {
         "kv_vs_teacher_forced_max_abs": (torch.cat(rows, 1) - teacher).abs().max().item(),
         "cpu_vs_cuda_images_max_abs": (_images(cpu) - reference).abs().max().item(),
         "fast_vs_reference_images_max_abs": (fast - reference).abs().max().item(),
         "fast_vs_reference_second_call_max_abs": (fast_again - reference_again).abs().max().item(),
+        "unguided_last_scales_2_fast_vs_reference_max_abs": (unguided_fast - unguided_reference)
+        .abs()
+        .max()
+        .item(),
         "prompt_pass_graphed": graphs.prefill_graph is not None,
         "residual_graphs": len(gpu._residual_graphs),
         "bf16_finite": bool(torch.isfinite(bf16).all()),
@@ -134,18 +150,60 @@ def golden(folder: Path, device: torch.device) -> dict:
     return report
 
 
+def _cached_logits(transformer, context, mask, inputs) -> list[torch.Tensor]:
+    cfg = transformer.config
+    state, first = transformer.start_generation(context, mask)
+    rows, start = [first.float()], 0
+    for k in range(1, cfg.num_scales):
+        count = cfg.patch_nums[k] ** 2
+        logits, _ = transformer.generation_step(state, k, inputs[:, start : start + count])
+        rows.append(logits.float())
+        start += count
+    return rows
+
+
+def release_compiled_blocks(device: torch.device) -> dict:
+    """hart-0.7b-1024 logits of every scale (same inputs): eager blocks vs compiled block pieces."""
+    pipe = _release(device)
+    transformer, cfg = pipe.transformer, pipe.transformer.config
+    g = torch.Generator(device=device).manual_seed(0)
+    context = torch.randn(2, cfg.context_tokens, cfg.context_dim, device=device, generator=g)
+    mask = torch.ones(2, cfg.context_tokens, dtype=torch.bool, device=device)
+    inputs = torch.randn(2, cfg.num_image_tokens - 1, cfg.latent_channels, device=device, generator=g)
+    eager = _cached_logits(transformer, context, mask, inputs)
+    transformer.compile_blocks()
+    started = time.perf_counter()
+    compiled = _cached_logits(transformer, context, mask, inputs)
+    first_call_s = time.perf_counter() - started
+    compiled = _cached_logits(transformer, context, mask, inputs)
+    transformer.compile_blocks(False)
+    eager_all, compiled_all = torch.cat(eager, 1), torch.cat(compiled, 1)
+    return {
+        "logits_max_abs": eager_all.abs().max().item(),
+        "max_abs_diff": (compiled_all - eager_all).abs().max().item(),
+        "mean_abs_diff": (compiled_all - eager_all).abs().mean().item(),
+        "per_scale_max_abs_diff": [(c - e).abs().max().item() for c, e in zip(compiled, eager, strict=True)],
+        "argmax_agreement": (compiled_all.argmax(-1) == eager_all.argmax(-1)).float().mean().item(),
+        "first_compiled_call_s": first_call_s,
+    }
+
+
 def release_fast_vs_reference(device: torch.device) -> dict:
     pipe = _release(device)
     reference = _reference(pipe, (3,))
     fast = _images(pipe, use_cuda_graphs=True, seeds=(3,))
     fast_again = _images(pipe, use_cuda_graphs=True, seeds=(3,))
     graphs = next(iter(pipe._graph_generators.values()))
+    pipe.compile(transformer=False)
+    compiled_no_blocks = _images(pipe, use_cuda_graphs=True, seeds=(3,))
     pipe.compile()
     compiled = _images(pipe, use_cuda_graphs=True, seeds=(3,))
     return {
         "max_abs": (fast - reference).abs().max().item(),
         "mean_abs": (fast - reference).abs().mean().item(),
         "fast_repeat_max_abs": (fast - fast_again).abs().max().item(),
+        "compiled_without_blocks_vs_reference_max_abs": (compiled_no_blocks - reference).abs().max().item(),
+        "compiled_without_blocks_vs_reference_mean_abs": (compiled_no_blocks - reference).abs().mean().item(),
         "compiled_vs_reference_max_abs": (compiled - reference).abs().max().item(),
         "compiled_vs_reference_mean_abs": (compiled - reference).abs().mean().item(),
         "prompt_pass_graphed": graphs.prefill_graph is not None,
@@ -293,23 +351,32 @@ def _stage_memory(pipe, device: torch.device) -> dict:
 
 def benchmarks(device: torch.device) -> list[dict]:
     out = []
+    # Most wanted first (a run cut short by its time limit keeps what it measured): variant names are
+    # "reference" (eager), "fast" (CUDA graphs), "compiled-blocks-off" (pipe.compile(transformer=False),
+    # what the last session measured), "compiled" (pipe.compile()); "+uN" adds unguided_last_scales=N.
     plan = (
-        ("hart-0.7b-1024", 1, "reference"),
         ("hart-0.7b-1024", 1, "fast"),
         ("hart-0.7b-1024", 1, "compiled"),
-        ("hart-0.7b-1024", 8, "reference"),
-        ("hart-0.7b-1024", 8, "fast"),
         ("hart-0.7b-1024", 8, "compiled"),
-        ("hart-0.7b-512", 1, "reference"),
-        ("hart-0.7b-512", 1, "fast"),
+        ("hart-0.7b-1024", 8, "compiled+u2"),
+        ("hart-0.7b-1024", 1, "reference"),
+        ("hart-0.7b-1024", 1, "compiled-blocks-off"),
+        ("hart-0.7b-1024", 8, "compiled-blocks-off"),
+        ("hart-0.7b-1024", 8, "compiled+u1"),
+        ("hart-0.7b-1024", 1, "compiled+u2"),
+        ("hart-0.7b-1024", 8, "fast"),
         ("hart-0.7b-512", 1, "compiled"),
         ("hart-0.7b-512", 8, "compiled"),
+        ("hart-0.7b-512", 1, "fast"),
     )
     for preset, batch, variant in plan:
         pipe = _release(device, preset)
-        if variant == "compiled":
+        base, _, knob = variant.partition("+u")
+        if base == "compiled":
             pipe.compile()
-        graphs = variant != "reference"
+        elif base == "compiled-blocks-off":
+            pipe.compile(transformer=False)
+        graphs = base != "reference"
         result = benchmark_pipeline(
             pipe,
             preset=preset,
@@ -317,11 +384,12 @@ def benchmarks(device: torch.device) -> list[dict]:
             warmup=1,
             repeats=3 if batch == 1 else 2,
             use_cuda_graphs=graphs,
+            unguided_last_scales=int(knob or 0),
         )
         row = {**result.to_dict(), "variant": variant}
         row["end_to_end_s"] = result.end_to_end_seconds
         row["images_per_s"] = batch / result.end_to_end_seconds
-        if preset == "hart-0.7b-1024" and batch == 1 and variant != "reference":
+        if preset == "hart-0.7b-1024" and batch == 1 and variant in ("fast", "compiled"):
             row["stage_memory"] = _stage_memory(pipe, device)
         print(f"--- {variant}: end to end {row['end_to_end_s']:.4f} s\n{result.table()}", flush=True)
         out.append(row)
@@ -383,12 +451,13 @@ def main() -> None:
     report = {"card": torch.cuda.get_device_name(device), "torch": torch.__version__}
     sections = [
         ("correctness", lambda: correctness(device)),
+        ("release_compiled_blocks", lambda: release_compiled_blocks(device)),
+        ("benchmarks", lambda: benchmarks(device)),
         ("release_fast_vs_reference", lambda: release_fast_vs_reference(device)),
+        ("profile", lambda: profile(device, args.out)),
         ("decoder", lambda: decoder(device)),
         ("residual", lambda: residual(device)),
         ("attention", lambda: attention(device)),
-        ("benchmarks", lambda: benchmarks(device)),
-        ("profile", lambda: profile(device, args.out)),
     ]
     if args.golden is not None:
         sections.insert(1, ("golden", lambda: golden(args.golden, device)))
@@ -401,7 +470,13 @@ def main() -> None:
         started = time.perf_counter()
         try:
             report[name] = run()
-            if name in ("correctness", "golden", "release_fast_vs_reference", "attention"):
+            if name in (
+                "correctness",
+                "golden",
+                "release_compiled_blocks",
+                "release_fast_vs_reference",
+                "attention",
+            ):
                 print(json.dumps(report[name], indent=2), flush=True)
         except Exception:  # a benchmark script reports a broken section and goes on to the next
             report[name] = {"error": traceback.format_exc()}
