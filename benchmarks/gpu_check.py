@@ -18,11 +18,13 @@ Sections, in this order (each reports its numbers; a failing section is reported
 5. ``release_fast_vs_reference``: hart-0.7b-1024 (random weights, bf16): fast and compiled
    images vs the reference path's for the same generator;
 6. ``profile``: the top CUDA kernels of one compiled 1024 px batch-1 call (torch.profiler);
-7. ``decoder``: the 1024 px decoder alone at batch 1: eager vs torch.compile, contiguous and
+7. ``decoder_filters``: the compiled channels-last 1024 px decoder, batch 1 and 8, with conv_out's
+   3 filters as stored vs padded to 8;
+8. ``decoder``: the 1024 px decoder alone at batch 1: eager vs torch.compile, contiguous and
    channels-last;
-8. ``residual``: the residual head's loop at 1024 px: eager, CUDA graph, compiled, compiled + graph;
-9. ``attention``: the last 1024 px scale's attention with a context-padding mask vs without;
-10. ``compare`` with ``--compare`` (needs diffusers): ``openhart compare`` for hart, var,
+9. ``residual``: the residual head's loop at 1024 px: eager, CUDA graph, compiled, compiled + graph;
+10. ``attention``: the last 1024 px scale's attention with a context-padding mask vs without;
+11. ``compare`` with ``--compare`` (needs diffusers): ``openhart compare`` for hart, var,
     diffusion@20 and diffusion@50 at the released 1024 px size.
 """
 
@@ -76,6 +78,7 @@ def _uncompile(pipe) -> None:
     for module in (pipe.tokenizer.decoder, pipe.diffusion_head):
         module._compiled_call_impl = None
     pipe.transformer.compile_blocks(False)
+    pipe.tokenizer.decoder.output_filter_multiple = 1
     pipe.decoder_memory_format = torch.contiguous_format
     pipe.tokenizer.decoder.to(memory_format=torch.contiguous_format)
 
@@ -258,6 +261,30 @@ def decoder(device: torch.device) -> dict:
 
 
 @torch.no_grad()
+def decoder_filters(device: torch.device) -> dict:
+    """The compiled channels-last 1024 px decoder with conv_out as stored (3 filters) vs padded to 8."""
+    pipe = _release(device)
+    config = pipe.tokenizer.config
+    module = pipe.tokenizer.decoder.to(memory_format=torch.channels_last)
+    compiled = torch.compile(module)
+    out = {}
+    for batch in (1, 8):
+        latent = torch.randn(
+            batch, config.latent_channels, config.latent_size, config.latent_size, device=device
+        ).to(torch.bfloat16, memory_format=torch.channels_last)
+        results = {}
+        for multiple in (1, 8):
+            module.output_filter_multiple = multiple
+            out[f"b{batch}_filters_x{multiple}_s"] = _time(lambda latent=latent: compiled(latent), repeats=3)
+            results[multiple] = compiled(latent).float()
+        out[f"b{batch}_max_abs_diff"] = (results[8] - results[1]).abs().max().item()
+        print(f"decoder_filters: {out}", flush=True)
+    module.output_filter_multiple = 1
+    module.to(memory_format=torch.contiguous_format)
+    return out
+
+
+@torch.no_grad()
 def residual(device: torch.device) -> dict:
     """The residual head's 8-step loop at 1024 px batch 1 with CFG: eager, graph, compiled, both."""
     from openhart.diffusion.graphs import CUDAGraphResidualSampler
@@ -349,7 +376,7 @@ def _stage_memory(pipe, device: torch.device) -> dict:
     return memory
 
 
-def benchmarks(device: torch.device) -> list[dict]:
+def benchmarks(device: torch.device, rows: int | None = None) -> list[dict]:
     out = []
     # Most wanted first (a run cut short by its time limit keeps what it measured): variant names are
     # "reference" (eager), "fast" (CUDA graphs), "compiled-blocks-off" (pipe.compile(transformer=False),
@@ -369,7 +396,7 @@ def benchmarks(device: torch.device) -> list[dict]:
         ("hart-0.7b-512", 8, "compiled"),
         ("hart-0.7b-512", 1, "fast"),
     )
-    for preset, batch, variant in plan:
+    for preset, batch, variant in plan[:rows]:
         pipe = _release(device, preset)
         base, _, knob = variant.partition("+u")
         if base == "compiled":
@@ -444,6 +471,7 @@ def main() -> None:
     parser.add_argument("--golden", type=Path, default=None)
     parser.add_argument("--compare", action="store_true")
     parser.add_argument("--sections", default=None, help="run only these sections (comma list)")
+    parser.add_argument("--benchmark-rows", type=int, default=None, help="only the first N rows of the plan")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     _OUT[0] = str(args.out)
@@ -452,9 +480,10 @@ def main() -> None:
     sections = [
         ("correctness", lambda: correctness(device)),
         ("release_compiled_blocks", lambda: release_compiled_blocks(device)),
-        ("benchmarks", lambda: benchmarks(device)),
+        ("benchmarks", lambda: benchmarks(device, args.benchmark_rows)),
         ("release_fast_vs_reference", lambda: release_fast_vs_reference(device)),
         ("profile", lambda: profile(device, args.out)),
+        ("decoder_filters", lambda: decoder_filters(device)),
         ("decoder", lambda: decoder(device)),
         ("residual", lambda: residual(device)),
         ("attention", lambda: attention(device)),
