@@ -18,13 +18,11 @@ Sections, in this order (each reports its numbers; a failing section is reported
 5. ``release_fast_vs_reference``: hart-0.7b-1024 (random weights, bf16): fast and compiled
    images vs the reference path's for the same generator;
 6. ``profile``: the top CUDA kernels of one compiled 1024 px batch-1 call (torch.profiler);
-7. ``decoder_filters``: the compiled channels-last 1024 px decoder, batch 1 and 8, with conv_out's
-   3 filters as stored vs padded to 8;
-8. ``decoder``: the 1024 px decoder alone at batch 1: eager vs torch.compile, contiguous and
+7. ``decoder``: the 1024 px decoder alone at batch 1: eager vs torch.compile, contiguous and
    channels-last;
-9. ``residual``: the residual head's loop at 1024 px: eager, CUDA graph, compiled, compiled + graph;
-10. ``attention``: the last 1024 px scale's attention with a context-padding mask vs without;
-11. ``compare`` with ``--compare`` (needs diffusers): ``openhart compare`` for hart, var,
+8. ``residual``: the residual head's loop at 1024 px: eager, CUDA graph, compiled, compiled + graph;
+9. ``attention``: the last 1024 px scale's attention with a context-padding mask vs without;
+10. ``compare`` with ``--compare`` (needs diffusers): ``openhart compare`` for hart, var,
     diffusion@20 and diffusion@50 at the released 1024 px size.
 """
 
@@ -78,7 +76,6 @@ def _uncompile(pipe) -> None:
     for module in (pipe.tokenizer.decoder, pipe.diffusion_head):
         module._compiled_call_impl = None
     pipe.transformer.compile_blocks(False)
-    pipe.tokenizer.decoder.output_filter_multiple = 1
     pipe.decoder_memory_format = torch.contiguous_format
     pipe.tokenizer.decoder.to(memory_format=torch.contiguous_format)
 
@@ -256,30 +253,6 @@ def decoder(device: torch.device) -> dict:
         out[f"compiled_{name}_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         out[f"compiled_{name}_max_abs"] = (compiled(x).float() - reference).abs().max().item()
         print(f"decoder: {out}", flush=True)
-    module.to(memory_format=torch.contiguous_format)
-    return out
-
-
-@torch.no_grad()
-def decoder_filters(device: torch.device) -> dict:
-    """The compiled channels-last 1024 px decoder with conv_out as stored (3 filters) vs padded to 8."""
-    pipe = _release(device)
-    config = pipe.tokenizer.config
-    module = pipe.tokenizer.decoder.to(memory_format=torch.channels_last)
-    compiled = torch.compile(module)
-    out = {}
-    for batch in (1, 8):
-        latent = torch.randn(
-            batch, config.latent_channels, config.latent_size, config.latent_size, device=device
-        ).to(torch.bfloat16, memory_format=torch.channels_last)
-        results = {}
-        for multiple in (1, 8):
-            module.output_filter_multiple = multiple
-            out[f"b{batch}_filters_x{multiple}_s"] = _time(lambda latent=latent: compiled(latent), repeats=3)
-            results[multiple] = compiled(latent).float()
-        out[f"b{batch}_max_abs_diff"] = (results[8] - results[1]).abs().max().item()
-        print(f"decoder_filters: {out}", flush=True)
-    module.output_filter_multiple = 1
     module.to(memory_format=torch.contiguous_format)
     return out
 
@@ -483,7 +456,6 @@ def main() -> None:
         ("benchmarks", lambda: benchmarks(device, args.benchmark_rows)),
         ("release_fast_vs_reference", lambda: release_fast_vs_reference(device)),
         ("profile", lambda: profile(device, args.out)),
-        ("decoder_filters", lambda: decoder_filters(device)),
         ("decoder", lambda: decoder(device)),
         ("residual", lambda: residual(device)),
         ("attention", lambda: attention(device)),
