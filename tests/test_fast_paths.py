@@ -80,7 +80,7 @@ def test_residual_graph_needs_cuda():
 
 
 def test_compile_keeps_outputs_weights_and_saving(tmp_path):
-    # torch.compile on this CPU gains nothing, but the opt-in must stay correct where it runs.
+    # The opt-in targets GPUs, but must stay correct wherever it runs.
     pytest.importorskip("torch._inductor")
     pipeline = make_tiny_pipeline()
     keys = set(pipeline.tokenizer.state_dict()) | set(pipeline.diffusion_head.state_dict())
