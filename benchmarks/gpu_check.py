@@ -76,6 +76,7 @@ def _uncompile(pipe) -> None:
     for module in (pipe.tokenizer.decoder, pipe.diffusion_head):
         module._compiled_call_impl = None
     pipe.transformer.compile_blocks(False)
+    pipe.tokenizer.decoder.output_filter_multiple = 1
     pipe.decoder_memory_format = torch.contiguous_format
     pipe.tokenizer.decoder.to(memory_format=torch.contiguous_format)
 

@@ -367,6 +367,7 @@ class HartPipeline:
             self.transformer.compile_blocks()
         if decoder:
             self.tokenizer.decoder.compile(mode=mode)
+            self.tokenizer.decoder.pad_output_filters(32)
             self.decoder_memory_format = decoder_memory_format
         if diffusion_head:
             self.diffusion_head.compile(mode=mode)

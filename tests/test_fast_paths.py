@@ -199,3 +199,18 @@ def test_the_last_scale_is_attended_without_being_stored():
     assert state.cache.length == room + last
     with pytest.raises(ValueError, match="exceed"):  # nothing may come after the last pass
         transformer.generation_step(state, cfg.num_scales - 1, inputs[:, -last:])
+
+
+@pytest.mark.parametrize("multiple", [8, 32])
+def test_padded_output_filters_give_the_stored_filters_outputs(multiple):
+    pipeline = make_tiny_pipeline()
+    decoder, config = pipeline.tokenizer.decoder, pipeline.tokenizer.config
+    latent = torch.randn(2, config.latent_channels, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        stored = decoder(latent)
+        decoder.pad_output_filters(multiple)
+        padded = decoder(latent)
+    assert padded.shape == stored.shape
+    torch.testing.assert_close(padded, stored, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="multiple"):
+        decoder.pad_output_filters(0)
