@@ -367,8 +367,7 @@ class HartPipeline:
             self.transformer.compile_blocks()
         if decoder:
             self.tokenizer.decoder.compile(mode=mode)
-            if self.device.type == "cuda":  # a cuDNN kernel choice; on CPUs it would be 10x the work
-                self.tokenizer.decoder.pad_output_filters(32)
+            self.tokenizer.decoder.pad_output_filters(32)
             self.decoder_memory_format = decoder_memory_format
         if diffusion_head:
             self.diffusion_head.compile(mode=mode)

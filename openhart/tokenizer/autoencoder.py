@@ -245,7 +245,8 @@ class Decoder(nn.Module):
         In channels-last bf16 on an H200, a 160 → 3 (or 8, or 16) filter 3x3 convolution at
         1024² takes a generic cuDNN kernel (6.2 ms); with 32 filters it takes a tensor-core one
         (0.47 ms, ``benchmarks/decoder_probe.py``). The kept channels are the same sums, up to
-        the kernel's accumulation order.
+        the kernel's accumulation order. Applies on CUDA devices only: elsewhere it would just be
+        ``multiple / 3`` times the work.
         """
         if multiple < 1:
             raise ValueError(f"multiple must be >= 1, got {multiple}")
@@ -256,10 +257,16 @@ class Decoder(nn.Module):
         for level in reversed(self.up):
             h = level(h)
         h = F.silu(self.norm_out(h))
-        filters = self.conv_out.out_channels
-        extra = -filters % self.output_filter_multiple
-        if extra == 0:
+        if self.output_filter_multiple == 1 or not h.is_cuda:
             return self.conv_out(h)
-        weight = F.pad(self.conv_out.weight, (0, 0, 0, 0, 0, 0, 0, extra))  # zero filters appended
-        bias = F.pad(self.conv_out.bias, (0, extra))
-        return F.conv2d(h, weight, bias, padding=1)[:, :filters]
+        return conv_with_padded_filters(self.conv_out, h, self.output_filter_multiple)
+
+
+def conv_with_padded_filters(conv: nn.Conv2d, x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """``conv(x)``, computed with zero filters appended up to a multiple of ``multiple`` and dropped."""
+    filters = conv.out_channels
+    extra = -filters % multiple
+    weight = F.pad(conv.weight, (0, 0, 0, 0, 0, 0, 0, extra))
+    bias = None if conv.bias is None else F.pad(conv.bias, (0, extra))
+    out = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return out[:, :filters]
