@@ -172,9 +172,10 @@ class TransformerBlock(nn.Module):
         """Run the block's two pure pieces through torch.compile (one compiled artifact shared by
         every block: the parameters are inputs of the compiled graphs, the token count is dynamic).
 
-        At batch 1 on a GPU a block is ~50 small kernels, most of them elementwise (norms, AdaLN,
-        RoPE, gates); fused, they are ~15. The cache write and the attention stay eager, so the
-        compiled pieces see no Python state and every scale reuses the same compiled code.
+        Eager, a block is dozens of small kernels, most of them elementwise (norms, AdaLN, RoPE,
+        gates), which bound the coarse scales on a GPU; compiled, that work is a few fused kernels
+        (the profile is in docs/performance.md). The cache write and the attention stay eager, so
+        the compiled pieces see no Python state and every scale reuses the same compiled code.
         """
         self.compiled_pieces = enabled
 
