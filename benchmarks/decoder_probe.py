@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -23,19 +21,8 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from openhart.evaluation.benchmark import median_seconds
 from openhart.presets import build_pipeline
-
-
-def _time(fn, repeats: int = 5) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _table(fn) -> str:
@@ -73,7 +60,7 @@ def main() -> None:
     latent = latent.to(torch.bfloat16)
     report: dict[str, object] = {"card": torch.cuda.get_device_name(device), "torch": torch.__version__}
 
-    report["eager_contiguous_s"] = _time(lambda: decoder(latent))
+    report["eager_contiguous_s"] = median_seconds(lambda: decoder(latent), device)
     report["eager_contiguous_peak_above_weights_gib"] = _peak_above(lambda: decoder(latent), device)
     (args.out / "decoder_eager_by_shape.txt").write_text(_table(lambda: decoder(latent)))
     print(json.dumps(report, indent=2), flush=True)
@@ -81,7 +68,7 @@ def main() -> None:
     decoder.to(memory_format=torch.channels_last)
     nhwc = latent.contiguous(memory_format=torch.channels_last)
     compiled = torch.compile(decoder)
-    report["compiled_channels_last_s"] = _time(lambda: compiled(nhwc))
+    report["compiled_channels_last_s"] = median_seconds(lambda: compiled(nhwc), device)
     report["compiled_channels_last_peak_above_weights_gib"] = _peak_above(lambda: compiled(nhwc), device)
     (args.out / "decoder_compiled_by_shape.txt").write_text(_table(lambda: compiled(nhwc)))
     print(json.dumps(report, indent=2), flush=True)
@@ -100,8 +87,8 @@ def main() -> None:
             weight = F.pad(conv.weight, (0, 0, 0, 0, 0, 0, 0, filters - 3)).contiguous(
                 memory_format=memory_format
             )
-            last[f"{name}_{filters}_filters_s"] = _time(
-                lambda x=x, weight=weight: F.conv2d(x, weight, padding=1)
+            last[f"{name}_{filters}_filters_s"] = median_seconds(
+                lambda x=x, weight=weight: F.conv2d(x, weight, padding=1), device
             )
     report["conv_out_alone"] = last
     print(json.dumps(report, indent=2), flush=True)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 import traceback
@@ -41,7 +40,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from openhart.evaluation.benchmark import benchmark_pipeline
+from openhart.evaluation.benchmark import benchmark_pipeline, median_seconds
 from openhart.presets import build_pipeline
 from tests.conftest import make_tiny_pipeline
 
@@ -212,18 +211,6 @@ def release_fast_vs_reference(device: torch.device) -> dict:
     }
 
 
-def _time(fn, repeats: int = 5) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 @torch.no_grad()
 def decoder(device: torch.device) -> dict:
     """The 1024 px decoder alone at batch 1: eager contiguous vs compiled contiguous / channels-last."""
@@ -235,7 +222,7 @@ def decoder(device: torch.device) -> dict:
     module = pipe.tokenizer.decoder
     out = {}
     torch.cuda.reset_peak_memory_stats(device)
-    out["eager_contiguous_s"] = _time(lambda: module(latent))
+    out["eager_contiguous_s"] = median_seconds(lambda: module(latent), device)
     out["eager_contiguous_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     reference = module(latent).float()
     for name, memory_format in (
@@ -250,7 +237,7 @@ def decoder(device: torch.device) -> dict:
         torch.cuda.synchronize()
         out[f"compiled_{name}_compile_s"] = time.perf_counter() - started
         torch.cuda.reset_peak_memory_stats(device)
-        out[f"compiled_{name}_s"] = _time(lambda compiled=compiled, x=x: compiled(x))
+        out[f"compiled_{name}_s"] = median_seconds(lambda compiled=compiled, x=x: compiled(x), device)
         out[f"compiled_{name}_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         out[f"compiled_{name}_max_abs"] = (compiled(x).float() - reference).abs().max().item()
         print(f"decoder: {out}", flush=True)
@@ -289,22 +276,22 @@ def residual(device: torch.device) -> dict:
 
     out = {"rows": rows}
     reference = eager()
-    out["eager_s"] = _time(eager)
+    out["eager_s"] = median_seconds(eager, device)
     sampler = graphed_sampler()
     graphed = lambda: sampler.sample(condition, uncond, torch.Generator().manual_seed(0))  # noqa: E731
     out["graph_vs_eager_max_abs"] = (graphed() - reference).abs().max().item()
-    out["graph_s"] = _time(graphed)
+    out["graph_s"] = median_seconds(graphed, device)
     head.compile()
     started = time.perf_counter()
     compiled = eager()
     out["compile_s"] = time.perf_counter() - started
     out["compiled_vs_eager_max_abs"] = (compiled - reference).abs().max().item()
-    out["compiled_s"] = _time(eager)
+    out["compiled_s"] = median_seconds(eager, device)
     sampler = graphed_sampler()
     graphed = lambda: sampler.sample(condition, uncond, torch.Generator().manual_seed(0))  # noqa: E731
     out["compiled_graph_vs_eager_max_abs"] = (graphed() - reference).abs().max().item()
     out["compiled_graph_failed"] = sampler.failed
-    out["compiled_graph_s"] = _time(graphed)
+    out["compiled_graph_s"] = median_seconds(graphed, device)
     head._compiled_call_impl = None
     print(f"residual: {out}", flush=True)
     return out
@@ -321,8 +308,8 @@ def attention(device: torch.device) -> dict:
     v = torch.randn_like(k)
     mask = torch.ones(2, 1, 1, keys, device=device, dtype=torch.bool)
     mask[1, ..., 5 : cfg.context_tokens] = False  # an unconditional row: padding after the first tokens
-    with_mask = _time(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
-    without = _time(lambda: F.scaled_dot_product_attention(q, k, v))
+    with_mask = median_seconds(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), device)
+    without = median_seconds(lambda: F.scaled_dot_product_attention(q, k, v), device)
     return {
         "queries": queries,
         "keys": keys,

@@ -170,3 +170,19 @@ def test_default_model(tmp_path):
     else:
         assert result.exit_code == 2
         assert "not trained and shipped yet" in result.output
+
+
+def test_median_seconds_times_each_call_after_an_untimed_one():
+    import time
+
+    import torch
+
+    from openhart.evaluation.benchmark import median_seconds
+
+    durations = iter([0.05, 0.001, 0.03, 0.002])  # the first (untimed) call is the slow one
+
+    def call() -> None:
+        time.sleep(next(durations))
+
+    seconds = median_seconds(call, torch.device("cpu"), repeats=3)
+    assert 0.002 <= seconds < 0.03  # the median of 1, 30 and 2 ms, whatever the sleep overshoot

@@ -116,6 +116,19 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int = 5) -> float:
+    """Median wall time of ``repeats`` calls of ``fn`` after one untimed call, ``device`` synchronised around each."""
+    fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def _peak_rss_bytes() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
