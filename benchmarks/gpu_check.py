@@ -10,19 +10,24 @@ Sections, in this order (each reports its numbers; a failing section is reported
    on CUDA in float32 (TF32 off);
 3. ``release_compiled_blocks``: hart-0.7b-1024 logits of every scale, eager blocks vs the
    compiled block pieces (``HartTransformer.compile_blocks``), same inputs;
-4. ``benchmarks``: ``benchmark_pipeline`` tables (per stage, synchronised at every stage) and
+4. ``levers``: at 1024 px on the compiled path, batch 8 then 1, side by side: cuDNN attention,
+   the last scale's keys stored, the decoder's GroupNorm from per-channel sums, alone and together
+   (and each batch-1 image vs the compiled path's without them);
+5. ``text_encoder``: a Qwen2-1.5B-shaped encoder (random weights, bf16) on the release's 439
+   tokens, batch 1 and 8;
+6. ``benchmarks``: ``benchmark_pipeline`` tables (per stage, synchronised at every stage) and
    end-to-end latency without per-stage synchronisation, for the reference, fast (CUDA graphs),
    compiled without and with the blocks (``pipe.compile(transformer=False)``, ``pipe.compile()``)
    paths and the ``unguided_last_scales`` knob, 1024 and 512 px, batch 1 and 8; per-stage memory
    of the 1024 px batch-1 call;
-5. ``release_fast_vs_reference``: hart-0.7b-1024 (random weights, bf16): fast and compiled
+7. ``release_fast_vs_reference``: hart-0.7b-1024 (random weights, bf16): fast and compiled
    images vs the reference path's for the same generator;
-6. ``profile``: the top CUDA kernels of one compiled 1024 px batch-1 call (torch.profiler);
-7. ``decoder``: the 1024 px decoder alone at batch 1: eager vs torch.compile, contiguous and
+8. ``profile``: the top CUDA kernels of one compiled 1024 px batch-1 call (torch.profiler);
+9. ``decoder``: the 1024 px decoder alone at batch 1: eager vs torch.compile, contiguous and
    channels-last;
-8. ``residual``: the residual head's loop at 1024 px: eager, CUDA graph, compiled, compiled + graph;
-9. ``attention``: the last 1024 px scale's attention with a context-padding mask vs without;
-10. ``compare`` with ``--compare`` (needs diffusers): ``openhart compare`` for hart, var,
+10. ``residual``: the residual head's loop at 1024 px: eager, CUDA graph, compiled, compiled + graph;
+11. ``attention``: the last 1024 px scale's attention with a context-padding mask vs without;
+12. ``compare`` with ``--compare`` (needs diffusers): ``openhart compare`` for hart, var,
     diffusion@20 and diffusion@50 at the released 1024 px size.
 """
 
@@ -37,6 +42,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -78,6 +84,9 @@ def _uncompile(pipe) -> None:
     pipe.tokenizer.decoder.output_filter_multiple = 1
     pipe.decoder_memory_format = torch.contiguous_format
     pipe.tokenizer.decoder.to(memory_format=torch.contiguous_format)
+    pipe.tokenizer.decoder.use_channel_sum_statistics(False)
+    pipe.transformer.set_attention_backends(None)
+    pipe.transformer.store_last_scale_keys = False
 
 
 def _images(pipe, use_cuda_graphs=None, seeds=(0, 1), unguided_last_scales=0):
@@ -344,17 +353,17 @@ def benchmarks(device: torch.device, rows: int | None = None) -> list[dict]:
     # what the last session measured), "compiled" (pipe.compile()); "+uN" adds unguided_last_scales=N.
     plan = (
         ("hart-0.7b-1024", 1, "fast"),
+        ("hart-0.7b-1024", 1, "reference"),
+        ("hart-0.7b-512", 1, "compiled"),
+        ("hart-0.7b-512", 8, "compiled"),
         ("hart-0.7b-1024", 1, "compiled"),
         ("hart-0.7b-1024", 8, "compiled"),
         ("hart-0.7b-1024", 8, "compiled+u2"),
-        ("hart-0.7b-1024", 1, "reference"),
         ("hart-0.7b-1024", 1, "compiled-blocks-off"),
         ("hart-0.7b-1024", 8, "compiled-blocks-off"),
         ("hart-0.7b-1024", 8, "compiled+u1"),
         ("hart-0.7b-1024", 1, "compiled+u2"),
         ("hart-0.7b-1024", 8, "fast"),
-        ("hart-0.7b-512", 1, "compiled"),
-        ("hart-0.7b-512", 8, "compiled"),
         ("hart-0.7b-512", 1, "fast"),
     )
     for preset, batch, variant in plan[:rows]:
@@ -382,6 +391,100 @@ def benchmarks(device: torch.device, rows: int | None = None) -> list[dict]:
         print(f"--- {variant}: end to end {row['end_to_end_s']:.4f} s\n{result.table()}", flush=True)
         out.append(row)
         (Path(_OUT[0]) / "benchmarks_partial.json").write_text(json.dumps(out, indent=2))
+    return out
+
+
+# Levers measured one by one on top of the compiled path (docs/performance.md keeps what pays).
+_LEVERS = {
+    "cudnn_attention": lambda pipe: pipe.transformer.set_attention_backends(
+        [
+            SDPBackend.CUDNN_ATTENTION,
+            SDPBackend.FLASH_ATTENTION,
+            SDPBackend.EFFICIENT_ATTENTION,
+            SDPBackend.MATH,
+        ]
+    ),
+    "stored_last_scale": lambda pipe: setattr(pipe.transformer, "store_last_scale_keys", True),
+    "channel_sum_groupnorm": lambda pipe: pipe.tokenizer.decoder.use_channel_sum_statistics(True),
+}
+
+
+def levers(device: torch.device) -> list[dict]:
+    """1024 px, compiled path: each lever alone and together, batch 8 then 1, side by side.
+
+    Batch-1 rows also compare one image (same generator) with the compiled path's without levers.
+    The decoder's GroupNorm variant comes last so the compiled decoder recompiles only once.
+    """
+    combos = (
+        (),
+        ("cudnn_attention",),
+        ("stored_last_scale",),
+        ("cudnn_attention", "stored_last_scale"),
+        ("channel_sum_groupnorm",),
+        ("cudnn_attention", "stored_last_scale", "channel_sum_groupnorm"),
+    )
+    out, base_images = [], None
+    for batch in (8, 1):
+        for combo in combos:
+            pipe = _release(device)
+            pipe.compile()
+            for name in combo:
+                _LEVERS[name](pipe)
+            result = benchmark_pipeline(
+                pipe, preset="hart-0.7b-1024", batch_size=batch, warmup=1, repeats=3, use_cuda_graphs=True
+            )
+            row = {**result.to_dict(), "levers": list(combo), "end_to_end_s": result.end_to_end_seconds}
+            row["images_per_s"] = batch / result.end_to_end_seconds
+            if batch == 1:
+                images = _images(pipe, use_cuda_graphs=True, seeds=(3,))
+                base_images = images if not combo else base_images
+                row["images_vs_compiled_max_abs"] = (images - base_images).abs().max().item()
+                row["images_vs_compiled_mean_abs"] = (images - base_images).abs().mean().item()
+            print(
+                f"--- levers {combo} b{batch}: end to end {row['end_to_end_s']:.4f} s\n{result.table()}",
+                flush=True,
+            )
+            out.append(row)
+            (Path(_OUT[0]) / "levers_partial.json").write_text(json.dumps(out, indent=2))
+    return out
+
+
+@torch.no_grad()
+def text_encoder(device: torch.device) -> dict:
+    """The released text encoder's cost: a Qwen2-1.5B-shaped model (random weights, bf16) on the
+    release's 139 system-prompt tokens + 300 prompt tokens, through ``last_hidden_states``.
+
+    Tokenising is left out (a fast tokenizer on the CPU, well under a millisecond per prompt).
+    """
+    from transformers import Qwen2Config, Qwen2Model
+
+    from openhart.text.encoders import last_hidden_states
+
+    config = Qwen2Config(
+        vocab_size=151936,
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        rope_theta=1e6,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+    )
+    config._attn_implementation = "sdpa"
+    with torch.device(device):
+        model = Qwen2Model(config).to(torch.bfloat16).eval()
+    out = {"parameters": sum(p.numel() for p in model.parameters()), "tokens": 139 + 300}
+    system = torch.randint(0, config.vocab_size, (139,))
+    for batch in (1, 8):
+        ids = torch.randint(0, config.vocab_size, (batch, 300), device=device)
+        mask = torch.zeros(batch, 300, dtype=torch.bool, device=device)
+        mask[:, :16] = True
+        out[f"batch_{batch}_s"] = median_seconds(
+            lambda ids=ids, mask=mask: last_hidden_states(model, ids, mask, system), device
+        )
+    print(f"text encoder: {out}", flush=True)
     return out
 
 
@@ -441,6 +544,8 @@ def main() -> None:
     sections = [
         ("correctness", lambda: correctness(device)),
         ("release_compiled_blocks", lambda: release_compiled_blocks(device)),
+        ("levers", lambda: levers(device)),
+        ("text_encoder", lambda: text_encoder(device)),
         ("benchmarks", lambda: benchmarks(device, args.benchmark_rows)),
         ("release_fast_vs_reference", lambda: release_fast_vs_reference(device)),
         ("profile", lambda: profile(device, args.out)),

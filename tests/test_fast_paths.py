@@ -217,3 +217,95 @@ def test_padded_filters_give_the_stored_filters_outputs(multiple):
         assert torch.equal(decoder(latent), stored)
     with pytest.raises(ValueError, match="multiple"):
         decoder.pad_output_filters(0)
+
+
+def _release_shaped_decoder():
+    from openhart.tokenizer.autoencoder import Decoder
+
+    # The released decoder's shape (widths 160·(1, 1, 2, 2, 4), 3 blocks per level), random weights.
+    torch.manual_seed(0)
+    return Decoder(
+        out_channels=3, ch=160, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, latent_channels=32
+    ).eval()
+
+
+def test_eager_decoder_keeps_three_full_size_feature_maps_alive_and_the_same_numbers():
+    from tests.live_memory import LiveTensorBytes
+
+    decoder = _release_shaped_decoder()
+    latent = torch.randn(1, 32, 4, 4, generator=torch.Generator().manual_seed(0))
+    # One feature map at full resolution (64² here, 1024² for the release): 160 channels.
+    feature_map = 160 * 64 * 64 * 4
+    with torch.no_grad(), LiveTensorBytes() as live:
+        images = decoder(latent)
+    # In-place SiLU and skip, and no level input held by the caller: three maps (was five).
+    assert live.peak <= 3.05 * feature_map, live.peak / feature_map
+    with torch.enable_grad():  # the out-of-place path autograd needs: the very same numbers
+        assert torch.equal(decoder(latent), images)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_group_norm_from_channel_sums_matches_float64(memory_format):
+    from openhart.tokenizer.autoencoder import group_norm_from_channel_sums
+
+    g = torch.Generator().manual_seed(0)
+    # A mean far from zero per channel: the shifted sums must not cancel the variance away.
+    x = torch.randn(2, 64, 12, 10, generator=g, dtype=torch.float64) * 3 + 200 * torch.randn(
+        1, 64, 1, 1, generator=g, dtype=torch.float64
+    )
+    weight, bias = (
+        torch.randn(64, generator=g, dtype=torch.float64),
+        torch.randn(64, generator=g, dtype=torch.float64),
+    )
+    expected = torch.nn.functional.group_norm(x, 32, weight, bias, 1e-6)
+    got = group_norm_from_channel_sums(
+        x.float().contiguous(memory_format=memory_format), 32, weight.float(), bias.float(), 1e-6
+    )
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expected, atol=2e-4, rtol=1e-4)
+    plain = group_norm_from_channel_sums(x.float(), 32, None, None, 1e-6).double()
+    torch.testing.assert_close(plain, torch.nn.functional.group_norm(x, 32, eps=1e-6), atol=2e-4, rtol=1e-4)
+
+
+def test_decoder_with_channel_sum_statistics_gives_the_same_images():
+    decoder = _release_shaped_decoder()
+    latent = torch.randn(2, 32, 2, 2, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = decoder(latent)
+        decoder.use_channel_sum_statistics(True)
+        summed = decoder(latent.contiguous(memory_format=torch.channels_last))
+        decoder.use_channel_sum_statistics(False)
+        assert torch.equal(decoder(latent), reference)
+    torch.testing.assert_close(summed, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_storing_the_last_scale_gives_the_same_images():
+    pipeline = make_tiny_pipeline()
+    reference = pipeline("a red circle", generator=torch.Generator().manual_seed(0), output_type="pt").images
+    pipeline.transformer.store_last_scale_keys = True
+    cfg = pipeline.transformer.config
+    state = pipeline.transformer.new_generation_state(1, torch.device("cpu"), torch.float32)
+    assert state.cache.max_length == cfg.context_tokens + cfg.num_image_tokens - 1  # room for every pass
+    stored = pipeline("a red circle", generator=torch.Generator().manual_seed(0), output_type="pt").images
+    torch.testing.assert_close(stored, reference, atol=1e-6, rtol=0)
+
+
+def test_attention_backends_are_tried_in_order_and_give_the_same_images():
+    from torch.nn.attention import SDPBackend
+
+    pipeline = make_tiny_pipeline()
+    reference = pipeline("a red circle", generator=torch.Generator().manual_seed(0), output_type="pt").images
+    # cuDNN's kernel cannot run on a CPU: SDPA goes on to the next backend in the list.
+    pipeline.transformer.set_attention_backends([SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH])
+    assert all(
+        block.attn.backends == [SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH]
+        for block in pipeline.transformer.blocks
+    )
+    chosen = pipeline("a red circle", generator=torch.Generator().manual_seed(0), output_type="pt").images
+    torch.testing.assert_close(chosen, reference, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="SDPBackend"):
+        pipeline.transformer.set_attention_backends(["cudnn"])
+    with pytest.raises(ValueError, match="SDPBackend"):
+        pipeline.transformer.set_attention_backends([])
+    pipeline.transformer.set_attention_backends(None)
+    assert all(block.attn.backends is None for block in pipeline.transformer.blocks)

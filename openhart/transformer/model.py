@@ -16,10 +16,12 @@ the prompt's padding.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend
 
 from openhart.transformer.blocks import AdaLNBeforeHead, RMSNorm, TransformerBlock
 from openhart.transformer.cache import KVCache
@@ -90,6 +92,10 @@ class HartTransformer(nn.Module):
         self.head = nn.Linear(C, config.codebook_size)
         # Normalises (last hidden state + embedding of the sampled token): the diffusion head's condition.
         self.decoder_norm = RMSNorm(C, config.norm_eps)
+        # Generation states sized to store the last scale's keys and values too: more memory (the
+        # cache is 42% smaller without them at 1024 px), no copy of the cached prefix in the last
+        # pass (transformer/cache.py). Read by new_generation_state.
+        self.store_last_scale_keys = False
         self.reset_parameters()
 
     # ------------------------------------------------------------------ initialisation
@@ -135,6 +141,23 @@ class HartTransformer(nn.Module):
         """
         for block in self.blocks:
             block.compile_pieces(enabled)
+        return self
+
+    def set_attention_backends(self, backends: Sequence[SDPBackend] | None) -> HartTransformer:
+        """Which scaled-dot-product-attention kernels every layer tries, in this order; None: PyTorch's choice.
+
+        PyTorch picks FlashAttention-2 for these shapes on CUDA; cuDNN's attention kernel can be
+        faster on Hopper GPUs (``[SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION]``, see
+        docs/performance.md). A backend that cannot run the inputs is skipped for the next one.
+        Returns self.
+        """
+        chosen = None if backends is None else list(backends)
+        if chosen is not None and (not chosen or not all(isinstance(b, SDPBackend) for b in chosen)):
+            raise ValueError(
+                f"backends: expected a non-empty sequence of SDPBackend or None, got {backends!r}"
+            )
+        for block in self.blocks:
+            block.attn.backends = chosen
         return self
 
     # ------------------------------------------------------------------ shared pieces
@@ -301,8 +324,10 @@ class HartTransformer(nn.Module):
         """
         cfg = self.config
         max_length = cfg.context_tokens + cfg.num_image_tokens - 1
-        # The last scale's keys are never stored (see transformer/cache.py); scale 0 has no pass.
-        cached = max_length - (cfg.patch_nums[-1] ** 2 if cfg.num_scales > 1 else 0)
+        # Unless told otherwise the last scale's keys are not stored (see transformer/cache.py);
+        # scale 0 has no pass.
+        last_pass = cfg.patch_nums[-1] ** 2 if cfg.num_scales > 1 else 0
+        cached = max_length - (0 if self.store_last_scale_keys else last_pass)
         shape = (batch_size, 6, cfg.width)
         return GenerationState(
             cache=KVCache(cfg.depth, batch_size, cfg.num_heads, cached, cfg.head_dim, device, dtype),
