@@ -10,16 +10,15 @@ Sections, in this order (each reports its numbers; a failing section is reported
    on CUDA in float32 (TF32 off);
 3. ``release_compiled_blocks``: hart-0.7b-1024 logits of every scale, eager blocks vs the
    compiled block pieces (``HartTransformer.compile_blocks``), same inputs;
-4. ``levers``: at 1024 px on the compiled path, batch 8 then 1, side by side: cuDNN attention,
-   the last scale's keys stored, the decoder's GroupNorm from per-channel sums, alone and together
-   (and each batch-1 image vs the compiled path's without them);
+4. ``output_copy``: a batch of eight 1024 px images to the host, pageable vs page-locked, and
+   PIL's quantisation on the host vs on the device;
 5. ``text_encoder``: a Qwen2-1.5B-shaped encoder (random weights, bf16) on the release's 439
    tokens, batch 1 and 8;
 6. ``benchmarks``: ``benchmark_pipeline`` tables (per stage, synchronised at every stage) and
    end-to-end latency without per-stage synchronisation, for the reference, fast (CUDA graphs),
    compiled without and with the blocks (``pipe.compile(transformer=False)``, ``pipe.compile()``)
-   paths and the ``unguided_last_scales`` knob, 1024 and 512 px, batch 1 and 8; per-stage memory
-   of the 1024 px batch-1 call;
+   paths, the ``unguided_last_scales`` knob and stored last-scale keys, 1024 and 512 px, batch 1
+   and 8; per-stage memory of the 1024 px batch-1 call; batch-1 images vs the reference path's;
 7. ``release_fast_vs_reference``: hart-0.7b-1024 (random weights, bf16): fast and compiled
    images vs the reference path's for the same generator;
 8. ``profile``: the top CUDA kernels of one compiled 1024 px batch-1 call (torch.profiler);
@@ -40,9 +39,9 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -85,7 +84,6 @@ def _uncompile(pipe) -> None:
     pipe.decoder_memory_format = torch.contiguous_format
     pipe.tokenizer.decoder.to(memory_format=torch.contiguous_format)
     pipe.tokenizer.decoder.use_channel_sum_statistics(False)
-    pipe.transformer.set_attention_backends(None)
     pipe.transformer.store_last_scale_keys = False
 
 
@@ -128,6 +126,12 @@ def correctness(device: torch.device) -> dict:
     unguided_fast = _images(gpu, use_cuda_graphs=True, unguided_last_scales=2)
     unguided_reference = _images(gpu, use_cuda_graphs=False, unguided_last_scales=2)
     bf16 = _images(make_tiny_pipeline().to(device, torch.bfloat16))
+    # PIL images are quantised on the device now: the same pixels as quantising the "pt" output.
+    pil = gpu(PROMPTS, generator=[torch.Generator().manual_seed(s) for s in (0, 1)], output_type="pil").images
+    quantised = (reference.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu()
+    pil_same = all(
+        torch.equal(torch.from_numpy(np.asarray(image)), q) for image, q in zip(pil, quantised, strict=True)
+    )
     return {
         "kv_vs_teacher_forced_max_abs": (torch.cat(rows, 1) - teacher).abs().max().item(),
         "cpu_vs_cuda_images_max_abs": (_images(cpu) - reference).abs().max().item(),
@@ -140,6 +144,7 @@ def correctness(device: torch.device) -> dict:
         "prompt_pass_graphed": graphs.prefill_graph is not None,
         "residual_graphs": len(gpu._residual_graphs),
         "bf16_finite": bool(torch.isfinite(bf16).all()),
+        "pil_equals_quantised_pt": pil_same,
     }
 
 
@@ -349,37 +354,39 @@ def _stage_memory(pipe, device: torch.device) -> dict:
 def benchmarks(device: torch.device, rows: int | None = None) -> list[dict]:
     out = []
     # Most wanted first (a run cut short by its time limit keeps what it measured): variant names are
-    # "reference" (eager), "fast" (CUDA graphs), "compiled-blocks-off" (pipe.compile(transformer=False),
-    # what the last session measured), "compiled" (pipe.compile()); "+uN" adds unguided_last_scales=N.
+    # "reference" (eager), "fast" (CUDA graphs), "compiled-blocks-off" (pipe.compile(transformer=False)),
+    # "compiled" (pipe.compile()); "+uN" adds unguided_last_scales=N, "+store" stores the last
+    # scale's keys (HartTransformer.store_last_scale_keys). The fast path's batch-1 row comes first
+    # so its memory is measured with nothing left over from other sections.
     plan = (
         ("hart-0.7b-1024", 1, "fast"),
         ("hart-0.7b-1024", 1, "reference"),
-        ("hart-0.7b-512", 1, "compiled"),
-        ("hart-0.7b-512", 8, "compiled"),
         ("hart-0.7b-1024", 1, "compiled"),
         ("hart-0.7b-1024", 8, "compiled"),
-        ("hart-0.7b-1024", 8, "compiled+u2"),
-        ("hart-0.7b-1024", 1, "compiled-blocks-off"),
-        ("hart-0.7b-1024", 8, "compiled-blocks-off"),
-        ("hart-0.7b-1024", 8, "compiled+u1"),
-        ("hart-0.7b-1024", 1, "compiled+u2"),
+        ("hart-0.7b-1024", 8, "compiled+store"),
+        ("hart-0.7b-512", 1, "compiled"),
+        ("hart-0.7b-512", 8, "compiled"),
         ("hart-0.7b-1024", 8, "fast"),
+        ("hart-0.7b-1024", 8, "compiled+u1"),
+        ("hart-0.7b-1024", 1, "compiled-blocks-off"),
         ("hart-0.7b-512", 1, "fast"),
     )
+    images: dict[str, torch.Tensor] = {}  # 1024 px batch-1 image of seed 3, per variant
     for preset, batch, variant in plan[:rows]:
         pipe = _release(device, preset)
-        base, _, knob = variant.partition("+u")
+        base, _, knob = variant.removesuffix("+store").partition("+u")
         if base == "compiled":
             pipe.compile()
         elif base == "compiled-blocks-off":
             pipe.compile(transformer=False)
+        pipe.transformer.store_last_scale_keys = variant.endswith("+store")
         graphs = base != "reference"
         result = benchmark_pipeline(
             pipe,
             preset=preset,
             batch_size=batch,
             warmup=1,
-            repeats=3 if batch == 1 else 2,
+            repeats=3,
             use_cuda_graphs=graphs,
             unguided_last_scales=int(knob or 0),
         )
@@ -388,64 +395,42 @@ def benchmarks(device: torch.device, rows: int | None = None) -> list[dict]:
         row["images_per_s"] = batch / result.end_to_end_seconds
         if preset == "hart-0.7b-1024" and batch == 1 and variant in ("fast", "compiled"):
             row["stage_memory"] = _stage_memory(pipe, device)
+        if preset == "hart-0.7b-1024" and batch == 1 and not knob:
+            images[variant] = _images(pipe, use_cuda_graphs=graphs, seeds=(3,))
+            row["image_seed_3"] = variant
         print(f"--- {variant}: end to end {row['end_to_end_s']:.4f} s\n{result.table()}", flush=True)
         out.append(row)
+        for earlier in out:  # every batch-1 image vs the reference path's, once both exist
+            if earlier.get("image_seed_3") not in (None, "reference") and "reference" in images:
+                difference = (images[earlier["image_seed_3"]] - images["reference"]).abs()
+                earlier["images_vs_reference_max_abs"] = difference.max().item()
+                earlier["images_vs_reference_mean_abs"] = difference.mean().item()
         (Path(_OUT[0]) / "benchmarks_partial.json").write_text(json.dumps(out, indent=2))
     return out
 
 
-# Levers measured one by one on top of the compiled path (docs/performance.md keeps what pays).
-_LEVERS = {
-    "cudnn_attention": lambda pipe: pipe.transformer.set_attention_backends(
-        [
-            SDPBackend.CUDNN_ATTENTION,
-            SDPBackend.FLASH_ATTENTION,
-            SDPBackend.EFFICIENT_ATTENTION,
-            SDPBackend.MATH,
-        ]
-    ),
-    "stored_last_scale": lambda pipe: setattr(pipe.transformer, "store_last_scale_keys", True),
-    "channel_sum_groupnorm": lambda pipe: pipe.tokenizer.decoder.use_channel_sum_statistics(True),
-}
+@torch.no_grad()
+def output_copy(device: torch.device) -> dict:
+    """Handing a batch of eight 1024 px images to the host: pageable vs page-locked copy, and
+    PIL's quantisation on the host (before) vs on the device (now), same pixels."""
+    from openhart.pipeline import _to_host
 
+    images = torch.rand(8, 3, 1024, 1024, device=device)
+    out = {
+        "pageable_float_s": median_seconds(lambda: images.cpu(), device),
+        "page_locked_float_s": median_seconds(lambda: _to_host(images), device),
+    }
 
-def levers(device: torch.device) -> list[dict]:
-    """1024 px, compiled path: each lever alone and together, batch 8 then 1, side by side.
+    def quantised_on_host():
+        return [(image * 255).round().astype(np.uint8) for image in images.permute(0, 2, 3, 1).cpu().numpy()]
 
-    Batch-1 rows also compare one image (same generator) with the compiled path's without levers.
-    The decoder's GroupNorm variant comes last so the compiled decoder recompiles only once.
-    """
-    combos = (
-        (),
-        ("cudnn_attention",),
-        ("stored_last_scale",),
-        ("cudnn_attention", "stored_last_scale"),
-        ("channel_sum_groupnorm",),
-        ("cudnn_attention", "stored_last_scale", "channel_sum_groupnorm"),
-    )
-    out, base_images = [], None
-    for batch in (8, 1):
-        for combo in combos:
-            pipe = _release(device)
-            pipe.compile()
-            for name in combo:
-                _LEVERS[name](pipe)
-            result = benchmark_pipeline(
-                pipe, preset="hart-0.7b-1024", batch_size=batch, warmup=1, repeats=3, use_cuda_graphs=True
-            )
-            row = {**result.to_dict(), "levers": list(combo), "end_to_end_s": result.end_to_end_seconds}
-            row["images_per_s"] = batch / result.end_to_end_seconds
-            if batch == 1:
-                images = _images(pipe, use_cuda_graphs=True, seeds=(3,))
-                base_images = images if not combo else base_images
-                row["images_vs_compiled_max_abs"] = (images - base_images).abs().max().item()
-                row["images_vs_compiled_mean_abs"] = (images - base_images).abs().mean().item()
-            print(
-                f"--- levers {combo} b{batch}: end to end {row['end_to_end_s']:.4f} s\n{result.table()}",
-                flush=True,
-            )
-            out.append(row)
-            (Path(_OUT[0]) / "levers_partial.json").write_text(json.dumps(out, indent=2))
+    def quantised_on_device():
+        return _to_host((images.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).contiguous()).numpy()
+
+    out["pil_quantised_on_host_s"] = median_seconds(quantised_on_host, device)
+    out["pil_quantised_on_device_s"] = median_seconds(quantised_on_device, device)
+    out["same_pixels"] = bool(np.array_equal(np.stack(quantised_on_host()), quantised_on_device()))
+    print(f"output copy: {out}", flush=True)
     return out
 
 
@@ -544,7 +529,7 @@ def main() -> None:
     sections = [
         ("correctness", lambda: correctness(device)),
         ("release_compiled_blocks", lambda: release_compiled_blocks(device)),
-        ("levers", lambda: levers(device)),
+        ("output_copy", lambda: output_copy(device)),
         ("text_encoder", lambda: text_encoder(device)),
         ("benchmarks", lambda: benchmarks(device, args.benchmark_rows)),
         ("release_fast_vs_reference", lambda: release_fast_vs_reference(device)),

@@ -13,7 +13,6 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from openhart.transformer.cache import KVCache
 from openhart.transformer.config import HartTransformerConfig
@@ -68,9 +67,6 @@ class Attention(nn.Module):
         if self.l2_norm:
             # Per-head temperature of cosine attention, stored as a log; capped at 100 when used.
             self.scale_mul_1H11 = nn.Parameter(torch.full((1, self.num_heads, 1, 1), math.log(4.0)))
-        # SDPA kernels to try, in this order; None leaves the choice to PyTorch. See
-        # HartTransformer.set_attention_backends.
-        self.backends: list[SDPBackend] | None = None
 
     def forward(
         self,
@@ -108,10 +104,7 @@ class Attention(nn.Module):
         """Store k, v in the cache (if any) and attend over everything cached → (B, H, L, d)."""
         if cache is not None:
             k, v = cache.append(layer, k, v)  # (B, H, Lk, d)
-        if self.backends is None:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)
-        with sdpa_kernel(self.backends, set_priority=True):
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)
 
     def output(self, attended: torch.Tensor) -> torch.Tensor:
         """(B, H, L, d) → output projection (B, L, C)."""

@@ -16,12 +16,10 @@ the prompt's padding.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.attention import SDPBackend
 
 from openhart.transformer.blocks import AdaLNBeforeHead, RMSNorm, TransformerBlock
 from openhart.transformer.cache import KVCache
@@ -141,23 +139,6 @@ class HartTransformer(nn.Module):
         """
         for block in self.blocks:
             block.compile_pieces(enabled)
-        return self
-
-    def set_attention_backends(self, backends: Sequence[SDPBackend] | None) -> HartTransformer:
-        """Which scaled-dot-product-attention kernels every layer tries, in this order; None: PyTorch's choice.
-
-        PyTorch picks FlashAttention-2 for these shapes on CUDA; cuDNN's attention kernel can be
-        faster on Hopper GPUs (``[SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION]``, see
-        docs/performance.md). A backend that cannot run the inputs is skipped for the next one.
-        Returns self.
-        """
-        chosen = None if backends is None else list(backends)
-        if chosen is not None and (not chosen or not all(isinstance(b, SDPBackend) for b in chosen)):
-            raise ValueError(
-                f"backends: expected a non-empty sequence of SDPBackend or None, got {backends!r}"
-            )
-        for block in self.blocks:
-            block.attn.backends = chosen
         return self
 
     # ------------------------------------------------------------------ shared pieces
