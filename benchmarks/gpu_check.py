@@ -10,15 +10,15 @@ Sections, in this order (each reports its numbers; a failing section is reported
    on CUDA in float32 (TF32 off);
 3. ``release_compiled_blocks``: hart-0.7b-1024 logits of every scale, eager blocks vs the
    compiled block pieces (``HartTransformer.compile_blocks``), same inputs;
-4. ``output_copy``: a batch of eight 1024 px images to the host, pageable vs page-locked, and
-   PIL's quantisation on the host vs on the device;
-5. ``text_encoder``: a Qwen2-1.5B-shaped encoder (random weights, bf16) on the release's 439
-   tokens, batch 1 and 8;
-6. ``benchmarks``: ``benchmark_pipeline`` tables (per stage, synchronised at every stage) and
+4. ``benchmarks``: ``benchmark_pipeline`` tables (per stage, synchronised at every stage) and
    end-to-end latency without per-stage synchronisation, for the reference, fast (CUDA graphs),
    compiled without and with the blocks (``pipe.compile(transformer=False)``, ``pipe.compile()``)
    paths, the ``unguided_last_scales`` knob and stored last-scale keys, 1024 and 512 px, batch 1
    and 8; per-stage memory of the 1024 px batch-1 call; batch-1 images vs the reference path's;
+5. ``output_copy``: a batch of eight 1024 px images to the host, pageable vs page-locked, and
+   PIL's quantisation on the host vs on the device;
+6. ``text_encoder``: a Qwen2-1.5B-shaped encoder (random weights, bf16) on the release's 439
+   tokens, batch 1 and 8;
 7. ``release_fast_vs_reference``: hart-0.7b-1024 (random weights, bf16): fast and compiled
    images vs the reference path's for the same generator;
 8. ``profile``: the top CUDA kernels of one compiled 1024 px batch-1 call (torch.profiler);
@@ -372,6 +372,9 @@ def benchmarks(device: torch.device, rows: int | None = None) -> list[dict]:
         ("hart-0.7b-512", 1, "fast"),
     )
     images: dict[str, torch.Tensor] = {}  # 1024 px batch-1 image of seed 3, per variant
+    print(
+        f"allocated before the benchmarks: {torch.cuda.memory_allocated(device) / 2**30:.3f} GiB", flush=True
+    )
     for preset, batch, variant in plan[:rows]:
         pipe = _release(device, preset)
         base, _, knob = variant.removesuffix("+store").partition("+u")
@@ -529,9 +532,9 @@ def main() -> None:
     sections = [
         ("correctness", lambda: correctness(device)),
         ("release_compiled_blocks", lambda: release_compiled_blocks(device)),
+        ("benchmarks", lambda: benchmarks(device, args.benchmark_rows)),
         ("output_copy", lambda: output_copy(device)),
         ("text_encoder", lambda: text_encoder(device)),
-        ("benchmarks", lambda: benchmarks(device, args.benchmark_rows)),
         ("release_fast_vs_reference", lambda: release_fast_vs_reference(device)),
         ("profile", lambda: profile(device, args.out)),
         ("decoder", lambda: decoder(device)),
