@@ -1,6 +1,7 @@
 """One prepared GPU run: correctness of the fast paths on CUDA, then timings of the released sizes.
 
     PYTHONPATH=. python benchmarks/gpu_check.py --out results/ [--golden DIR] [--compare] [--sections a,b]
+        [--benchmark-rows N] [--plan preset:batch:variant,...]
 
 Sections, in this order (each reports its numbers; a failing section is reported and the run goes on):
 1. ``correctness`` (tiny model): KV-cached vs teacher-forced logits; the same CPU generators give
@@ -351,14 +352,14 @@ def _stage_memory(pipe, device: torch.device) -> dict:
     return memory
 
 
-def benchmarks(device: torch.device, rows: int | None = None) -> list[dict]:
+def benchmarks(device: torch.device, rows: int | None = None, custom_plan: str | None = None) -> list[dict]:
     out = []
     # Most wanted first (a run cut short by its time limit keeps what it measured): variant names are
     # "reference" (eager), "fast" (CUDA graphs), "compiled-blocks-off" (pipe.compile(transformer=False)),
     # "compiled" (pipe.compile()); "+uN" adds unguided_last_scales=N, "+store" stores the last
     # scale's keys (HartTransformer.store_last_scale_keys). The fast path's batch-1 row comes first
     # so its memory is measured with nothing left over from other sections.
-    plan = (
+    default_plan = (
         ("hart-0.7b-1024", 1, "fast"),
         ("hart-0.7b-1024", 1, "reference"),
         ("hart-0.7b-1024", 1, "compiled"),
@@ -375,6 +376,9 @@ def benchmarks(device: torch.device, rows: int | None = None) -> list[dict]:
     print(
         f"allocated before the benchmarks: {torch.cuda.memory_allocated(device) / 2**30:.3f} GiB", flush=True
     )
+    plan = default_plan
+    if custom_plan is not None:  # "preset:batch:variant,..." replaces the default plan
+        plan = tuple((p, int(b), v) for p, b, v in (row.split(":") for row in custom_plan.split(",")))
     for preset, batch, variant in plan[:rows]:
         pipe = _release(device, preset)
         base, _, knob = variant.removesuffix("+store").partition("+u")
@@ -524,6 +528,9 @@ def main() -> None:
     parser.add_argument("--compare", action="store_true")
     parser.add_argument("--sections", default=None, help="run only these sections (comma list)")
     parser.add_argument("--benchmark-rows", type=int, default=None, help="only the first N rows of the plan")
+    parser.add_argument(
+        "--plan", default=None, help="benchmark rows instead of the default plan: preset:batch:variant,..."
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     _OUT[0] = str(args.out)
@@ -532,7 +539,7 @@ def main() -> None:
     sections = [
         ("correctness", lambda: correctness(device)),
         ("release_compiled_blocks", lambda: release_compiled_blocks(device)),
-        ("benchmarks", lambda: benchmarks(device, args.benchmark_rows)),
+        ("benchmarks", lambda: benchmarks(device, args.benchmark_rows, args.plan)),
         ("output_copy", lambda: output_copy(device)),
         ("text_encoder", lambda: text_encoder(device)),
         ("release_fast_vs_reference", lambda: release_fast_vs_reference(device)),
