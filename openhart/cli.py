@@ -210,6 +210,13 @@ def bench(
             help="Speed/quality knob (changes the images): run the last N scales and the residual head without CFG.",
         ),
     ] = 0,
+    store_last_scale_keys: Annotated[
+        bool,
+        typer.Option(
+            "--store-last-scale-keys",
+            help="Keep room in the KV cache for the last scale (same images; more memory, faster at batch 8).",
+        ),
+    ] = False,
     compare: Annotated[
         str | None,
         typer.Option(
@@ -253,6 +260,7 @@ def bench(
         raise typer.BadParameter(str(error), param_hint="--unguided-last-scales") from error
     if compile_:
         pipeline.compile()
+    pipeline.transformer.store_last_scale_keys = store_last_scale_keys
     result = benchmark_pipeline(
         pipeline,
         preset=model,

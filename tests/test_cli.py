@@ -96,6 +96,8 @@ def test_info_and_bench(saved_model):
     tiny_bench = ["bench", "--model", "tiny", "--repeats", "1", "--warmup", "0", "--device", "cpu"]
     result = runner.invoke(app, [*tiny_bench, "--unguided-last-scales", "2"])
     assert result.exit_code == 0 and "unguided_last_scales=2" in result.output, result.output
+    result = runner.invoke(app, [*tiny_bench, "--store-last-scale-keys"])
+    assert result.exit_code == 0 and "store_last_scale_keys=True" in result.output, result.output
     result = runner.invoke(app, [*tiny_bench, "--unguided-last-scales", "99"])
     assert result.exit_code == 2 and "unguided_last_scales" in result.output
     result = runner.invoke(

@@ -223,5 +223,7 @@ def benchmark_pipeline(
             "cuda_graphs": use_cuda_graphs if use_cuda_graphs is not None else device.type == "cuda",
             "compiled": getattr(pipeline.tokenizer.decoder, "_compiled_call_impl", None) is not None,
             "unguided_last_scales": unguided_last_scales,
+            # Same images either way; more memory, less time at large batches (transformer/cache.py).
+            "store_last_scale_keys": getattr(pipeline.transformer, "store_last_scale_keys", False),
         },
     )
