@@ -300,3 +300,21 @@ def test_pil_images_are_the_quantised_float_images():
     expected = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     assert np.array_equal(np.stack([np.asarray(image) for image in pil]), expected)
     assert array.dtype == np.float32 and np.array_equal(array, images.permute(0, 2, 3, 1).numpy())
+
+
+def test_graphs_are_rebuilt_when_the_cache_size_setting_changes(monkeypatch):
+    class StateOnly:
+        """What the pipeline keeps of a CUDAGraphGenerator to decide on reuse (graphs need CUDA)."""
+
+        def __init__(self, transformer, rows, device, dtype):
+            self.state = transformer.new_generation_state(rows, device, dtype)
+
+    monkeypatch.setattr(pipeline_module, "CUDAGraphGenerator", StateOnly)
+    pipeline = make_tiny_pipeline()
+    first = pipeline._graph_generator(1, 4.5, "constant", use_cuda_graphs=True)
+    assert pipeline._graph_generator(1, 4.5, "constant", use_cuda_graphs=True) is first
+    pipeline.transformer.store_last_scale_keys = True  # a bigger cache: the captured graphs can't serve
+    stored = pipeline._graph_generator(1, 4.5, "constant", use_cuda_graphs=True)
+    assert stored is not first and stored.state.cache.max_length == pipeline.transformer.cache_room()
+    assert stored.state.cache.max_length > first.state.cache.max_length
+    assert len(pipeline._graph_generators) == 1  # replaced, not kept beside the old one

@@ -9,6 +9,8 @@ The room ends where the last pass begins: that pass (the largest scale, 42% of t
 1024 px) attends over everything cached plus its own keys, and nothing reads its keys afterwards,
 so they are concatenated for the pass instead of stored. That is a copy of the cached prefix per
 layer in one pass, for a cache (which CUDA graphs keep allocated between calls) 42% smaller.
+``HartTransformer.store_last_scale_keys`` sizes the room for every pass instead: at batch 8 on an
+H200 the saved copies are ~2% of a call, for 0.75 GiB more per image at 1024 px.
 """
 
 from __future__ import annotations

@@ -295,6 +295,18 @@ class HartTransformer(nn.Module):
         return tokens, angles, levels
 
     # ------------------------------------------------------------------ scale-by-scale sampling
+    def cache_room(self) -> int:
+        """Positions the KV cache of a new generation state holds.
+
+        All of them but the last scale's, whose keys are not stored unless
+        ``store_last_scale_keys`` (see transformer/cache.py); scale 0 has no pass.
+        """
+        cfg = self.config
+        max_length = cfg.context_tokens + cfg.num_image_tokens - 1
+        if self.store_last_scale_keys or cfg.num_scales == 1:
+            return max_length
+        return max_length - cfg.patch_nums[-1] ** 2
+
     def new_generation_state(
         self, batch_size: int, device: torch.device, dtype: torch.dtype
     ) -> GenerationState:
@@ -305,13 +317,10 @@ class HartTransformer(nn.Module):
         """
         cfg = self.config
         max_length = cfg.context_tokens + cfg.num_image_tokens - 1
-        # Unless told otherwise the last scale's keys are not stored (see transformer/cache.py);
-        # scale 0 has no pass.
-        last_pass = cfg.patch_nums[-1] ** 2 if cfg.num_scales > 1 else 0
-        cached = max_length - (0 if self.store_last_scale_keys else last_pass)
         shape = (batch_size, 6, cfg.width)
+        room = self.cache_room()
         return GenerationState(
-            cache=KVCache(cfg.depth, batch_size, cfg.num_heads, cached, cfg.head_dim, device, dtype),
+            cache=KVCache(cfg.depth, batch_size, cfg.num_heads, room, cfg.head_dim, device, dtype),
             modulations=[
                 None if block.adaln == "none" else torch.zeros(shape, device=device, dtype=dtype)
                 for block in self.blocks
