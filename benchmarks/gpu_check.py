@@ -82,7 +82,7 @@ def _uncompile(pipe) -> None:
         module._compiled_call_impl = None
     pipe.transformer.compile_blocks(False)
     pipe.tokenizer.decoder.output_filter_multiple = 1
-    pipe.decoder_memory_format = torch.contiguous_format
+    pipe.decoder_memory_format = None
     pipe.tokenizer.decoder.to(memory_format=torch.contiguous_format)
     pipe.tokenizer.decoder.use_channel_sum_statistics(False)
     pipe.transformer.store_last_scale_keys = False

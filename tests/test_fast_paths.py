@@ -53,11 +53,18 @@ def test_channels_last_decoder_matches_the_contiguous_one():
     config = pipeline.tokenizer.config
     side = config.latent_size
     latent = torch.randn(2, config.latent_channels, side, side, generator=torch.Generator().manual_seed(0))
-    reference = pipeline.decode_latent(latent)  # CPU default: contiguous
+    pipeline.decoder_memory_format = torch.contiguous_format
+    reference = pipeline.decode_latent(latent)
+    assert pipeline.tokenizer.decoder.conv_in.weight.is_contiguous()
+    pipeline.decoder_memory_format = None  # the CPU's choice: a channels-last input, weights untouched
+    default = pipeline.decode_latent(latent)
+    assert pipeline.tokenizer.decoder.conv_in.weight.is_contiguous()
     pipeline.decoder_memory_format = torch.channels_last
     fast = pipeline.decode_latent(latent)
+    assert pipeline.tokenizer.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert fast.is_contiguous() and fast.shape == reference.shape
     torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(default, fast, atol=1e-6, rtol=0)
     images = pipeline("a red circle", generator=torch.Generator().manual_seed(0), output_type="pt").images
     pipeline.decoder_memory_format = torch.contiguous_format
     again = pipeline("a red circle", generator=torch.Generator().manual_seed(0), output_type="pt").images
