@@ -351,7 +351,7 @@ class HartPipeline:
         self,
         *,
         transformer: bool = True,
-        decoder: bool = True,
+        decoder: bool | None = None,
         diffusion_head: bool = True,
         mode: str | None = None,
         decoder_memory_format: torch.memory_format = torch.channels_last,
@@ -361,14 +361,18 @@ class HartPipeline:
         Worth it on a CUDA GPU (docs/performance.md): the blocks' elementwise work fuses into a
         few kernels per layer; the decoder runs channels-last with its GroupNorm statistics from
         per-channel sums (``Decoder.use_channel_sum_statistics``), fused with SiLU, ~3x faster
-        than eager at 1024 px; the first call of each shape compiles (tens of seconds). On a
-        2-core CPU in bfloat16 it measured 8.95 → 7.85 s for a 512 px image (the decoder).
+        than eager at 1024 px; the first call of each shape compiles (tens of seconds).
+        ``decoder=None`` compiles the decoder on CUDA devices only: on a 2-core CPU the eager
+        decoder with a channels-last input (the default there) is faster than the compiled one
+        (512 px, bf16: 1.15–1.25 s vs 1.47 s, docs/performance.md).
         Modules are compiled in place, so weights, ``save_pretrained`` and ``.to`` are unchanged;
         CUDA graphs captured before are dropped and recaptured around the compiled code on the
         next call. Images then differ from the eager path by bf16 rounding.
         ``decoder_memory_format``: the compiled decoder's layout (channels-last measured fastest
         once GroupNorm is fused).
         """
+        if decoder is None:
+            decoder = self.device.type == "cuda"
         if transformer:
             self.transformer.compile_blocks()
         if decoder:

@@ -129,6 +129,16 @@ def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int 
     return statistics.median(times)
 
 
+def _is_compiled(pipeline: HartPipeline) -> bool:
+    """Whether ``pipe.compile()`` compiled any part (which parts depends on the device)."""
+    modules = (getattr(pipeline.tokenizer, "decoder", None), getattr(pipeline, "diffusion_head", None))
+    if any(getattr(module, "_compiled_call_impl", None) is not None for module in modules):
+        return True
+    return any(
+        getattr(block, "compiled_pieces", False) for block in getattr(pipeline.transformer, "blocks", ())
+    )
+
+
 def _peak_rss_bytes() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
@@ -221,7 +231,7 @@ def benchmark_pipeline(
         end_to_end_seconds=end_to_end_seconds,
         options={
             "cuda_graphs": use_cuda_graphs if use_cuda_graphs is not None else device.type == "cuda",
-            "compiled": getattr(pipeline.tokenizer.decoder, "_compiled_call_impl", None) is not None,
+            "compiled": _is_compiled(pipeline),
             "unguided_last_scales": unguided_last_scales,
             # Same images either way; more memory, less time at large batches (transformer/cache.py).
             "store_last_scale_keys": getattr(pipeline.transformer, "store_last_scale_keys", False),
