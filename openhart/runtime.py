@@ -6,6 +6,7 @@ Shared by every command-line entry point (``generate``, ``bench``, ``serve``, ``
 from __future__ import annotations
 
 import logging
+import time
 from enum import Enum
 from pathlib import Path
 
@@ -79,3 +80,18 @@ def load_model(model: str | None, device: torch.device, dtype: torch.dtype, seed
         f"{name!r} is neither a model folder nor a preset (presets: {', '.join(sorted(PRESETS))})",
         param_hint="--model",
     )
+
+
+def compile_and_warm_up(pipeline: HartPipeline) -> float:
+    """``pipeline.compile()``, then one image, so compiling and capturing happen now; returns seconds.
+
+    For long-running processes (``openhart serve --compile``): the first call of each batch size
+    compiles (tens of seconds on a GPU) and captures CUDA graphs; the warm-up pays that for one
+    image before the first request instead of during it. Larger batches still compile on first use.
+    """
+    started = time.perf_counter()
+    pipeline.compile()
+    pipeline("warm-up", generator=torch.Generator().manual_seed(0), output_type="pt")
+    seconds = time.perf_counter() - started
+    logger.info("compiled and warmed up in %.1f s", seconds)
+    return seconds

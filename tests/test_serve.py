@@ -554,6 +554,20 @@ def test_safety_classifier_from_a_local_folder(tmp_path):
         ClassifierSafetyChecker(tmp_path / "missing", ["unsafe"])
 
 
+def test_compiled_server_warms_up_first_and_gives_the_same_images(server, tmp_path):
+    compiled = ServerProcess(
+        ["--model", "tiny", "--compile", "--log-level", "info"], tmp_path / "compiled.log"
+    )
+    try:
+        assert "compiled and warmed up in" in compiled.log()  # before /health answered
+        images = [generate(process, seed=3).json()["images"][0]["data"] for process in (server, compiled)]
+        eager, fast = (np.asarray(decode(image), dtype=np.int16) for image in images)
+        assert eager.shape == fast.shape
+        assert np.abs(eager - fast).max() <= 2  # compiled kernels round differently, by a level or two
+    finally:
+        assert compiled.stop() == 0, compiled.log()
+
+
 def test_serve_command_errors_and_weights_description(tmp_path):
     app = typer.Typer()
     app.command()(serve)

@@ -88,13 +88,20 @@ def serve(
     safety_threshold: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Refuse when P(unsafe label) reaches this.")
     ] = 0.5,
+    compile_: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="pipe.compile() and one warm-up image before serving (for GPUs: docs/performance.md).",
+        ),
+    ] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve a browser UI and a JSON HTTP API for one model (127.0.0.1 only, unless --host says otherwise)."""
     try:
         import uvicorn
 
-        from openhart.runtime import load_model, resolve_device, resolve_dtype
+        from openhart.runtime import compile_and_warm_up, load_model, resolve_device, resolve_dtype
         from openhart.serve.app import build_model_card, create_app
         from openhart.serve.queue import GenerationQueue
         from openhart.serve.safety import build_safety_checker
@@ -126,6 +133,8 @@ def serve(
 
     torch_device = resolve_device(device.value)
     pipeline = load_model(model, torch_device, resolve_dtype(dtype.value, torch_device))
+    if compile_:
+        compile_and_warm_up(pipeline)  # /health answers only once this is done
     name, weights = _describe_weights(model)
     card = build_model_card(pipeline, name, weights, limits, safety)
     queue = GenerationQueue(
