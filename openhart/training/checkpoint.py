@@ -93,21 +93,27 @@ def _python_random_state_to_json(state: tuple) -> list:
 
 
 # ---------------------------------------------------------------------- optimizer state ⇄ flat
-def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def flatten_optimizer_state(
+    state_dict: dict[str, Any], prefix: str = "optimizer."
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A torch optimizer state_dict as (safetensors-ready tensors under ``prefix``, JSON rest)."""
     tensors: dict[str, torch.Tensor] = {}
     plain_state: dict[str, dict[str, Any]] = {}
     for index, values in state_dict["state"].items():
         for key, value in values.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.state.{index}.{key}"] = value
+                tensors[f"{prefix}state.{index}.{key}"] = value
             else:
                 plain_state.setdefault(str(index), {})[key] = value
     return tensors, {"param_groups": state_dict["param_groups"], "plain_state": plain_state}
 
 
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+def unflatten_optimizer_state(
+    tensors: dict[str, torch.Tensor], meta: dict[str, Any], prefix: str = "optimizer."
+) -> dict[str, Any]:
+    """The inverse of :func:`flatten_optimizer_state`; tensors outside ``prefix`` are ignored."""
     state: dict[int, dict[str, Any]] = {}
-    prefix = "optimizer.state."
+    prefix = f"{prefix}state."
     for name, value in tensors.items():
         if name.startswith(prefix):
             index, key = name[len(prefix) :].split(".", 1)
@@ -162,7 +168,7 @@ def _encode_state(state: TrainingState) -> bytes:
     tensors: dict[str, torch.Tensor] = {}
     optimizer_meta = None
     if state.optimizer is not None:
-        optimizer_tensors, optimizer_meta = _flatten_optimizer(state.optimizer)
+        optimizer_tensors, optimizer_meta = flatten_optimizer_state(state.optimizer)
         tensors.update(optimizer_tensors)
     rng_meta = []
     for rank, rng in enumerate(state.rng or []):
@@ -227,7 +233,9 @@ def load_training_state(folder: str | os.PathLike[str]) -> TrainingState:
         scheduler=meta["scheduler"],
         extra=meta["extra"],
         extra_tensors={k[len("extra.") :]: v for k, v in tensors.items() if k.startswith("extra.")},
-        optimizer=None if meta["optimizer"] is None else _unflatten_optimizer(tensors, meta["optimizer"]),
+        optimizer=None
+        if meta["optimizer"] is None
+        else unflatten_optimizer_state(tensors, meta["optimizer"]),
         rng=rng or None,
     )
 

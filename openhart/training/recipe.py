@@ -26,6 +26,7 @@ from typing import Any
 
 from openhart.presets import PRESETS, preset_configs
 from openhart.tokenizer import TokenizerConfig
+from openhart.training.adversarial import LOSS_KINDS
 from openhart.utils.config import Config
 
 RECIPE_KINDS = ("tokenizer", "generator", "diffusion")
@@ -211,6 +212,61 @@ class TokenizerLossRecipe(Config):
 
 
 @dataclasses.dataclass(frozen=True)
+class AdversarialRecipe(Config):
+    """VQGAN-style PatchGAN loss for the tokenizer (``training/adversarial.py``); off when weight is 0.
+
+    The reconstruction losses train alone for the first ``start_step`` steps (a discriminator
+    facing blurry early reconstructions wins at once and teaches nothing); from then on the decoder
+    also minimises ``weight · adaptive · adversarial`` and the discriminator trains every step.
+    """
+
+    weight: float = 0.0  # 0: no discriminator; VQGAN uses 0.8, VAR/HART 0.2 (with a perceptual loss)
+    start_step: int = 0  # optimiser step at which the adversarial phase begins
+    loss: str = "hinge"  # "hinge" or "non-saturating"
+    channels: int = 64  # width of the discriminator's first conv
+    layers: int = 3  # stride-2 convs; the patch each logit sees grows with them (70 px at 3)
+    lr: float = 1.0e-4  # the discriminator's AdamW learning rate (constant)
+    betas: tuple[float, float] = (0.5, 0.9)  # GAN-usual: a short first-moment memory
+    max_adaptive_weight: float = 1.0e4  # clamp of ‖∇ reconstruction‖ / ‖∇ adversarial‖
+
+    def __post_init__(self) -> None:
+        if isinstance(self.betas, list):
+            object.__setattr__(self, "betas", tuple(self.betas))
+        for name in ("weight", "max_adaptive_weight"):
+            value = getattr(self, name)
+            _check(_number(value) and value >= 0, f"adversarial.{name}", "a number >= 0", value)
+        _check(_number(self.lr) and self.lr > 0, "adversarial.lr", "a positive number", self.lr)
+        _check(
+            _int(self.start_step) and self.start_step >= 0,
+            "adversarial.start_step",
+            "an int >= 0",
+            self.start_step,
+        )
+        _check(self.loss in LOSS_KINDS, "adversarial.loss", f"one of {LOSS_KINDS}", self.loss)
+        _check(
+            _int(self.channels) and self.channels >= 16 and self.channels % 16 == 0,
+            "adversarial.channels",
+            "an int >= 16, a multiple of 16",
+            self.channels,
+        )
+        _check(
+            _int(self.layers) and 1 <= self.layers <= 5, "adversarial.layers", "an int in [1, 5]", self.layers
+        )
+        _check(
+            isinstance(self.betas, tuple)
+            and len(self.betas) == 2
+            and all(_number(b) and 0 <= b < 1 for b in self.betas),
+            "adversarial.betas",
+            "two numbers in [0, 1)",
+            self.betas,
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.weight > 0
+
+
+@dataclasses.dataclass(frozen=True)
 class GeneratorLossRecipe(Config):
     """Token cross-entropy + residual diffusion loss, token subsampling, condition dropout."""
 
@@ -346,11 +402,16 @@ class TokenizerRecipe(Config):
     preset: str  # model sizes come from this preset's tokenizer config ...
     tokenizer: dict = dataclasses.field(default_factory=dict)  # ... with these fields replaced
     init: str | None = None  # optional tokenizer folder (config.json + model.safetensors) to start from
+    # Train only post_quant_conv and the decoder; the encoder, quant_conv and quantizer (codebook,
+    # Φ) stay those of `init`, so token ids and residuals do not change and a generator trained on
+    # `init`'s tokens stays valid with the new decoder (decoder fine-tuning, e.g. adversarial).
+    decoder_only: bool = False
     seed: int = 0
     num_sample_images: int = 8  # reconstructions shown in the sample grid (and its PSNR)
     data: DataRecipe = dataclasses.field(default_factory=DataRecipe)
     optim: OptimRecipe = dataclasses.field(default_factory=OptimRecipe)
     loss: TokenizerLossRecipe = dataclasses.field(default_factory=TokenizerLossRecipe)
+    adversarial: AdversarialRecipe = dataclasses.field(default_factory=AdversarialRecipe)
     run: RunRecipe = dataclasses.field(default_factory=RunRecipe)
     kind: str = "tokenizer"
 
@@ -370,6 +431,11 @@ class TokenizerRecipe(Config):
             "an int >= 1",
             self.num_sample_images,
         )
+        _check(isinstance(self.decoder_only, bool), "decoder_only", "true or false", self.decoder_only)
+        if self.decoder_only and self.init is None:
+            raise RecipeError("decoder_only: needs `init` (a trained tokenizer whose encoder stays frozen)")
+        if self.decoder_only and self.loss.revive_every:
+            raise RecipeError("decoder_only: the codebook is frozen; set loss.revive_every to 0")
         self.tokenizer_config()  # fail now, with the field named, rather than after loading data
 
     def tokenizer_config(self) -> TokenizerConfig:

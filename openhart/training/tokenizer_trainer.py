@@ -11,7 +11,13 @@ decided once per step from a generator seeded by (seed, step), so every rank tak
 HART trains the decoder this way so that it decodes both what the transformer alone produces and
 what the residual head completes.
 
-Codebook usage is counted over windows of ``loss.revive_every`` steps (over all ranks); codes no
+With ``adversarial.weight > 0`` (VQGAN's recipe, ``training/adversarial.py``), from step
+``adversarial.start_step`` on the loss also has ``weight · adaptive · adversarial``, where the
+adaptive factor balances the two terms' gradients at the decoder's last layer, and after each
+optimiser step a PatchGAN discriminator takes one step of its own on (this batch, its
+reconstruction). The discriminator and its optimiser live in the checkpoints, never in the model.
+
+Codebook usage is counted per scale over windows of ``loss.revive_every`` steps (over all ranks); codes no
 rank picked in a window are dead and are re-initialised from this step's encoder outputs: the
 per-scale residual vectors the codes are matched against, plus a little noise. Rank 0 draws them
 and broadcasts the codebook; their AdamW moments are reset.
@@ -30,9 +36,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from openhart.tokenizer import HybridTokenizer, TokenizerConfig
 from openhart.tokenizer.quantizer import MultiScaleQuantizer
+from openhart.training.adversarial import (
+    PatchDiscriminator,
+    adaptive_adversarial_weight,
+    discriminator_loss,
+    generator_adversarial_loss,
+)
+from openhart.training.checkpoint import flatten_optimizer_state, unflatten_optimizer_state
 from openhart.training.distributed import all_reduce_sum_, broadcast_, step_generator
 from openhart.training.loop import SAMPLES_DIR, Batch, Trainer, image_grid, save_png
 from openhart.training.recipe import TokenizerRecipe
@@ -41,6 +55,10 @@ from openhart.utils.random import rand_tensor, randn_tensor
 from openhart.utils.weights import load_weights, save_weights
 
 logger = logging.getLogger(__name__)
+
+# Names of the discriminator's tensors in a checkpoint's training state (never in the model folder).
+DISCRIMINATOR_PREFIX = "discriminator."
+DISCRIMINATOR_OPTIMIZER_PREFIX = "discriminator_optimizer."
 
 
 def save_tokenizer(tokenizer: HybridTokenizer, folder: str | Path) -> Path:
@@ -95,6 +113,13 @@ def residual_vectors(quantize: MultiScaleQuantizer, latent: torch.Tensor) -> tor
     return torch.cat(rows)
 
 
+def perplexity(counts: torch.Tensor) -> float:
+    """exp(entropy) of the code distribution given by ``counts`` (V,): the effective number of codes."""
+    probabilities = counts.double() / counts.sum().clamp(min=1)
+    used = probabilities[probabilities > 0]
+    return float((-(used * used.log()).sum()).exp())
+
+
 def psnr(images: torch.Tensor, reference: torch.Tensor) -> float:
     """Peak signal-to-noise ratio in dB of images in [−1, 1] (peak-to-peak 2)."""
     mse = F.mse_loss(images.float().clamp(-1, 1), reference.float()).item()
@@ -116,8 +141,14 @@ class TokenizerTrainer(Trainer):
         "codes_used",
         "codes_revived",
         "code_perplexity",
+        "adversarial",
+        "adaptive_weight",
+        "discriminator",
+        "logits_real",
+        "logits_fake",
     )
     recipe: TokenizerRecipe
+    discriminator: PatchDiscriminator | None = None
 
     # ------------------------------------------------------------------ model
     def build_model(self) -> nn.Module:
@@ -134,12 +165,50 @@ class TokenizerTrainer(Trainer):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(recipe.seed)
                 tokenizer = HybridTokenizer(recipe.tokenizer_config())
+        if recipe.decoder_only:
+            for frozen in (tokenizer.encoder, tokenizer.quant_conv, tokenizer.quantize):
+                frozen.requires_grad_(False)
         self.tokenizer = tokenizer.to(self.device)
-        codebook = self.tokenizer.config.codebook_size
-        self.usage_counts = torch.zeros(codebook, dtype=torch.float64)  # hits in the current window
+        config = self.tokenizer.config
+        # (S, V) hits of every code at every scale in the current window
+        self.usage_counts = torch.zeros(config.num_scales, config.codebook_size, dtype=torch.float64)
         self.usage_window_steps = 0
+        # Per-scale usage columns: coarse scales see few tokens, so their usage reads differently.
+        self.metric_names = (
+            *type(self).metric_names,
+            *(f"codes_used_s{k}" for k in range(config.num_scales)),
+            *(f"code_perplexity_s{k}" for k in range(config.num_scales)),
+        )
         self._sample_images: torch.Tensor | None = None
+        self._build_discriminator()
         return self.tokenizer
+
+    def _build_discriminator(self) -> None:
+        adversarial = self.recipe.adversarial
+        if not adversarial.enabled:
+            return
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.recipe.seed + 1)  # its own stream: the tokenizer's init is unchanged
+            discriminator = PatchDiscriminator(
+                self.tokenizer.config.in_channels, adversarial.channels, adversarial.layers
+            )
+        self.discriminator = discriminator.to(self.device)
+        self.ddp_discriminator: nn.Module = self.discriminator
+        if self.ctx.distributed:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_discriminator = DistributedDataParallel(self.discriminator, device_ids=device_ids)
+        self.discriminator_optimizer = torch.optim.AdamW(
+            self.discriminator.parameters(),
+            lr=adversarial.lr,
+            betas=adversarial.betas,
+            weight_decay=0.0,
+            foreach=False if self.recipe.run.deterministic else None,
+        )
+        self._fake_images: torch.Tensor | None = None
+
+    def adversarial_active(self, step: int) -> bool:
+        """Whether ``step`` is in the adversarial phase (a discriminator exists and step ≥ start)."""
+        return self.discriminator is not None and step >= self.recipe.adversarial.start_step
 
     @property
     def image_size(self) -> int:
@@ -167,27 +236,86 @@ class TokenizerTrainer(Trainer):
         l1 = (reconstruction - images).abs().mean()
         l2 = F.mse_loss(reconstruction, images)
         vq_loss = vq_loss.float()
-        loss = loss_recipe.l1_weight * l1 + loss_recipe.l2_weight * l2 + loss_recipe.vq_weight * vq_loss
+        reconstruction_loss = loss_recipe.l1_weight * l1 + loss_recipe.l2_weight * l2
+        loss = reconstruction_loss + loss_recipe.vq_weight * vq_loss
+        metrics: dict[str, Any] = {}
+        if self.adversarial_active(step):
+            loss = loss + self._adversarial_term(reconstruction, reconstruction_loss, metrics)
 
-        hits = torch.cat([i.reshape(-1) for i in ids]).cpu()
-        self.usage_counts += torch.bincount(hits, minlength=self.usage_counts.numel()).double()
+        codebook_size = self.usage_counts.shape[1]
+        for k, scale_ids in enumerate(ids):
+            self.usage_counts[k] += torch.bincount(
+                scale_ids.reshape(-1).cpu(), minlength=codebook_size
+            ).double()
         self._last_images = images
-        metrics: dict[str, Any] = {
-            "loss": loss.item(),
-            "l1": l1.item(),
-            "l2": l2.item(),
-            "vq": vq_loss.item(),
-            "l2_discrete" if discrete else "l2_hybrid": l2.item(),
-            "discrete_fraction": float(discrete),
-        }
+        metrics.update(
+            {
+                "loss": loss.item(),
+                "l1": l1.item(),
+                "l2": l2.item(),
+                "vq": vq_loss.item(),
+                "l2_discrete" if discrete else "l2_hybrid": l2.item(),
+                "discrete_fraction": float(discrete),
+            }
+        )
         return loss, metrics
 
+    def _adversarial_term(
+        self, reconstruction: torch.Tensor, reconstruction_loss: torch.Tensor, metrics: dict[str, Any]
+    ) -> torch.Tensor:
+        """weight · adaptive · adversarial for the decoder; keeps the reconstruction for the D step."""
+        assert self.discriminator is not None
+        adversarial = self.recipe.adversarial
+        # The decoder's pass through the discriminator must not leave gradients on it.
+        self.discriminator.requires_grad_(False)
+        try:
+            with self.autocast_context():
+                fake_logits = self.discriminator(reconstruction).float()  # (B, 1, P, P)
+        finally:
+            self.discriminator.requires_grad_(True)
+        generator_loss = generator_adversarial_loss(fake_logits, adversarial.loss)
+        adaptive = adaptive_adversarial_weight(
+            reconstruction_loss,
+            generator_loss,
+            self.tokenizer.decoder.conv_out.weight,
+            adversarial.max_adaptive_weight,
+        )
+        self._fake_images = reconstruction.detach()
+        metrics["adversarial"] = generator_loss.item()
+        metrics["adaptive_weight"] = adaptive.item()
+        return adversarial.weight * adaptive * generator_loss
+
+    def _discriminator_step(self, images: torch.Tensor) -> dict[str, float]:
+        """One AdamW step of the discriminator on (real batch, the reconstruction just trained on)."""
+        assert self._fake_images is not None
+        fake = self._fake_images
+        self._fake_images = None
+        self.discriminator_optimizer.zero_grad(set_to_none=True)
+        # One call on real and fake together: DDP wants one forward per backward, and GroupNorm is
+        # per image, so the halves do not see each other.
+        with self.autocast_context():
+            logits = self.ddp_discriminator(torch.cat([images, fake])).float()  # (2B, 1, P, P)
+        real_logits, fake_logits = logits.chunk(2)
+        loss = discriminator_loss(real_logits, fake_logits, self.recipe.adversarial.loss)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the discriminator's loss is {float(loss)}; lower adversarial.lr")
+        loss.backward()
+        self.discriminator_optimizer.step()
+        return {
+            "discriminator": loss.item(),
+            "logits_real": real_logits.mean().item(),
+            "logits_fake": fake_logits.mean().item(),
+        }
+
     def after_step(self, batch: Batch, step: int) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        if self.adversarial_active(step):
+            metrics.update(self._discriminator_step(self._last_images))
         self.usage_window_steps += 1
         window = self.recipe.loss.revive_every or self.recipe.run.log_every
-        if self.usage_window_steps < window:
-            return {}
-        return self._close_usage_window(step)
+        if self.usage_window_steps >= window:
+            metrics.update(self._close_usage_window(step))
+        return metrics
 
     # ------------------------------------------------------------------ codebook usage
     @torch.no_grad()
@@ -195,17 +323,19 @@ class TokenizerTrainer(Trainer):
         """Usage statistics over every rank; revive dead codes when enabled. A collective."""
         counts = self.usage_counts.clone().to(self.device)  # a copy: the window is reset below
         all_reduce_sum_(counts)
-        counts = counts.cpu()
+        per_scale = counts.cpu()  # (S, V)
         self.usage_counts.zero_()
         self.usage_window_steps = 0
-        probabilities = counts / counts.sum().clamp(min=1)
-        entropy = -(probabilities[probabilities > 0] * probabilities[probabilities > 0].log()).sum()
+        counts = per_scale.sum(0)  # (V,)
         dead = counts == 0
         metrics = {
             "codes_used": float((~dead).double().mean()),
-            "code_perplexity": float(entropy.exp()),
+            "code_perplexity": perplexity(counts),
             "codes_revived": 0.0,
         }
+        for k, scale_counts in enumerate(per_scale):
+            metrics[f"codes_used_s{k}"] = float((scale_counts > 0).double().mean())
+            metrics[f"code_perplexity_s{k}"] = perplexity(scale_counts)
         if self.recipe.loss.revive_every and bool(dead.any()):
             metrics["codes_revived"] = float(self._revive(dead, step))
         return metrics
@@ -245,14 +375,43 @@ class TokenizerTrainer(Trainer):
         # lose the others': sum them into the checkpoint and restore the sum on rank 0 only.
         counts = self.usage_counts.clone().to(self.device)
         all_reduce_sum_(counts)
-        return {"usage_window_steps": self.usage_window_steps}, {"usage_counts": counts.cpu()}
+        extra: dict[str, Any] = {"usage_window_steps": self.usage_window_steps}
+        tensors = {"usage_counts": counts.cpu()}
+        if self.discriminator is not None:
+            for name, value in self.discriminator.state_dict().items():
+                tensors[DISCRIMINATOR_PREFIX + name] = value
+            optimizer_tensors, extra["discriminator_optimizer"] = flatten_optimizer_state(
+                self.discriminator_optimizer.state_dict(), DISCRIMINATOR_OPTIMIZER_PREFIX
+            )
+            tensors.update(optimizer_tensors)
+        return extra, tensors
 
     def load_extra_state(self, extra: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         self.usage_window_steps = int(extra.get("usage_window_steps", 0))
         counts = tensors.get("usage_counts")
         self.usage_counts.zero_()
         if counts is not None and self.ctx.is_main:
-            self.usage_counts.copy_(counts)
+            if counts.shape != self.usage_counts.shape:
+                logger.warning("the checkpoint's usage window has another shape; starting a new window")
+            else:
+                self.usage_counts.copy_(counts)
+        if self.discriminator is None:
+            return
+        weights = {
+            name[len(DISCRIMINATOR_PREFIX) :]: value
+            for name, value in tensors.items()
+            if name.startswith(DISCRIMINATOR_PREFIX)
+        }
+        if not weights:
+            # A run that switches the adversarial loss on later starts a fresh discriminator.
+            logger.warning("the checkpoint has no discriminator; starting a fresh one")
+            return
+        self.discriminator.load_state_dict(weights)
+        self.discriminator_optimizer.load_state_dict(
+            unflatten_optimizer_state(
+                tensors, extra["discriminator_optimizer"], DISCRIMINATOR_OPTIMIZER_PREFIX
+            )
+        )
 
     # ------------------------------------------------------------------ outputs
     def write_model(self, folder: Path) -> None:

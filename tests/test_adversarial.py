@@ -1,0 +1,204 @@
+"""The tokenizer's adversarial recipe: loss terms on known inputs, the phase switch, exact resume,
+decoder-only fine-tuning, and the shipped default model's images."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from openhart.presets import build_pipeline
+from openhart.training.adversarial import (
+    PatchDiscriminator,
+    adaptive_adversarial_weight,
+    discriminator_loss,
+    generator_adversarial_loss,
+)
+from openhart.training.recipe import RecipeError
+from openhart.training.tokenizer_trainer import TokenizerTrainer, save_tokenizer
+from tests.test_training import SquaresDataset, _max_difference, _weights, tokenizer_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "openhart" / "weights" / "emoji-64"
+
+
+@pytest.fixture(autouse=True)
+def _restore_determinism():
+    before = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(before)
+
+
+def adversarial_recipe(out_dir: Path, **sections):
+    adversarial = {"weight": 0.5, "start_step": 5, "channels": 16, "layers": 2, "lr": 1e-3}
+    adversarial.update(sections.pop("adversarial", {}))
+    return tokenizer_recipe(out_dir, adversarial=adversarial, **sections)
+
+
+# ---------------------------------------------------------------------- loss terms on known inputs
+def test_hinge_and_non_saturating_losses_on_known_logits():
+    real = torch.tensor([2.0, 0.5])
+    fake = torch.tensor([-2.0, 0.5])
+    # hinge: real relu(1 − r) = (0, 0.5) → 0.25; fake relu(1 + f) = (0, 1.5) → 0.75; half the sum
+    assert discriminator_loss(real, fake, "hinge").item() == pytest.approx(0.5)
+    softplus = lambda x: math.log1p(math.exp(x))  # noqa: E731
+    expected = 0.5 * ((softplus(-2.0) + softplus(-0.5)) / 2 + (softplus(-2.0) + softplus(0.5)) / 2)
+    assert discriminator_loss(real, fake, "non-saturating").item() == pytest.approx(expected, rel=1e-6)
+    assert generator_adversarial_loss(fake, "hinge").item() == pytest.approx(0.75)
+    assert generator_adversarial_loss(fake, "non-saturating").item() == pytest.approx(
+        (softplus(2.0) + softplus(-0.5)) / 2, rel=1e-6
+    )
+    # A discriminator that is sure and right pays nothing under hinge.
+    assert discriminator_loss(torch.full((4,), 3.0), torch.full((4,), -3.0)).item() == 0.0
+    with pytest.raises(ValueError, match="kind"):
+        discriminator_loss(real, fake, "wasserstein")
+
+
+def test_adaptive_weight_is_the_ratio_of_gradient_norms_at_the_last_layer():
+    weight = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
+    a = torch.tensor([3.0, 0.0, 4.0])  # ‖∇ reconstruction‖ = 5
+    b = torch.tensor([0.0, 0.5, 0.0])  # ‖∇ adversarial‖ = 0.5
+    reconstruction = (weight * a).sum()
+    adversarial = (weight * b).sum()
+    value = adaptive_adversarial_weight(reconstruction, adversarial, weight)
+    assert value.item() == pytest.approx(5.0 / (0.5 + 1e-4), rel=1e-6)
+    assert not value.requires_grad
+    # The graphs are kept for the real backward, and nothing was accumulated on the weight.
+    assert weight.grad is None
+    (reconstruction + adversarial).backward()
+    assert torch.equal(weight.grad, a + b)
+    # Clamped when the adversarial gradient vanishes.
+    flat = (weight * torch.zeros(3)).sum()
+    clamped = adaptive_adversarial_weight((weight * a).sum(), flat, weight, max_weight=100.0)
+    assert clamped.item() == 100.0
+
+
+def test_patch_discriminator_gives_one_logit_per_patch_and_learns():
+    torch.manual_seed(0)
+    discriminator = PatchDiscriminator(channels=16, layers=2)
+    images = torch.rand(4, 3, 64, 64) * 2 - 1
+    logits = discriminator(images)
+    assert logits.shape == (4, 1, 14, 14)  # 64 → 32 → 16 (stride 2), → 15 → 14 (k4 s1 p1)
+    # Each image's logits depend on that image only (GroupNorm, not BatchNorm).
+    alone = discriminator(images[:1])
+    assert torch.allclose(alone, logits[:1], atol=1e-5)
+    # A few steps separate flat images from noise.
+    real, fake = torch.zeros(8, 3, 32, 32), torch.rand(8, 3, 32, 32) * 2 - 1
+    optimizer = torch.optim.Adam(discriminator.parameters(), lr=1e-3)
+    before = discriminator_loss(discriminator(real), discriminator(fake)).item()
+    for _ in range(20):
+        optimizer.zero_grad()
+        discriminator_loss(discriminator(real), discriminator(fake)).backward()
+        optimizer.step()
+    assert discriminator_loss(discriminator(real), discriminator(fake)).item() < 0.5 * before
+    with pytest.raises(ValueError, match="channels"):
+        PatchDiscriminator(channels=24)
+
+
+# ---------------------------------------------------------------------- the trainer
+def _rows(out_dir: Path) -> list[dict[str, str]]:
+    with open(out_dir / "metrics.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_adversarial_phase_switches_on_at_the_configured_step(tmp_path):
+    dataset = SquaresDataset(24)
+    recipe = adversarial_recipe(tmp_path / "run", run={"log_every": 1})
+    trainer = TokenizerTrainer(recipe, dataset=dataset)
+    initial = _weights(trainer.discriminator)
+    trainer.train(stop_at_step=4)
+    assert _max_difference(initial, _weights(trainer.discriminator)) == 0.0  # not trained before step 5
+    trainer = TokenizerTrainer(recipe, dataset=dataset, resume=True)
+    trainer.train()
+    assert _max_difference(initial, _weights(trainer.discriminator)) > 0.0
+    rows = {int(r["step"]): r for r in _rows(tmp_path / "run")}
+    assert sorted(rows) == list(range(1, 13))
+    for step in range(1, 5):
+        assert rows[step]["adversarial"] == "" and rows[step]["discriminator"] == "", step
+    for step in range(5, 13):
+        assert rows[step]["adversarial"] != "" and float(rows[step]["adaptive_weight"]) >= 0, step
+        assert float(rows[step]["discriminator"]) > 0, step
+    # Codebook usage is reported per scale too (every scale uses at least one code).
+    scales = trainer.tokenizer.config.num_scales
+    window_row = rows[4]  # revive_every 4: a usage window closes at step 4
+    for k in range(scales):
+        assert 0 < float(window_row[f"codes_used_s{k}"]) <= 1
+        assert float(window_row[f"code_perplexity_s{k}"]) >= 1
+    # The model folder holds the tokenizer alone; the discriminator lives in checkpoints only.
+    assert not any("discriminator" in p.name for p in (tmp_path / "run" / "final").rglob("*"))
+
+
+def test_tokenizer_resume_with_the_discriminator_is_exact(tmp_path):
+    dataset = SquaresDataset(20)
+    whole = TokenizerTrainer(adversarial_recipe(tmp_path / "whole"), dataset=dataset)
+    whole.train()
+    first = TokenizerTrainer(adversarial_recipe(tmp_path / "parts"), dataset=dataset)
+    first.train(stop_at_step=7)  # inside the adversarial phase
+    second = TokenizerTrainer(adversarial_recipe(tmp_path / "parts"), dataset=dataset, resume=True)
+    assert second.step == 7
+    assert _max_difference(_weights(first.discriminator), _weights(second.discriminator)) == 0.0
+    second.train()
+    assert _max_difference(_weights(whole.model), _weights(second.model)) <= 1e-6
+    assert _max_difference(_weights(whole.discriminator), _weights(second.discriminator)) <= 1e-6
+    moments = [whole.discriminator_optimizer.state[p]["exp_avg_sq"] for p in whole.discriminator.parameters()]
+    resumed = [
+        second.discriminator_optimizer.state[p]["exp_avg_sq"] for p in second.discriminator.parameters()
+    ]
+    assert max(float((a - b).abs().max()) for a, b in zip(moments, resumed, strict=True)) <= 1e-6
+
+
+def test_decoder_only_fine_tuning_keeps_the_tokens(tmp_path):
+    start = save_tokenizer(build_pipeline("tiny", seed=0).tokenizer, tmp_path / "start")
+    recipe = adversarial_recipe(
+        tmp_path / "run",
+        init=str(start),
+        decoder_only=True,
+        loss={"revive_every": 0},
+        adversarial={"start_step": 1},
+    )
+    trainer = TokenizerTrainer(recipe, dataset=SquaresDataset(16))
+    before = _weights(trainer.tokenizer)
+    trainer.train()
+    after = _weights(trainer.tokenizer)
+    frozen = [k for k in before if k.split(".")[0] in ("encoder", "quant_conv", "quantize")]
+    trained = [k for k in before if k.split(".")[0] in ("post_quant_conv", "decoder")]
+    assert frozen and trained
+    assert all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in trained)
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"decoder_only": True}, "decoder_only: needs `init`"),
+        ({"decoder_only": True, "init": "x", "loss": {"revive_every": 4}}, "revive_every to 0"),
+        ({"adversarial": {"loss": "wasserstein"}}, "adversarial.loss"),
+        ({"adversarial": {"start_step": -1}}, "adversarial.start_step"),
+        ({"adversarial": {"channels": 24}}, "adversarial.channels"),
+    ],
+)
+def test_bad_adversarial_recipes_name_the_field(tmp_path, sections, message):
+    with pytest.raises(RecipeError, match=message):
+        adversarial_recipe(tmp_path / "run", **sections)
+
+
+# ---------------------------------------------------------------------- the shipped default model
+@pytest.mark.skipif(not SHIPPED.is_dir(), reason="the embedded emoji-64 weights are not in this checkout")
+def test_shipped_default_model_draws_a_non_degenerate_image_offline():
+    from openhart import HartPipeline
+
+    pipe = HartPipeline.from_pretrained(SHIPPED)
+    image = pipe("a red apple", generator=torch.Generator().manual_seed(0)).images[0]
+    assert isinstance(image, Image.Image) and image.size == (64, 64)
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32)).reshape(-1, 3) / 255  # (64·64, 3)
+    # Not a flat fill, not noise: some spread of colours, and neighbouring pixels mostly agree.
+    assert float(pixels.std(0).mean()) > 0.05
+    grid = pixels.view(64, 64, 3)
+    neighbour_gap = float((grid[:, 1:] - grid[:, :-1]).abs().mean())
+    assert neighbour_gap < 0.5 * float(F.pdist(pixels[::97]).mean())
