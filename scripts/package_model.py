@@ -1,7 +1,11 @@
 """Copy a trained pipeline folder into the package as float16 safetensors (what `openhart generate`
 uses without --model).
 
-    python scripts/package_model.py runs/emoji-64-generator/final openhart/weights/emoji-64
+    python scripts/package_model.py runs/emoji-64-generator/final openhart/weights/emoji-64 \
+        [--tokenizer runs/emoji-64-decoder-adversarial/final]
+
+``--tokenizer`` swaps in a tokenizer trained after the generator; it must give the same tokens (a
+``decoder_only`` fine-tune of the pipeline's own tokenizer), which is checked on random images.
 
 Weights are stored in float16 to halve the download; ``HartPipeline.from_pretrained`` loads them
 into float32 modules (or whatever dtype is asked for).
@@ -15,14 +19,36 @@ from pathlib import Path
 import torch
 
 from openhart import HartPipeline
+from openhart.training.tokenizer_trainer import load_tokenizer
+
+
+@torch.no_grad()
+def check_same_tokens(old: torch.nn.Module, new: torch.nn.Module) -> None:
+    """The generator was trained on ``old``'s tokens: ``new`` must encode images to the same ones."""
+    size = old.config.image_size
+    images = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    old_ids, old_residual = old.split(old.encode(images))
+    new_ids, new_residual = new.split(new.encode(images))
+    same = all(torch.equal(a, b) for a, b in zip(old_ids, new_ids, strict=True))
+    if not same or not torch.allclose(old_residual, new_residual, atol=1e-5):
+        raise SystemExit(
+            "--tokenizer encodes to other tokens than the pipeline's: the generator would not fit it"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source", type=Path)
     parser.add_argument("destination", type=Path)
+    parser.add_argument("--tokenizer", type=Path, default=None, help="tokenizer folder to swap in")
     args = parser.parse_args()
     pipeline = HartPipeline.from_pretrained(args.source)
+    if args.tokenizer is not None:
+        tokenizer = load_tokenizer(args.tokenizer).eval()
+        check_same_tokens(pipeline.tokenizer, tokenizer)
+        pipeline = HartPipeline(
+            pipeline.text_encoder, tokenizer, pipeline.transformer, pipeline.diffusion_head
+        )
     pipeline.to(dtype=torch.float16).save_pretrained(args.destination)
     sizes = sum(path.stat().st_size for path in args.destination.rglob("*") if path.is_file())
     print(f"wrote {args.destination} ({sizes / 2**20:.1f} MiB)")
