@@ -1,4 +1,4 @@
-"""The inference fast paths (issue 7) give the reference path's outputs.
+"""The inference fast paths give the reference path's outputs.
 
 What runs here without a GPU: the residual sampler's pre-drawn noise (what its CUDA graph
 replays) equals the eager draws, the schedule's cached device tables, the channels-last decoder.

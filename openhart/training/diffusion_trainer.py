@@ -1,4 +1,4 @@
-"""Training the latent-diffusion baseline (issue 5) on the shared loop, under HART's conditions.
+"""Training the latent-diffusion baseline on the shared loop, under HART's conditions.
 
 The baseline (:class:`~openhart.evaluation.baselines.LatentDiffusionPipeline`) is a PixArt-style
 diffusion transformer from diffusers on the *same* frozen hybrid tokenizer's continuous latents,

@@ -85,7 +85,7 @@ class GeneratorModel(nn.Module):
         kept = last_scale_latent.shape[1]
         last_logits = logits[:, -kept:]  # (B, k, V)
         if loss_recipe.diffusion_weight == 0:
-            # VAR-only (the baseline of issue 5): tokens only; the head is neither run nor trained.
+            # VAR-only (the baseline): tokens only; the head is neither run nor trained.
             with torch.no_grad():
                 hits = logits.argmax(dim=-1) == target_ids  # (B, L')
                 metrics = {

@@ -1,8 +1,7 @@
 """Training recipes: YAML files → typed, validated, frozen dataclasses.
 
 A recipe names what to train (``kind: tokenizer``, ``generator`` or ``diffusion``: the latent-diffusion
-baseline of issue 5), the model sizes (a
-preset, optionally with field overrides), the data (a spec handed to
+baseline), the model sizes (a preset, optionally with field overrides), the data (a spec handed to
 ``openhart.data.build_dataset``), the optimiser and schedule, the losses and the run's
 bookkeeping (output folder, logging, checkpoints, sample grids). Every field has a documented
 default; unknown keys and bad values raise ValueError naming the dotted field (``optim.lr``).
