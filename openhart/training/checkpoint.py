@@ -8,15 +8,20 @@ Layout of a run's output folder::
         training_state.safetensors  optimiser moments, RNG states of every rank; its metadata
                                     holds the JSON rest (step, data position, scheduler, ...)
         recipe.json                 the resolved recipe the run used
+        manifest.json               every other file's size and SHA-256, as written
     OUT/checkpoints/latest.json     {"step": 500, "folder": "step-0000500"}
 
 A checkpoint is written into a temporary folder that is renamed into place, and ``latest.json`` is
 replaced atomically afterwards, so an interrupted write never leaves a half checkpoint that
-``--resume`` would pick up. Nothing is pickled: tensors go to safetensors, the rest to JSON.
+``--resume`` would pick up. Disks still fail and people still delete files: ``--resume`` checks
+each checkpoint against its manifest, newest first, and resumes from the newest intact one, saying
+which it skipped and why (:func:`resumable_checkpoint`). Nothing is pickled: tensors go to
+safetensors, the rest to JSON.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -43,7 +48,12 @@ MODEL_DIR = "model"
 WEIGHTS_FILE = "weights.safetensors"
 STATE_FILE = "training_state.safetensors"
 RECIPE_FILE = "recipe.json"
+MANIFEST_FILE = "manifest.json"
 EMA_PREFIX = "ema."
+
+
+class CheckpointError(RuntimeError):
+    """A run has checkpoints but none is intact; the message names each one and what is wrong."""
 
 
 @dataclass
@@ -152,6 +162,7 @@ def save_checkpoint(
         )
         atomic_write_bytes(tmp / STATE_FILE, _encode_state(state))
         write_json(tmp / RECIPE_FILE, recipe)
+        write_manifest(tmp)
         final = root / name
         if final.exists():
             shutil.rmtree(final)
@@ -194,7 +205,113 @@ def _encode_state(state: TrainingState) -> bytes:
     return save(tensors, metadata={"training_state": json.dumps(meta)})
 
 
+# ---------------------------------------------------------------------- integrity
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: str | os.PathLike[str]) -> None:
+    """Record the size and SHA-256 of every file under ``folder`` in its ``manifest.json``."""
+    folder = Path(folder)
+    files = {
+        path.relative_to(folder).as_posix(): {"size": path.stat().st_size, "sha256": _sha256(path)}
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != MANIFEST_FILE
+    }
+    write_json(folder / MANIFEST_FILE, {"files": files})
+
+
+def checkpoint_problem(folder: str | os.PathLike[str]) -> str | None:
+    """What is wrong with a checkpoint folder (a short reason), or None when it is intact.
+
+    With a manifest: every listed file exists with its size and hash, and the weights, training
+    state and recipe are among them. Without one (checkpoints written before manifests): the
+    weights and training state exist and their safetensors headers parse.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return "the folder does not exist"
+    manifest = folder / MANIFEST_FILE
+    if manifest.is_file():
+        try:
+            files = read_json(manifest)["files"]
+            entries = {str(name): (int(entry["size"]), str(entry["sha256"])) for name, entry in files.items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            return f"{MANIFEST_FILE} is unreadable ({type(error).__name__})"
+        for required in (WEIGHTS_FILE, STATE_FILE, RECIPE_FILE):
+            if required not in entries:
+                return f"{MANIFEST_FILE} does not list {required}"
+        for name, (size, digest) in entries.items():
+            path = folder / name
+            if not path.is_file():
+                return f"{name} is missing"
+            if path.stat().st_size != size:
+                return f"{name} has {path.stat().st_size} bytes, {size} were written"
+            if _sha256(path) != digest:
+                return f"{name} does not match the hash it was written with"
+        return None
+    for name in (WEIGHTS_FILE, STATE_FILE):
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                handle.keys()
+        except Exception as error:  # safetensors raises its own SafetensorError for a bad file
+            return f"{name} is unreadable ({str(error).splitlines()[0][:120]})"
+    return None
+
+
 # ---------------------------------------------------------------------- load
+def checkpoint_folders(out_dir: str | os.PathLike[str]) -> list[Path]:
+    """The run's ``step-*`` checkpoint folders, newest first (temporary folders excluded)."""
+    root = Path(out_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    folders = [p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")]
+    return sorted(folders, key=lambda p: p.name, reverse=True)
+
+
+def has_checkpoints(out_dir: str | os.PathLike[str]) -> bool:
+    """Whether the run folder holds any checkpoint (intact or not) or a ``latest.json``."""
+    return bool(checkpoint_folders(out_dir)) or (Path(out_dir) / CHECKPOINTS_DIR / LATEST_NAME).exists()
+
+
+def resumable_checkpoint(out_dir: str | os.PathLike[str]) -> Path | None:
+    """The newest intact checkpoint of a run, or None when it has none at all.
+
+    Newest by step, whatever ``latest.json`` says: it is only written after its folder is complete,
+    and it is the file most likely to be lost or emptied. Each skipped checkpoint is logged with
+    its reason; when checkpoints exist but none is intact, :class:`CheckpointError` lists them all.
+    """
+    root = Path(out_dir) / CHECKPOINTS_DIR
+    pointer = root / LATEST_NAME
+    if pointer.exists():
+        try:
+            named = read_json(pointer)["folder"]
+            if not (root / str(named)).is_dir():
+                logger.warning("%s names %s, which does not exist", pointer, named)
+        except (ValueError, KeyError, TypeError, OSError) as error:
+            logger.warning(
+                "%s is unreadable (%s); looking at the checkpoint folders", pointer, type(error).__name__
+            )
+    skipped: list[str] = []
+    for folder in checkpoint_folders(out_dir):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            if skipped:
+                logger.warning("resuming from %s; skipped %s", folder.name, "; ".join(skipped))
+            return folder
+        skipped.append(f"{folder.name} ({problem})")
+    if skipped:
+        raise CheckpointError(f"no intact checkpoint in {root}: " + "; ".join(skipped))
+    return None
+
+
 def latest_checkpoint(out_dir: str | os.PathLike[str]) -> Path | None:
     """The folder ``latest.json`` points at, or None when the run has no checkpoint yet."""
     root = Path(out_dir) / CHECKPOINTS_DIR

@@ -19,6 +19,7 @@ from typing import Annotated
 
 import typer
 
+from openhart.training.checkpoint import CheckpointError
 from openhart.training.distributed import cleanup_distributed, init_distributed, setup_logging
 from openhart.training.recipe import DEVICES, RecipeError, load_recipe
 
@@ -108,7 +109,7 @@ def _run(
             from openhart.training.generator_trainer import GeneratorTrainer as trainer_class
         try:
             trainer = trainer_class(recipe, out_dir=out, resume=resume, ctx=ctx)
-        except FileExistsError as error:
+        except (FileExistsError, CheckpointError) as error:
             raise typer.BadParameter(str(error), param_hint="--out/--resume") from error
         logger.info(
             "training %s (%s) on %s, %d process(es), out_dir %s",

@@ -52,10 +52,12 @@ from openhart.training.checkpoint import (
     MODEL_DIR,
     TrainingState,
     capture_rng_state,
+    has_checkpoints,
     latest_checkpoint,
     load_checkpoint_weights,
     load_training_state,
     restore_rng_state,
+    resumable_checkpoint,
     save_checkpoint,
     split_weights,
     write_model_folder,
@@ -351,10 +353,10 @@ class Trainer:
 
         checkpoint = None
         if resume:
-            checkpoint = latest_checkpoint(self.out_dir)
+            checkpoint = resumable_checkpoint(self.out_dir)
             if checkpoint is None:
                 logger.info("--resume: no checkpoint in %s yet; starting from scratch", self.out_dir)
-        elif latest_checkpoint(self.out_dir) is not None:
+        elif has_checkpoints(self.out_dir):
             raise FileExistsError(
                 f"out_dir: {self.out_dir} already holds checkpoints; pass --resume to continue that run "
                 "or choose another --out"
