@@ -146,6 +146,47 @@ def test_metadata_problems_are_skipped_and_counted(tmp_path):
         ImageFolderDataset(tmp_path, 8, split="train")  # no split field, no train/ folder
 
 
+def test_paths_stay_inside_the_dataset_folder(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(_png())
+    root = tmp_path / "data"
+    (root / "sub").mkdir(parents=True)
+    (root / "ok.png").write_bytes(_png())
+    (root / "sub" / "inner.png").write_bytes(_png())
+    (root / "link.png").symlink_to(outside / "secret.png")
+    (root / "linked-folder").symlink_to(outside, target_is_directory=True)
+    rows = [
+        {"file_name": "ok.png", "text": "ok"},
+        {"file_name": "sub/../sub/inner.png", "text": "inner"},  # `..` that stays inside is fine
+        {"file_name": "../outside/secret.png", "text": "escape"},
+        {"file_name": str(outside / "secret.png"), "text": "absolute"},
+        {"file_name": "link.png", "text": "a link out"},
+        {"file_name": "linked-folder/secret.png", "text": "a folder link out"},
+    ]
+    (root / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    dataset = ImageFolderDataset(root, 8)
+    assert [r.caption for r in dataset.records] == ["ok", "inner"]
+    assert dataset.skipped == 4
+    assert all(reason == "outside the dataset folder" for _, reason in dataset.skipped_items)
+    # The caption-file layout: the same links are skipped.
+    (root / "metadata.jsonl").unlink()
+    dataset = ImageFolderDataset(root, 8)
+    assert sorted(r.key for r in dataset.records) == ["ok", "sub/inner"]
+    assert dataset.skipped >= 1 and "secret" not in " ".join(r.key for r in dataset.records)
+
+
+def test_truncated_images_are_skipped_and_counted(tmp_path):
+    (tmp_path / "good.png").write_bytes(_png())
+    noise = torch.randint(0, 256, (32, 32, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise.numpy()).save(buffer, format="PNG")  # noise: the pixel data is most of the file
+    data = buffer.getvalue()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    dataset = ImageFolderDataset(tmp_path, 8)
+    assert [r.key for r in dataset.records] == ["good"] and dataset.skipped == 1
+
+
 def test_split_subfolders_and_bad_arguments(tmp_path):
     for split in ("train", "test"):
         (tmp_path / split).mkdir()

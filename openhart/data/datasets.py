@@ -163,7 +163,8 @@ class ImageFolderDataset(Dataset):
     ``split``: rows whose ``"split"`` field equals it; without such a field, the sub-folder
     ``root/split`` is used as the root. Captions are never empty: a missing or blank caption falls
     back to the file stem with ``_``/``-`` as spaces (``red_fox.png`` -> ``red fox``; counted in
-    ``captions_from_stem``); a row whose stem gives no words either is skipped.
+    ``captions_from_stem``); a row whose stem gives no words either is skipped. Files resolve
+    inside ``root``: ``..``, absolute paths and symlinks that leave it are skipped and counted.
 
     Validation is eager and cheap: with ``verify=True`` (default) every file is checked once with
     PIL's ``verify()`` (header and chunk checksums, no full decode) when the dataset is built, so
@@ -232,6 +233,17 @@ class ImageFolderDataset(Dataset):
         self._stem_captioned.add(path)
         return caption
 
+    def _inside_root(self, path: Path) -> bool:
+        """Whether ``path``, links followed, stays inside the dataset folder.
+
+        A metadata row is data, not a path to trust: ``../../etc/passwd``, an absolute path or a
+        symlink out of the folder would read files the dataset's author never shipped.
+        """
+        try:
+            return path.resolve().is_relative_to(self.root.resolve())
+        except (OSError, RuntimeError):  # a symlink loop, an unreadable component
+            return False
+
     def _key(self, path: Path) -> str:
         relative = path.relative_to(self.root).as_posix()
         return relative.rsplit(".", 1)[0]
@@ -258,6 +270,9 @@ class ImageFolderDataset(Dataset):
         records = []
         for row in rows:
             path = metadata.parent / row["file_name"]
+            if not self._inside_root(path):
+                self._skips.skip(row["file_name"][:200], "outside the dataset folder")
+                continue
             if not path.is_file():
                 self._skips.skip(row["file_name"], "file not found")
                 continue
@@ -273,6 +288,9 @@ class ImageFolderDataset(Dataset):
         paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
         records = []
         for path in paths:
+            if not self._inside_root(path):
+                self._skips.skip(str(path.relative_to(root)), "a link outside the dataset folder")
+                continue
             caption_file = path.with_suffix(".txt")
             text = (
                 caption_file.read_text(encoding="utf-8", errors="replace") if caption_file.is_file() else None
