@@ -8,9 +8,10 @@ epoch of a long run) and lets oneDNN pick its kernels.
 
     python benchmarks/train_throughput.py --data data/emoji-64 --out benchmarks/results/train_throughput_cpu.json
 
-Variants: ``tokenizer:fp32``, ``tokenizer:bf16``, ``tokenizer:bf16+adversarial`` (discriminator
-on from step 1) and ``generator:fp32``, ``generator:bf16``, each from the emoji-64 recipes in
-configs/ at their own batch sizes (or ``--batch-size``).
+Variants: ``tokenizer:`` ``fp32``, ``bf16``, ``bf16+channels_last``, ``bf16+adversarial``
+(discriminator on from step 1) and ``bf16+adversarial+channels_last``; ``generator:fp32`` and
+``generator:bf16``; each from the emoji-64 recipes in configs/ at their own batch sizes (or
+``--batch-size``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = (
     "tokenizer:fp32",
     "tokenizer:bf16",
+    "tokenizer:bf16+channels_last",
     "tokenizer:bf16+adversarial",
+    "tokenizer:bf16+adversarial+channels_last",
     "generator:fp32",
     "generator:bf16",
 )
@@ -50,6 +53,7 @@ def build_trainer(variant: str, data: str, out_dir: Path, batch_size: int | None
         "run.progress=false",
         "run.checkpoint_every=0",
         "run.sample_every=0",
+        "run.channels_last=" + ("true" if "channels_last" in extras else "false"),
     ]
     if batch_size is not None:
         overrides.append(f"data.batch_size={batch_size}")

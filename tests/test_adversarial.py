@@ -202,3 +202,29 @@ def test_shipped_default_model_draws_a_non_degenerate_image_offline():
     grid = pixels.view(64, 64, 3)
     neighbour_gap = float((grid[:, 1:] - grid[:, :-1]).abs().mean())
     assert neighbour_gap < 0.5 * float(F.pdist(pixels[::97]).mean())
+
+
+def test_channels_last_trainer_keeps_the_convolutions_arithmetic(tmp_path):
+    """run.channels_last changes the memory order of the convs, not what they compute.
+
+    Checked on the continuous path (encode, decode, discriminator) in float64, where the result
+    must match to rounding. Whole training runs are not compared: a last-bit difference flips a
+    nearest-code choice and two runs drift apart, as any two runs with a discrete choice do.
+    """
+    dataset = SquaresDataset(8)
+    images = torch.stack([dataset[i]["image"] for i in range(4)]).double()
+    outputs = []
+    for channels_last in (False, True):
+        recipe = adversarial_recipe(tmp_path / str(channels_last), run={"channels_last": channels_last})
+        trainer = TokenizerTrainer(recipe, dataset=dataset)
+        conv = trainer.tokenizer.decoder.conv_out.weight
+        assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last
+        tokenizer = trainer.tokenizer.double()
+        discriminator = trainer.discriminator.double()
+        batch = images.contiguous(memory_format=torch.channels_last) if channels_last else images
+        with torch.no_grad():
+            decoded = tokenizer.decoder(tokenizer.post_quant_conv(tokenizer.encode(batch)))
+            outputs.append((decoded.contiguous(), discriminator(batch).contiguous()))
+    (decoded_a, logits_a), (decoded_b, logits_b) = outputs
+    assert float((decoded_a - decoded_b).abs().max()) <= 1e-9
+    assert float((logits_a - logits_b).abs().max()) <= 1e-9

@@ -366,6 +366,8 @@ class Trainer:
         self.resume_checkpoint: Path | None = checkpoint
         self._dataset = dataset  # loaded on first use: build_model may need it (training_dataset)
         self.model = self.build_model()  # trainable module on self.device, fp32 master weights
+        if recipe.run.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.model.train()
         if self.ctx.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None

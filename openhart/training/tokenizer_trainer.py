@@ -193,6 +193,8 @@ class TokenizerTrainer(Trainer):
                 self.tokenizer.config.in_channels, adversarial.channels, adversarial.layers
             )
         self.discriminator = discriminator.to(self.device)
+        if self.recipe.run.channels_last:
+            self.discriminator.to(memory_format=torch.channels_last)
         self.ddp_discriminator: nn.Module = self.discriminator
         if self.ctx.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -226,6 +228,8 @@ class TokenizerTrainer(Trainer):
     def compute_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, Any]]:
         images = batch.images.to(self.device, non_blocking=True)
         self._check_batch(images)
+        if self.recipe.run.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         loss_recipe = self.recipe.loss
         # One decision per step, the same on every rank (rank=None): a step is discrete or hybrid.
         decide = step_generator(self.recipe.seed, step, "tokenizer-branch")
