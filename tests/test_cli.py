@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -66,7 +67,11 @@ def test_generate_in_a_real_process_writes_pngs_and_is_seeded(saved_model, tmp_p
         app, ["generate", "a cat", "--model", str(saved_model), "--seed", "5", "-o", str(single)]
     )
     assert result.exit_code == 0, result.output
-    assert single.read_bytes() == paths[2].read_bytes()
+    # Equal up to rounding: a batch's matmuls may block differently from a single image's (seen
+    # on AMD EPYC: ~6e-6 apart in float32), which can move a pixel by one level.
+    batch_pixels = np.asarray(Image.open(paths[2]), dtype=np.int16)
+    single_pixels = np.asarray(Image.open(single), dtype=np.int16)
+    assert np.abs(batch_pixels - single_pixels).max() <= 1
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files
 
 
