@@ -282,7 +282,7 @@ class ProgressBoard:
         written = sum(s["written"] for s in states.values())
         size = sum(s["bytes"] for s in states.values())
         self.bar.total = total
-        self.bar.n = written
+        self.bar.update(written - self.bar.n)  # through update(), so tqdm's images/s and ETA follow
         if written:
             self.bar.set_postfix_str(
                 f"dataset ~{size / written * self.total_planned / 1e6:.1f} MB", refresh=False
