@@ -120,7 +120,7 @@ def synthesize(
             num_inference_steps=steps,
             max_images=max_images,
         )
-        prompt_file, plan = load_job_inputs(job)
+        prompt_file, plan = load_job_inputs(job, report_bad_lines=ctx.is_main)
         if dry_run:
             if ctx.is_main:
                 typer.echo("\n".join(describe_plan(job, prompt_file, plan, ctx.world_size)))

@@ -146,10 +146,13 @@ class SynthesisSummary:
         return out
 
 
-def load_job_inputs(job: SynthesisJob) -> tuple[PromptFile, Plan]:
-    """Read the prompts (bad lines are reported, not fatal) and build the plan every rank shares."""
+def load_job_inputs(job: SynthesisJob, report_bad_lines: bool = True) -> tuple[PromptFile, Plan]:
+    """Read the prompts (bad lines are reported, not fatal) and build the plan every rank shares.
+
+    ``report_bad_lines``: log each skipped line (rank 0 only, so a job lists them once).
+    """
     prompt_file = read_prompt_file(job.prompts)
-    for bad in prompt_file.bad:
+    for bad in prompt_file.bad if report_bad_lines else ():
         logger.warning("%s: skipping %s", job.prompts, bad)
     try:
         plan = build_plan(

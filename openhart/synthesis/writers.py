@@ -18,7 +18,7 @@ import json
 import os
 import tarfile
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -167,10 +167,3 @@ def write_shard(path: Path, samples: Sequence[tuple[str, bytes, dict[str, Any]]]
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def iter_complete_pngs(root: Path, file_names: Iterable[str]) -> Iterator[str]:
-    """The ``file_names`` (relative to ``root``) whose PNG is complete."""
-    for name in file_names:
-        if png_is_complete(root / name):
-            yield name
