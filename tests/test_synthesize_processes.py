@@ -59,6 +59,9 @@ def test_two_torchrun_processes_write_the_same_bytes_as_one(tmp_path, txt_prompt
     assert "1 CPU thread(s) per process" in result.stderr  # 2 cores split over 2 ranks
     assert "images/s per process: rank 0" in result.stdout and ", rank 1 " in result.stdout
     assert "done 10/10 images (10 made now" in result.stdout
+    # Rank 0's bar counts both ranks' images (rank 1's through its progress file).
+    assert "10/10" in result.stderr and "img/s" in result.stderr and "dataset ~" in result.stderr
+    assert not (double / ".synthesis").exists()
     assert _files(double) == _files(single)
     assert len(_files(single)) == (10 if output_format == "folder" else 3)
     if output_format == "folder":
