@@ -287,9 +287,8 @@ class ProgressBoard:
         self.bar.total = total
         self.bar.update(written - self.bar.n)  # through update(), so tqdm's images/s and ETA follow
         if written:
-            self.bar.set_postfix_str(
-                f"dataset ~{size / written * self.total_planned / 1e6:.1f} MB", refresh=False
-            )
+            estimate = size / written * self.total_planned  # mean PNG size so far x the whole job
+            self.bar.set_postfix_str(f"dataset ~{format_bytes(estimate)}", refresh=False)
         self.bar.refresh()
 
     def close(self) -> None:
