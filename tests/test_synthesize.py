@@ -222,7 +222,10 @@ def test_dry_run_writes_nothing_and_max_images_caps_then_resumes(tmp_path, txt_p
     capped = _synth(txt_prompts, out, "--images-per-prompt", "2", "--max-images", "4", "--batch-size", "3")
     assert capped.exit_code == 0, capped.output
     assert "done 4/4 images" in capped.output and len(_metadata(out)) == 4
-    assert "4 already complete" in _synth(txt_prompts, out, "--images-per-prompt", "2", "--dry-run").output
+    assert (
+        "4 image(s) already complete"
+        in _synth(txt_prompts, out, "--images-per-prompt", "2", "--dry-run").output
+    )
     rest = _synth(txt_prompts, out, "--images-per-prompt", "2", "--batch-size", "3")
     assert "done 10/10 images (6 made now, 4 already there)" in rest.output
 

@@ -191,11 +191,12 @@ def describe_plan(job: SynthesisJob, prompt_file: PromptFile, plan: Plan, world_
         lines.append(f"rank {rank}    {sum(i.index < target for i in mine)} image(s)")
     if job.out.is_dir():
         if job.output_format == "folder":
-            finished = sum(png_is_complete(job.out / i.file_name) for i in plan.items)
+            count = sum(png_is_complete(job.out / i.file_name) for i in plan.items)
+            present = f"{count} image(s)"
         else:
-            finished = sum(_shard_complete(job.out, plan, u) for u in range(plan.num_units))
-            finished = f"{finished} shard(s)"  # type: ignore[assignment]
-        lines.append(f"present   {finished} already complete (a run skips them)")
+            count = sum(_shard_complete(job.out, plan, u) for u in range(plan.num_units))
+            present = f"{count} shard(s)"
+        lines.append(f"present   {present} already complete (a run skips them)")
     return lines
 
 
