@@ -321,11 +321,13 @@ def _register_subcommands() -> None:
     from openhart.data.cli import data_app
     from openhart.evaluation.cli import compare_command, eval_command
     from openhart.serve.cli import serve
+    from openhart.synthesis.cli import synthesize
     from openhart.training.cli import train_app
 
     app.add_typer(data_app, name="data")
     app.add_typer(train_app, name="train")
     app.command()(serve)
+    app.command()(synthesize)
     app.command("eval")(eval_command)
     app.command("compare")(compare_command)
 

@@ -18,6 +18,7 @@ import logging
 import os
 import random
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -78,11 +79,13 @@ def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
     return torch.device(choice)
 
 
-def init_distributed(device: str = "auto") -> DistributedContext:
+def init_distributed(device: str = "auto", timeout: timedelta | None = None) -> DistributedContext:
     """Join the torchrun process group when WORLD_SIZE > 1; otherwise a single-process context.
 
     The backend follows the device: NCCL for CUDA, gloo otherwise (CPU; MPS has no collective
-    backend of its own, so multi-process MPS is refused).
+    backend of its own, so multi-process MPS is refused). ``timeout``: how long a collective may
+    wait for the slowest rank (None: torch's default, 30 min for gloo); jobs whose ranks finish
+    far apart, such as dataset synthesis, pass more.
     """
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
@@ -98,7 +101,7 @@ def init_distributed(device: str = "auto") -> DistributedContext:
     if torch_device.type == "cuda":
         torch.cuda.set_device(torch_device)
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size, timeout=timeout)
     return DistributedContext(rank, world_size, local_rank, torch_device, backend)
 
 
