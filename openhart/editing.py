@@ -25,8 +25,10 @@ P latent side, H×W image size (the input's), N the model's image side.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -46,6 +48,9 @@ logger = logging.getLogger(__name__)
 
 ImageInput = Image.Image | np.ndarray | torch.Tensor
 OUTPUT_TYPES = ("pil", "np", "pt")
+# Image files are hostile input: only these formats are decoded, recognised by their first bytes.
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
+DEFAULT_MAX_PIXELS = 4096 * 4096  # decoded pixels allowed per image file (decompression bombs)
 
 
 class EditInputError(ValueError):
@@ -62,6 +67,58 @@ class HartEditOutput:
     or a (B, 3, H, W) tensor."""
 
     images: list[Image.Image] | np.ndarray | torch.Tensor
+
+
+# ---------------------------------------------------------------------- files → images
+def sniff_image_format(data: bytes) -> str | None:
+    """The file's format from its signature ("PNG", "JPEG" or "WEBP"), whatever its name says; else None."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def decode_image_bytes(
+    data: bytes, field: str = "image", *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """A PNG, JPEG or WebP file's bytes → a fully decoded single-frame PIL image; EditInputError otherwise.
+
+    The format is taken from the signature, and Pillow may only use that decoder. The pixel count
+    is checked from the header before any pixel is decoded (Pillow's own ``MAX_IMAGE_PIXELS``
+    guard, with our limit and as an error instead of a warning); truncated or corrupt files,
+    animations and CMYK images are refused.
+    """
+    if not data:
+        raise EditInputError(field, "empty file")
+    kind = sniff_image_format(data)
+    if kind is None:
+        raise EditInputError(field, "not a PNG, JPEG or WebP file (judged by its content, not its name)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=[kind])
+            width, height = image.size
+            if width * height > max_pixels:
+                raise EditInputError(
+                    field, f"{width}×{height} is {width * height} pixels, over the limit of {max_pixels}"
+                )
+            if getattr(image, "n_frames", 1) > 1:
+                raise EditInputError(field, f"animated image ({image.n_frames} frames); give a single frame")
+            if image.mode == "CMYK":
+                raise EditInputError(field, "CMYK image; convert it to RGB")
+            image.load()
+    except EditInputError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise EditInputError(field, f"too many pixels ({error})") from error
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise EditInputError(
+            field, f"cannot decode the {kind} file: truncated or corrupt ({error})"
+        ) from error
+    return image
 
 
 # ---------------------------------------------------------------------- inputs → tensors
