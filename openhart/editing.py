@@ -61,6 +61,10 @@ class EditInputError(ValueError):
         self.field = field
 
 
+class ImageTooLarge(EditInputError):
+    """An image file or its pixel count is over a limit (the HTTP API answers 413)."""
+
+
 @dataclass
 class HartEditOutput:
     """``images`` at the input's size: a list of PIL images, a (B, H, W, 3) float array in [0, 1],
@@ -102,7 +106,7 @@ def decode_image_bytes(
             image = Image.open(io.BytesIO(data), formats=[kind])
             width, height = image.size
             if width * height > max_pixels:
-                raise EditInputError(
+                raise ImageTooLarge(
                     field, f"{width}×{height} is {width * height} pixels, over the limit of {max_pixels}"
                 )
             if getattr(image, "n_frames", 1) > 1:
@@ -113,7 +117,7 @@ def decode_image_bytes(
     except EditInputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise EditInputError(field, f"too many pixels ({error})") from error
+        raise ImageTooLarge(field, f"too many pixels ({error})") from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise EditInputError(
             field, f"cannot decode the {kind} file: truncated or corrupt ({error})"
