@@ -262,16 +262,22 @@ def forced_tokens_for_edit(
     *,
     strength: float = 1.0,
     mask_threshold: float = 0.5,
+    image_of_row: torch.Tensor | None = None,
 ) -> ForcedTokens:
-    """The edit's teacher forcing: images (B, 3, N, N) in [0, 1] and masks (B, 1, N, N), white = repaint.
+    """The edit's teacher forcing: images (U, 3, N, N) in [0, 1] and masks (B, 1, N, N), white = repaint.
 
     Encodes the images to their ids per scale and residual; a token is sampled when it lies in
     the mask (:func:`sampled_token_masks`) and its scale is not among the first
     :func:`strength_to_forced_scales` ones; every other token is forced to the input's id.
+    ``image_of_row`` (B,) int64 says which image each row edits, so an image edited several times
+    is encoded once (None: row i edits image i, U = B).
     """
     weight = tokenizer.quant_conv.weight
     latent = tokenizer.encode((pixels * 2 - 1).to(device=weight.device, dtype=weight.dtype))
-    ids, residual = tokenizer.split(latent)  # per scale (B, pn²), (B, Cz, P, P)
+    ids, residual = tokenizer.split(latent)  # per scale (U, pn²), (U, Cz, P, P)
+    if image_of_row is not None:
+        rows = image_of_row.to(residual.device)
+        ids, residual = [scale_ids[rows] for scale_ids in ids], residual[rows]  # (B, pn²), (B, Cz, P, P)
     patch_nums = tokenizer.config.patch_nums
     forced_scales = strength_to_forced_scales(strength, len(patch_nums))
     sampled = sampled_token_masks(mask.to(ids[0].device), patch_nums, mask_threshold)
@@ -364,8 +370,12 @@ class HartEditPipeline:
             )
         if num_images_per_prompt < 1:
             raise EditInputError("num_images_per_prompt", f"expected an int ≥ 1, got {num_images_per_prompt}")
-        images = [image_to_tensor(x, _item("image", i, image)) for i, x in enumerate(_as_list(image))]
-        images = _broadcast(images, len(prompts), "image")
+        distinct = [image_to_tensor(x, _item("image", i, image)) for i, x in enumerate(_as_list(image))]
+        images = _broadcast(distinct, len(prompts), "image")
+        # Which distinct image each prompt edits: one image for every prompt is encoded once.
+        image_of_row = (
+            torch.arange(len(prompts)) if len(distinct) > 1 else torch.zeros(len(prompts), dtype=torch.long)
+        )
         H, W = images[0].shape[1:]
         for i, x in enumerate(images):
             if x.shape[1:] != (H, W):
@@ -390,9 +400,9 @@ class HartEditPipeline:
         originals = torch.stack(images).repeat_interleave(num_images_per_prompt, dim=0)
         masks_full = torch.stack(masks).repeat_interleave(num_images_per_prompt, dim=0)
 
-        # 2-3. Encode the input at the model's size; choose the forced tokens.
+        # 2-3. Encode each distinct input once at the model's size; choose the forced tokens.
         N = pipe.image_size
-        pixels = _resize(originals, N, "bicubic").clamp(0, 1)  # (B, 3, N, N)
+        pixels = _resize(torch.stack(distinct), N, "bicubic").clamp(0, 1)  # (U, 3, N, N)
         masks_model = _resize(masks_full, N, "bilinear").clamp(0, 1)  # (B, 1, N, N)
         forced = forced_tokens_for_edit(
             pipe.tokenizer,
@@ -400,6 +410,7 @@ class HartEditPipeline:
             masks_model,
             strength=float(strength),
             mask_threshold=float(mask_threshold),
+            image_of_row=image_of_row.repeat_interleave(num_images_per_prompt),
         )
 
         # 4. Generation's sampler, with the kept tokens and residual teacher-forced; then decode.
