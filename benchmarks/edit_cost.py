@@ -77,11 +77,14 @@ def main() -> None:
     parser.add_argument("--json", help="also write the rows as JSON")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    rows = [measure(m, device, resolve_dtype(args.dtype, device), args.repeats) for m in args.model]
-    for row in rows:
+    rows = []
+    for model in args.model:
+        row = measure(model, device, resolve_dtype(args.dtype, device), args.repeats)
+        rows.append(row)
         print(
             f"{row['model']:<16} {row['image_size']:>5} px {row['dtype']:<9} generate {row['generate_s']:.3f} s  "
-            f"edit {row['edit_s']:.3f} s  ({row['edit_over_generate']:.3f}x; encoding {row['encode_s']:.3f} s)"
+            f"edit {row['edit_s']:.3f} s  ({row['edit_over_generate']:.3f}x; encoding {row['encode_s']:.3f} s)",
+            flush=True,
         )
     if args.json:
         with open(args.json, "w") as handle:

@@ -177,6 +177,8 @@ def sample_token_pyramid(
     top_ks = per_scale(top_k, S, "top_k")
     top_ps = per_scale(top_p, S, "top_p")
     check_unguided_last_scales(unguided_last_scales, S)
+    if forced_tokens is not None and (len(forced_tokens.ids) != S or forced_tokens.ids[0].shape[0] != B):
+        raise ValueError(f"forced_tokens: expected ids of {S} scales for {B} images")
     first_unguided = S - unguided_last_scales  # scales k >= this run the prompt rows only
     guidance = [0.0 if k >= first_unguided else t for k, t in enumerate(guidance)]
     guided = not (skip_unguided_branch and all(t == 0 for t in guidance))
