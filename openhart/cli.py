@@ -1,6 +1,7 @@
 """The ``openhart`` command: generate images, inspect models, benchmark.
 
 openhart generate "a red fox in the snow" -o fox.png --model tiny --seed 0
+openhart edit "a red hat" --image in.png --mask mask.png -o out.png
 openhart info hart-0.7b-1024
 openhart bench --model hart-0.7b-512 --batch-size 1 --device cpu
 """
@@ -319,6 +320,7 @@ def compat_verify(
 
 def _register_subcommands() -> None:
     from openhart.data.cli import data_app
+    from openhart.edit_cli import edit
     from openhart.evaluation.cli import compare_command, eval_command
     from openhart.serve.cli import serve
     from openhart.synthesis.cli import synthesize
@@ -328,6 +330,7 @@ def _register_subcommands() -> None:
     app.add_typer(train_app, name="train")
     app.command()(serve)
     app.command()(synthesize)
+    app.command()(edit)
     app.command("eval")(eval_command)
     app.command("compare")(compare_command)
 

@@ -31,6 +31,7 @@ from openhart.diffusion import DiffusionHeadConfig, ResidualDiffusionHead
 from openhart.diffusion.graphs import CUDAGraphResidualSampler
 from openhart.sampling import (
     GUIDANCE_RAMPS,
+    ForcedTokens,
     check_unguided_last_scales,
     guidance_per_scale,
     residual_rows_to_latent,
@@ -214,6 +215,7 @@ class HartPipeline:
         stage_callback: Callable[[str], None] | None = None,
         use_cuda_graphs: bool | None = None,
         unguided_last_scales: int = 0,
+        forced_tokens: ForcedTokens | None = None,
     ) -> HartPipelineOutput | Any:
         """Generate images for ``prompt``.
 
@@ -247,6 +249,8 @@ class HartPipeline:
             unguided_last_scales: speed/quality knob, off (0) by default: the last n scales (and
                 the residual head) run without CFG, halving their work; quality measured in
                 docs/performance.md. Runs those calls without CUDA graphs.
+            forced_tokens: editing's teacher-forced ids and residual (one row per image); built by
+                :meth:`edit`, which is the way to use it.
         """
         # 1. Check inputs.
         prompts = _check_prompt_list(prompt, "prompt")
@@ -311,6 +315,7 @@ class HartPipeline:
                 on_scale=lambda k, _logits: (bar.update(1), notify(f"scale_{k}")),
                 graphs=graphs,
                 unguided_last_scales=unguided_last_scales,
+                forced_tokens=forced_tokens,
             )
         bar.close()
 
@@ -338,7 +343,10 @@ class HartPipeline:
                     temperature=float(residual_temperature),
                 )  # (B·P², Cz)
             side = self.transformer.config.patch_nums[-1]
-            latent = latent + residual_rows_to_latent(residual_rows, batch_size, side).to(latent.dtype)
+            residual = residual_rows_to_latent(residual_rows, batch_size, side).to(latent.dtype)
+            if forced_tokens is not None:
+                residual = forced_tokens.mix_residual(residual)
+            latent = latent + residual
             notify("residual")
 
         # 5. Decode to pixels and post-process.
@@ -346,6 +354,12 @@ class HartPipeline:
         notify("decode")
         output = _to_output_type(images.clamp(0, 1), output_type)
         return HartPipelineOutput(images=output) if return_dict else output
+
+    def edit(self, prompt: str | Sequence[str], image: Any, mask_image: Any = None, **kwargs: Any) -> Any:
+        """Inpainting, outpainting and variations of ``image``: see :class:`openhart.editing.HartEditPipeline`."""
+        from openhart.editing import HartEditPipeline  # editing imports the sampler, not this module
+
+        return HartEditPipeline(self)(prompt, image, mask_image, **kwargs)
 
     def compile(
         self,

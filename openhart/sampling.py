@@ -95,6 +95,27 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
 
 
 @dataclass
+class ForcedTokens:
+    """Teacher-forced tokens of an edit: where ``keep`` is True a scale takes the given ids.
+
+    Tokens are still drawn everywhere (the generator's stream stays the one of generation), then
+    the kept positions are replaced by ``ids``; the running latent, the next scale's input and the
+    KV cache follow the replaced tokens. ``residual`` is kept where the last scale's tokens are
+    kept, and sampled by the head elsewhere. Built by :mod:`openhart.editing`.
+    """
+
+    ids: list[torch.Tensor]  # per scale (B, pn_k²) int64: the input image's ids
+    keep: list[torch.Tensor]  # per scale (B, pn_k²) bool: True = forced to ``ids``, False = sampled
+    residual: torch.Tensor  # (B, Cz, P, P): the input image's continuous residual
+
+    def mix_residual(self, sampled: torch.Tensor) -> torch.Tensor:
+        """Sampled residual (B, Cz, P, P) → the input's residual at kept tokens, the sample elsewhere."""
+        B, _, P, _ = sampled.shape
+        keep = self.keep[-1].to(sampled.device).view(B, 1, P, P)  # row-major tokens of the last scale
+        return torch.where(keep, self.residual.to(device=sampled.device, dtype=sampled.dtype), sampled)
+
+
+@dataclass
 class TokenPyramid:
     """What the scale sampler hands to the residual head and the decoder."""
 
@@ -126,6 +147,7 @@ def sample_token_pyramid(
     replay_ids: Sequence[torch.Tensor] | None = None,
     graphs: CUDAGraphGenerator | None = None,
     unguided_last_scales: int = 0,
+    forced_tokens: ForcedTokens | None = None,
 ) -> TokenPyramid:
     """Sample the ids of every scale, coarse to fine, with a KV cache.
 
@@ -144,6 +166,9 @@ def sample_token_pyramid(
     are half of the whole call) and drops the residual head's CFG too. The earlier scales are
     unchanged (same logits, same draws). With ``graphs`` the guided scales replay their graphs and
     the unguided ones run eagerly on the prompt rows of the graphs' state.
+
+    ``forced_tokens`` (editing): after each scale's draw, the kept positions take the input's ids
+    (see :class:`ForcedTokens`); with no position kept the result is generation's, draw for draw.
     """
     cfg = transformer.config
     S = cfg.num_scales
@@ -152,6 +177,8 @@ def sample_token_pyramid(
     top_ks = per_scale(top_k, S, "top_k")
     top_ps = per_scale(top_p, S, "top_p")
     check_unguided_last_scales(unguided_last_scales, S)
+    if forced_tokens is not None and (len(forced_tokens.ids) != S or forced_tokens.ids[0].shape[0] != B):
+        raise ValueError(f"forced_tokens: expected ids of {S} scales for {B} images")
     first_unguided = S - unguided_last_scales  # scales k >= this run the prompt rows only
     guidance = [0.0 if k >= first_unguided else t for k, t in enumerate(guidance)]
     guided = not (skip_unguided_branch and all(t == 0 for t in guidance))
@@ -195,12 +222,18 @@ def sample_token_pyramid(
             ids = replay_ids[k].to(logits.device)
         else:
             ids = sample_categorical(logits.softmax(dim=-1), generator)  # (B, l)
+        keep = None
+        if forced_tokens is not None:
+            keep = forced_tokens.keep[k].to(ids.device)  # (B, l)
+            ids = torch.where(keep, forced_tokens.ids[k].to(ids.device), ids)
         ids_per_scale.append(ids)
         if smooth_inputs:
             ratio, tau = soft_input_temperature(k, S, guidance_ramp)
             exponentials = exponential_tensor(logits.shape, generator, device=logits.device)  # (B, l, V)
             soft = gumbel_soft_probs(logits, exponentials, ratio, tau)
             h = (soft @ quantizer.embedding.weight.float()).to(dtype)  # (B, l, Cz)
+            if keep is not None:  # forced tokens enter as their hard code, as in teacher forcing
+                h = torch.where(keep.unsqueeze(-1), quantizer.embed(ids, check=False), h)
         else:
             h = quantizer.embed(ids, check=replay_ids is not None)  # drawn ids are in range by construction
         f_hat, next_input = quantizer.next_scale_input(f_hat, h, k)

@@ -6,13 +6,16 @@ Routes::
 
     GET  /                 the browser UI (static/index.html + static/app.js, over the API below)
     POST /api/generate     prompt → N images + the parameters actually used        (schema.py)
+    POST /api/edit         prompt + image (+ mask) → N edits of the image          (openhart.editing)
     GET  /api/model        model card: what is loaded, image size, scales, parameters, limits
     GET  /health           liveness + queue depth
     GET  /openapi.json     the OpenAPI schema (no /docs page: it would load scripts from a CDN)
 
 Every error is JSON ``{"detail": "<field>: <what is wrong>", "errors": [...]}``: 400 malformed
 JSON, 404/405 unknown route or method, 413 body too large, 415 not ``application/json``, 422 a
-field out of bounds, of the wrong type, unknown, or refused by the safety hook, 503 queue full
+field out of bounds, of the wrong type, unknown, or refused by the safety hook (and for an edit:
+an image that is not PNG/JPEG/WebP by content, truncated, animated, CMYK, or a mask of another
+size), 413 also for an image over ``max_image_bytes`` or ``max_image_pixels``, 503 queue full
 (with Retry-After) or shutting down, 504 past the per-request timeout. Clients never name files:
 the page and its script are read once at start-up and served from memory.
 
@@ -21,6 +24,8 @@ built per server, and FastAPI must see it as a class, not a string.
 """
 
 import asyncio
+import base64
+import binascii
 import json
 import logging
 import secrets
@@ -38,7 +43,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
 from openhart import __version__
+from openhart.editing import (
+    EditInputError,
+    ImageTooLarge,
+    decode_image_bytes,
+    image_to_tensor,
+    mask_to_tensor,
+)
 from openhart.serve.queue import (
+    EditInputs,
     GenerationQueue,
     GenerationRequest,
     GenerationResult,
@@ -52,6 +65,8 @@ from openhart.serve.schema import (
     DEFAULT_GUIDANCE_SCALE,
     MAX_SEED,
     RAW_FORMATS,
+    EditParameters,
+    EditResponse,
     ErrorResponse,
     GeneratedImage,
     GenerateResponse,
@@ -60,7 +75,9 @@ from openhart.serve.schema import (
     ServeLimits,
     Timings,
     UsedParameters,
+    build_edit_request_model,
     build_request_model,
+    edit_body_bytes,
 )
 
 logger = logging.getLogger(__name__)
@@ -136,11 +153,16 @@ class RequestGuard:
     """
 
     def __init__(
-        self, app: ASGIApp, max_body_bytes: int, refuse_if_full: Callable[[], QueueFull | None] | None = None
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        refuse_if_full: Callable[[], QueueFull | None] | None = None,
+        path_body_bytes: dict[str, int] | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.refuse_if_full = refuse_if_full
+        self.path_body_bytes = path_body_bytes or {}  # routes allowed a larger body (the edit's images)
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -165,15 +187,16 @@ class RequestGuard:
                 )
                 await response(scope, receive, send_with_headers)
                 return
-        if scope["path"] == "/api/generate" and self.refuse_if_full is not None:
+        if scope["path"] in ("/api/generate", "/api/edit") and self.refuse_if_full is not None:
             full = self.refuse_if_full()
             if full is not None:  # 503 before the body is read or validated: cheap under a flood
                 response = _queue_full_response(full)
                 await response(scope, receive, send_with_headers)
                 return
+        limit = self.path_body_bytes.get(scope["path"], self.max_body_bytes)
         declared = headers.get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
-            await self._too_large(scope, receive, send_with_headers)
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await self._too_large(scope, receive, send_with_headers, limit)
             return
         chunks, size = [], 0
         while True:
@@ -182,8 +205,8 @@ class RequestGuard:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body_bytes:
-                await self._too_large(scope, receive, send_with_headers)
+            if size > limit:
+                await self._too_large(scope, receive, send_with_headers, limit)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -200,9 +223,9 @@ class RequestGuard:
 
         await self.app(scope, replay, send_with_headers)
 
-    async def _too_large(self, scope: Any, receive: Any, send: Any) -> None:
+    async def _too_large(self, scope: Any, receive: Any, send: Any, limit: int) -> None:
         response = error_response(
-            413, f"body: larger than the limit of {self.max_body_bytes} bytes", "body", "body_too_large"
+            413, f"body: larger than the limit of {limit} bytes", "body", "body_too_large"
         )
         await response(scope, receive, send)
 
@@ -228,6 +251,44 @@ def _describe_validation_error(error: dict[str, Any]) -> tuple[str, str, str]:
     return field, f"{field}: {message}", kind
 
 
+def decode_edit_inputs(
+    image: str, mask: str | None, strength: float, paste_back: bool, limits: ServeLimits
+) -> EditInputs:
+    """The edit request's base64 image and mask → checked tensors; EditInputError names the field.
+
+    Hostile input: the size is checked on the base64 text before it is decoded, the format by the
+    file's first bytes, the pixel count from the header before the pixels are decoded.
+    """
+    files = {}
+    for field, text in (("image", image), ("mask", mask)):
+        if text is None:
+            continue
+        if text.startswith("data:"):  # a data: URL, as a browser canvas gives
+            header, _, text = text.partition(",")
+            if not header.endswith(";base64"):
+                raise EditInputError(field, "a data: URL must be base64 (data:image/png;base64,...)")
+        if len(text) * 3 // 4 > limits.max_image_bytes + 2:
+            raise ImageTooLarge(field, f"larger than the limit of {limits.max_image_bytes} bytes")
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError) as error:
+            raise EditInputError(field, f"not valid base64 ({error})") from error
+        if len(data) > limits.max_image_bytes:
+            raise ImageTooLarge(field, f"larger than the limit of {limits.max_image_bytes} bytes")
+        files[field] = decode_image_bytes(data, field, max_pixels=limits.max_image_pixels)
+    pixels = image_to_tensor(files["image"], "image")  # (3, H, W)
+    mask_pixels = None
+    if "mask" in files:
+        mask_pixels = mask_to_tensor(files["mask"], "mask")  # (1, H, W)
+        if mask_pixels.shape[1:] != pixels.shape[1:]:
+            raise EditInputError(
+                "mask",
+                f"size {mask_pixels.shape[2]}×{mask_pixels.shape[1]} differs from the image's "
+                f"{pixels.shape[2]}×{pixels.shape[1]}",
+            )
+    return EditInputs(image=pixels, mask=mask_pixels, strength=strength, paste_back=paste_back)
+
+
 def create_app(
     queue: GenerationQueue,
     card: ModelCard,
@@ -238,6 +299,7 @@ def create_app(
     """The app for one loaded model. The queue's workers start and stop with the app's lifespan."""
     default_steps = int(card.defaults["steps"])
     request_model = build_request_model(limits, default_steps)
+    edit_request_model = build_edit_request_model(limits, default_steps)
     static = {
         route: ((STATIC_DIR / filename).read_bytes(), media_type)
         for route, (filename, media_type) in STATIC_FILES.items()
@@ -306,6 +368,49 @@ def create_app(
         )
     }
 
+    async def refuse_prompt(prompt: str) -> JSONResponse | None:
+        """The safety hook's 422 (or 500 when it fails) for ``prompt``; None when it may be drawn."""
+        if safety is None:
+            return None
+        try:
+            reason = await run_in_threadpool(safety, prompt)
+        except Exception:
+            logger.exception("the prompt-safety checker failed; refusing the request")
+            return error_response(500, "prompt: the prompt-safety checker failed", "prompt", "safety_error")
+        if reason:
+            return error_response(
+                422, f"prompt: refused by the prompt-safety checker ({reason})", "prompt", "unsafe_prompt"
+            )
+        return None
+
+    async def run_job(request: GenerationRequest) -> GenerationResult | JSONResponse:
+        """Queue ``request`` and wait for it within the timeout; the error response otherwise."""
+        try:
+            job = queue.submit(request)
+        except QueueFull as full:
+            return _queue_full_response(full)
+        except QueueClosed as closed:
+            return error_response(503, str(closed), kind="shutting_down", headers={"Retry-After": "10"})
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(job.future), timeout=limits.request_timeout_s)
+        except asyncio.TimeoutError:
+            queue.abandon(job)
+            return error_response(
+                504,
+                f"not finished within {limits.request_timeout_s:g} s (queue wait included); "
+                "retry later or ask for fewer images or steps",
+                kind="timeout",
+            )
+        except asyncio.CancelledError:
+            queue.abandon(job)
+            raise
+        except (QueueClosed, JobAbandoned):
+            return error_response(503, "stopped: the server is shutting down", kind="shutting_down")
+        except EditInputError as error:
+            return error_response(422, str(error), error.field, "invalid_image")
+        except (ValueError, TypeError) as error:
+            return error_response(422, str(error), kind="pipeline_rejected")
+
     @app.post(
         "/api/generate",
         response_model=GenerateResponse,
@@ -320,18 +425,9 @@ def create_app(
         summary="Generate images from a prompt",
     )
     async def generate(body: request_model) -> Any:  # type: ignore[valid-type]
-        if safety is not None:
-            try:
-                reason = await run_in_threadpool(safety, body.prompt)
-            except Exception:
-                logger.exception("the prompt-safety checker failed; refusing the request")
-                return error_response(
-                    500, "prompt: the prompt-safety checker failed", "prompt", "safety_error"
-                )
-            if reason:
-                return error_response(
-                    422, f"prompt: refused by the prompt-safety checker ({reason})", "prompt", "unsafe_prompt"
-                )
+        refused = await refuse_prompt(body.prompt)
+        if refused is not None:
+            return refused
         request = GenerationRequest(
             prompt=body.prompt,
             negative_prompt=body.negative_prompt,
@@ -341,31 +437,9 @@ def create_app(
             num_images=body.num_images,
             image_format="jpeg" if body.format == "jpeg" else "png",
         )
-        try:
-            job = queue.submit(request)
-        except QueueFull as full:
-            return _queue_full_response(full)
-        except QueueClosed as closed:
-            return error_response(503, str(closed), kind="shutting_down", headers={"Retry-After": "10"})
-        try:
-            result: GenerationResult = await asyncio.wait_for(
-                asyncio.wrap_future(job.future), timeout=limits.request_timeout_s
-            )
-        except asyncio.TimeoutError:
-            queue.abandon(job)
-            return error_response(
-                504,
-                f"not finished within {limits.request_timeout_s:g} s (queue wait included); "
-                "retry later or ask for fewer images or steps",
-                kind="timeout",
-            )
-        except asyncio.CancelledError:
-            queue.abandon(job)
-            raise
-        except (QueueClosed, JobAbandoned):
-            return error_response(503, "stopped: the server is shutting down", kind="shutting_down")
-        except (ValueError, TypeError) as error:
-            return error_response(422, str(error), kind="pipeline_rejected")
+        result = await run_job(request)
+        if isinstance(result, JSONResponse):
+            return result
         used = UsedParameters(
             prompt=request.prompt,
             negative_prompt=request.negative_prompt,
@@ -386,6 +460,73 @@ def create_app(
                 },
             )
         return GenerateResponse(
+            images=[
+                GeneratedImage(
+                    seed=request.seed + i,
+                    width=result.width,
+                    height=result.height,
+                    media_type="image/png",
+                    data=to_base64(data),
+                )
+                for i, data in enumerate(result.images)
+            ],
+            parameters=used,
+            timings=Timings(
+                queue_s=round(result.queue_s, 4),
+                inference_s=round(result.inference_s, 4),
+                batch_images=result.batch_images,
+            ),
+        )
+
+    @app.post(
+        "/api/edit",
+        response_model=EditResponse,
+        responses={
+            200: {
+                "description": "JSON: the edits as base64 PNGs at the input's size, and the parameters used."
+            },
+            **error_responses,
+        },
+        summary="Edit an image: inpaint the white part of a mask, or make variations (strength)",
+    )
+    async def edit(body: edit_request_model) -> Any:  # type: ignore[valid-type]
+        refused = await refuse_prompt(body.prompt)
+        if refused is not None:
+            return refused
+        try:
+            inputs = await run_in_threadpool(
+                decode_edit_inputs, body.image, body.mask, float(body.strength), body.paste_back, limits
+            )
+        except ImageTooLarge as error:
+            return error_response(413, str(error), error.field, "image_too_large")
+        except EditInputError as error:
+            return error_response(422, str(error), error.field, "invalid_image")
+        request = GenerationRequest(
+            prompt=body.prompt,
+            negative_prompt=body.negative_prompt,
+            seed=body.seed if body.seed is not None else secrets.randbelow(RANDOM_SEED_BOUND),
+            guidance_scale=float(body.guidance_scale),
+            steps=body.steps if body.steps is not None else default_steps,
+            num_images=body.num_images,
+            edit=inputs,
+        )
+        result = await run_job(request)
+        if isinstance(result, JSONResponse):
+            return result
+        used = EditParameters(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            seed=request.seed,
+            guidance_scale=request.guidance_scale,
+            steps=request.steps,
+            num_images=request.num_images,
+            format="base64",
+            strength=inputs.strength,
+            paste_back=inputs.paste_back,
+            width=result.width,
+            height=result.height,
+        )
+        return EditResponse(
             images=[
                 GeneratedImage(
                     seed=request.seed + i,
@@ -434,7 +575,10 @@ def create_app(
         static_route(path)
 
     app.add_middleware(
-        RequestGuard, max_body_bytes=limits.max_body_bytes, refuse_if_full=queue.refuse_if_full
+        RequestGuard,
+        max_body_bytes=limits.max_body_bytes,
+        refuse_if_full=queue.refuse_if_full,
+        path_body_bytes={"/api/edit": edit_body_bytes(limits)},
     )
     if cors_origins:
         # Off unless the operator names origins: browsers then let those sites call the API. Added

@@ -72,6 +72,12 @@ def serve(
     max_steps: Annotated[int, typer.Option(min=1, help="Most residual diffusion steps per request.")] = 50,
     max_guidance: Annotated[float, typer.Option(min=0.001, help="Largest guidance_scale accepted.")] = 20.0,
     max_body_bytes: Annotated[int, typer.Option(min=1024)] = 1 << 20,
+    max_image_bytes: Annotated[
+        int, typer.Option(min=1024, help="Largest image or mask file of POST /api/edit (413 beyond).")
+    ] = 4 << 20,
+    max_image_pixels: Annotated[
+        int, typer.Option(min=1, help="Most pixels of a decoded edit image or mask (413 beyond).")
+    ] = 4096 * 4096,
     cors_origin: Annotated[
         list[str] | None,
         typer.Option(help="Allow browser calls from this origin (repeatable). Off by default."),
@@ -125,6 +131,8 @@ def serve(
             max_guidance_scale=max_guidance,
             max_body_bytes=max_body_bytes,
             request_timeout_s=timeout,
+            max_image_bytes=max_image_bytes,
+            max_image_pixels=max_image_pixels,
         )
         labels = [label.strip() for label in safety_labels.split(",") if label.strip()]
         safety = build_safety_checker(safety_checker, safety_model, labels, safety_threshold)

@@ -56,6 +56,16 @@ class JobAbandoned(RuntimeError):
     """The job was stopped between two stages (its client gave up or the server is closing)."""
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class EditInputs:
+    """What turns a request into an edit: the decoded input, its mask, and the edit's options."""
+
+    image: torch.Tensor  # (3, H, W) in [0, 1]
+    mask: torch.Tensor | None  # (1, H, W) in [0, 1], white = repaint; None: no mask
+    strength: float = 1.0
+    paste_back: bool = True
+
+
 @dataclasses.dataclass(frozen=True)
 class GenerationRequest:
     """A validated request with every default resolved (the seed included)."""
@@ -67,11 +77,13 @@ class GenerationRequest:
     steps: int
     num_images: int
     image_format: str = "png"  # how the worker encodes the images: "png" or "jpeg"
+    edit: EditInputs | None = None  # set: an edit of this image (pipeline.edit) instead of a generation
 
-    def batch_key(self) -> tuple[float, int, bool]:
+    def batch_key(self) -> tuple[float, int, bool, int]:
         # One pipeline call has one guidance scale and step count, and either every image gets a
         # negative prompt or none does (None means the model's empty context, not an empty string).
-        return (self.guidance_scale, self.steps, self.negative_prompt is None)
+        # An edit runs alone: its input is its own (the key holds the inputs' identity).
+        return (self.guidance_scale, self.steps, self.negative_prompt is None, id(self.edit))
 
 
 @dataclasses.dataclass
@@ -289,14 +301,26 @@ class GenerationQueue:
                 raise JobAbandoned(f"stopped after stage {stage}")
 
         try:
-            images = self.pipeline(
-                prompts,
-                negative_prompt=negatives,
-                guidance_scale=first.guidance_scale,
-                num_inference_steps=first.steps,
-                generator=generators,
-                stage_callback=stop_if_given_up,
-            ).images
+            options = {
+                "negative_prompt": negatives,
+                "guidance_scale": first.guidance_scale,
+                "num_inference_steps": first.steps,
+                "generator": generators,
+                "stage_callback": stop_if_given_up,
+            }
+            if first.edit is None:
+                images = self.pipeline(prompts, **options).images
+            else:  # an edit runs alone (batch_key), one image edited num_images times
+                edit = first.edit
+                images = self.pipeline.edit(
+                    first.prompt,
+                    edit.image,
+                    edit.mask,
+                    strength=edit.strength,
+                    paste_back=edit.paste_back,
+                    num_images_per_prompt=first.num_images,
+                    **{**options, "negative_prompt": first.negative_prompt},
+                ).images
             inference_s = time.perf_counter() - started
             start = 0
             for job in batch:

@@ -38,6 +38,10 @@ class ServeLimits(Config):
     max_steps: most residual diffusion steps (the head respaces its 1000 training steps).
     max_guidance_scale: largest CFG strength (HART's convention: 0 = conditional only).
     max_body_bytes: largest request body; bigger bodies get 413 before they are parsed.
+        ``POST /api/edit`` may add two images of ``max_image_bytes`` each, base64-encoded.
+    max_image_bytes: largest image (or mask) file of an edit, checked before decoding (413).
+    max_image_pixels: most pixels of a decoded image (or mask); the header is checked before
+        any pixel is decoded (decompression bombs).
     request_timeout_s: queue wait + generation of one request; past it the client gets 504
         and the work for it is dropped at the next stage boundary.
     """
@@ -48,9 +52,18 @@ class ServeLimits(Config):
     max_guidance_scale: float = 20.0
     max_body_bytes: int = 1 << 20
     request_timeout_s: float = 120.0
+    max_image_bytes: int = 4 << 20
+    max_image_pixels: int = 4096 * 4096
 
     def __post_init__(self) -> None:
-        for name in ("max_prompt_chars", "max_num_images", "max_steps", "max_body_bytes"):
+        for name in (
+            "max_prompt_chars",
+            "max_num_images",
+            "max_steps",
+            "max_body_bytes",
+            "max_image_bytes",
+            "max_image_pixels",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -134,6 +147,64 @@ def build_request_model(limits: ServeLimits, default_steps: int) -> type[BaseMod
     return GenerateRequest
 
 
+def edit_body_bytes(limits: ServeLimits) -> int:
+    """Largest ``POST /api/edit`` body: the usual limit plus an image and a mask in base64 (4/3 size)."""
+    return limits.max_body_bytes + 2 * 4 * math.ceil(limits.max_image_bytes / 3)
+
+
+def build_edit_request_model(limits: ServeLimits, default_steps: int) -> type[BaseModel]:
+    """The body of ``POST /api/edit``: an image (and a mask) in base64, with this server's limits."""
+    generate_request = build_request_model(limits, default_steps)
+
+    class EditRequest(BaseModel):
+        """Repaint the white part of ``mask`` (or, without one, the whole image from ``strength``)."""
+
+        model_config = ConfigDict(
+            **_STRICT,
+            json_schema_extra={
+                "examples": [
+                    {"prompt": "a red hat", "image": "<base64 PNG>", "mask": "<base64 PNG>", "seed": 0}
+                ]
+            },
+        )
+
+        prompt: str = generate_request.model_fields["prompt"]
+        image: str = Field(
+            min_length=1,
+            description=f"The input: a PNG, JPEG or WebP file in base64, or a data: URL; at most "
+            f"{limits.max_image_bytes} bytes and {limits.max_image_pixels} pixels. Any size: it is "
+            "resized to the model's and the result back.",
+        )
+        mask: str | None = Field(
+            default=None,
+            description="The mask, same encoding and size as the image: white = repaint, black = keep. "
+            "null: no mask (variations with strength).",
+        )
+        strength: float = Field(
+            default=1.0,
+            ge=0.0,
+            le=1.0,
+            description="1: no scale forced; s forces the first round((1 - s)·S) scales to the input (0: keep).",
+        )
+        paste_back: bool = Field(
+            default=True, description="Return the input's own pixels outside the mask (feathered seam)."
+        )
+        negative_prompt: str | None = generate_request.model_fields["negative_prompt"]
+        seed: int | None = generate_request.model_fields["seed"]
+        guidance_scale: float = generate_request.model_fields["guidance_scale"]
+        steps: int | None = generate_request.model_fields["steps"]
+        num_images: int = generate_request.model_fields["num_images"]
+
+        @field_validator("prompt")
+        @classmethod
+        def _prompt_not_blank(cls, value: str) -> str:
+            if not value.strip():
+                raise ValueError("must contain at least one non-space character")
+            return value
+
+    return EditRequest
+
+
 class UsedParameters(BaseModel):
     """The parameters a request was actually generated with (defaults and the random seed filled in)."""
 
@@ -144,6 +215,15 @@ class UsedParameters(BaseModel):
     steps: int
     num_images: int
     format: str
+
+
+class EditParameters(UsedParameters):
+    """The parameters an edit was actually made with."""
+
+    strength: float
+    paste_back: bool
+    width: int = Field(description="Width of the input image, and of the results.")
+    height: int = Field(description="Height of the input image, and of the results.")
 
 
 class GeneratedImage(BaseModel):
@@ -163,6 +243,12 @@ class Timings(BaseModel):
 class GenerateResponse(BaseModel):
     images: list[GeneratedImage]
     parameters: UsedParameters
+    timings: Timings
+
+
+class EditResponse(BaseModel):
+    images: list[GeneratedImage]
+    parameters: EditParameters
     timings: Timings
 
 

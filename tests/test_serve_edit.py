@@ -1,0 +1,218 @@
+"""``POST /api/edit`` on a real server process on 127.0.0.1 (tiny preset, random weights).
+
+Checked against the running process: edits come back at the input's size with the input's own
+pixels outside the mask, same seed → same bytes, PNG/JPEG/WebP and data: URLs are read, and a
+table of hostile inputs (not an image whatever its name, truncated, animated, CMYK, a mask of
+another size, over the byte or pixel limit, bad options) each get a 4xx naming the field while
+the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from openhart.presets import build_pipeline
+from tests.test_serve import ServerProcess, decode
+
+MAX_IMAGE_BYTES = 64 * 1024
+MAX_IMAGE_PIXELS = 500 * 500
+
+
+def encoded(image: Image.Image, fmt: str = "PNG", **options: Any) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+PIXELS = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)  # H 40, W 48
+SOURCE = Image.fromarray(PIXELS)
+MASK_ARRAY = np.zeros((40, 48), np.uint8)
+MASK_ARRAY[10:30, 12:36] = 255
+MASK = Image.fromarray(MASK_ARRAY)
+OUTSIDE = np.ones((40, 48), bool)
+OUTSIDE[9:31, 11:37] = False  # the mask grown by the default 1 px seam (1% of 48 px, at least 1)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> ServerProcess:
+    logs = tmp_path_factory.mktemp("edit-server")
+    process = ServerProcess(
+        [
+            "--model",
+            "tiny",
+            "--log-level",
+            "warning",
+            "--max-image-bytes",
+            str(MAX_IMAGE_BYTES),
+            "--max-image-pixels",
+            str(MAX_IMAGE_PIXELS),
+        ],
+        logs / "server.log",
+    )
+    yield process
+    assert process.stop() == 0, process.log()
+
+
+def edit(server: ServerProcess, **body: Any):
+    fields = {"prompt": "a red hat", "image": encoded(SOURCE), "mask": encoded(MASK), **body}
+    return server.client.post("/api/edit", json={k: v for k, v in fields.items() if v is not ...})
+
+
+def test_edit_keeps_the_outside_and_is_seeded(server):
+    response = edit(server, seed=3, num_images=2)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["parameters"] == {
+        "prompt": "a red hat",
+        "negative_prompt": None,
+        "seed": 3,
+        "guidance_scale": 4.5,
+        "steps": 8,
+        "num_images": 2,
+        "format": "base64",
+        "strength": 1.0,
+        "paste_back": True,
+        "width": 48,
+        "height": 40,
+    }
+    images = [np.asarray(decode(image["data"])) for image in result["images"]]
+    assert [image["seed"] for image in result["images"]] == [3, 4]
+    for image in images:
+        assert image.shape == (40, 48, 3)
+        assert np.array_equal(image[OUTSIDE], PIXELS[OUTSIDE])
+        assert not np.array_equal(image[12:28, 14:34], PIXELS[12:28, 14:34])
+    assert not np.array_equal(images[0], images[1])
+    again = edit(server, seed=3).json()["images"][0]["data"]
+    assert again == result["images"][0]["data"]  # same seed, same bytes
+
+
+def test_formats_data_urls_and_variations(server):
+    jpeg = edit(server, seed=1, image=encoded(SOURCE, "JPEG", quality=95))
+    webp = edit(server, seed=1, image=encoded(SOURCE, "WEBP", lossless=True))
+    url = edit(
+        server,
+        seed=1,
+        image="data:image/png;base64," + encoded(SOURCE),
+        mask="data:image/png;base64," + encoded(MASK),
+    )
+    plain = edit(server, seed=1)
+    for response in (jpeg, webp, url, plain):
+        assert response.status_code == 200, response.text
+    assert url.json()["images"] == plain.json()["images"]
+    assert webp.json()["images"] == plain.json()["images"]  # lossless: the same pixels
+    # No mask: strength 0 forces every scale, so the result is the tokenizer's reconstruction (the
+    # server's tiny preset is build_pipeline("tiny", seed=0)); 0.5 samples the finer half.
+    kept = edit(server, seed=2, mask=None, strength=0.0)
+    assert kept.status_code == 200, kept.text
+    local = build_pipeline("tiny", seed=0).edit("a red hat", SOURCE, strength=0.0).images[0]
+    served = np.asarray(decode(kept.json()["images"][0]["data"])).astype(int)
+    assert np.abs(served - np.asarray(local, dtype=int)).max() <= 1  # thread counts may differ
+    assert not np.array_equal(served, PIXELS)
+    varied = edit(server, seed=2, mask=None, strength=0.5)
+    varied = np.asarray(decode(varied.json()["images"][0]["data"])).astype(int)
+    assert np.abs(varied - served).max() > 20
+
+
+def test_openapi_documents_the_edit_route(server):
+    schema = server.client.get("/openapi.json").json()
+    post = schema["paths"]["/api/edit"]["post"]
+    assert {"413", "415", "422", "503", "504"} <= set(post["responses"])
+    request = schema["components"]["schemas"]["EditRequest"]
+    assert request["additionalProperties"] is False
+    assert {"image", "mask", "strength", "paste_back", "prompt", "seed"} <= set(request["properties"])
+    assert str(MAX_IMAGE_BYTES) in request["properties"]["image"]["description"]
+    assert server.client.get("/api/model").json()["limits"]["max_image_pixels"] == MAX_IMAGE_PIXELS
+
+
+def _png(data: np.ndarray, **options: Any) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(data).save(buffer, format="PNG", **options)
+    return buffer.getvalue()
+
+
+def _bad_files() -> dict[str, str]:
+    png = _png(PIXELS)
+    frames = io.BytesIO()
+    SOURCE.save(frames, format="PNG", save_all=True, append_images=[Image.fromarray(255 - PIXELS)])
+    gif = io.BytesIO()
+    SOURCE.save(gif, format="GIF")
+    cmyk = io.BytesIO()
+    SOURCE.convert("CMYK").save(cmyk, format="JPEG")
+    bomb = _png(np.zeros((1000, 1000), np.uint8))  # 1 M pixels in a few kB
+    noise = np.random.default_rng(1).integers(0, 256, (160, 160, 3), dtype=np.uint8)
+    return {
+        "truncated": b64(png[: len(png) // 2]),
+        "animated": b64(frames.getvalue()),
+        "gif": b64(gif.getvalue()),
+        "cmyk": b64(cmyk.getvalue()),
+        "text": b64(b"GIF89a? no: just text pretending"),
+        "bomb": b64(bomb),
+        "big": b64(_png(noise)),  # ~77 kB of incompressible pixels, over 64 kB
+        "small mask": encoded(MASK.resize((24, 20))),
+        "sixteen-bit": b64(_png(np.zeros((8, 8), np.uint16))),
+    }
+
+
+BAD = _bad_files()
+BAD_EDITS = [
+    ("image missing", 422, "image", {"image": ...}),
+    ("image empty", 422, "image", {"image": ""}),
+    ("image is a number", 422, "image", {"image": 7}),
+    ("image not base64", 422, "image", {"image": "%%%not base64%%%"}),
+    ("image is text", 422, "image", {"image": BAD["text"]}),
+    ("image is a GIF", 422, "image", {"image": BAD["gif"]}),
+    ("image truncated", 422, "image", {"image": BAD["truncated"]}),
+    ("image animated", 422, "image", {"image": BAD["animated"]}),
+    ("image CMYK", 422, "image", {"image": BAD["cmyk"]}),
+    ("image 16-bit", 422, "image", {"image": BAD["sixteen-bit"]}),
+    ("image over the byte limit", 413, "image", {"image": BAD["big"]}),
+    ("image over the pixel limit", 413, "image", {"image": BAD["bomb"]}),
+    ("image data URL not base64", 422, "image", {"image": "data:image/png," + BAD["truncated"]}),
+    ("mask of another size", 422, "mask", {"mask": BAD["small mask"]}),
+    ("mask truncated", 422, "mask", {"mask": BAD["truncated"]}),
+    ("mask over the pixel limit", 413, "mask", {"mask": BAD["bomb"]}),
+    ("mask animated", 422, "mask", {"mask": BAD["animated"]}),
+    ("strength over 1", 422, "strength", {"strength": 1.5}),
+    ("strength a string", 422, "strength", {"strength": "0.5"}),
+    ("paste_back a string", 422, "paste_back", {"paste_back": "yes"}),
+    ("num_images too many", 422, "num_images", {"num_images": 99}),
+    ("prompt blank", 422, "prompt", {"prompt": "  "}),
+    ("unknown field", 422, "mask_image", {"mask_image": BAD["small mask"]}),
+]
+
+
+@pytest.mark.parametrize(
+    ("status", "field", "body"), [c[1:] for c in BAD_EDITS], ids=[c[0] for c in BAD_EDITS]
+)
+def test_bad_edit_gets_a_4xx_naming_the_field_and_the_server_keeps_serving(server, status, field, body):
+    response = edit(server, **body)
+    assert response.status_code == status, response.text[:500]
+    assert response.headers["content-type"] == "application/json"
+    detail = response.json()["detail"]
+    assert field in detail, detail
+    assert len(response.content) < 10_000  # errors never echo the image back
+    assert server.client.get("/health").json()["status"] == "ok"
+
+
+def test_body_and_content_type_limits_of_the_edit_route(server):
+    huge = json.dumps({"prompt": "a", "image": "A" * (2 << 20)})  # over 1 MiB + two 64 kB images
+    response = server.client.post("/api/edit", content=huge, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "body" in response.json()["detail"]
+    response = server.client.post("/api/edit", content=b"image=...", headers={"content-type": "text/plain"})
+    assert response.status_code == 415 and "content-type" in response.json()["detail"]
+
+
+def test_still_editing_after_the_bad_inputs(server):
+    response = edit(server, seed=9)
+    assert response.status_code == 200 and decode(response.json()["images"][0]["data"]).size == (48, 40)
