@@ -188,16 +188,24 @@ def test_generate_returns_decodable_images_and_the_parameters_used(server):
     assert result["timings"]["batch_images"] == 2 and result["timings"]["inference_s"] > 0
 
 
+def _level_gap(png_a: str, png_b: str) -> int:
+    """Largest pixel difference (0-255) between two base64 PNGs."""
+    a, b = (np.asarray(Image.open(io.BytesIO(base64.b64decode(x))), dtype=np.int16) for x in (png_a, png_b))
+    return int(np.abs(a - b).max())
+
+
 def test_same_seed_same_bytes_and_image_i_uses_seed_plus_i(server):
     first = generate(server, seed=123, num_images=2).json()["images"]
     again = generate(server, seed=123, num_images=2).json()["images"]
     assert [image["data"] for image in first] == [image["data"] for image in again]
     other = generate(server, seed=124).json()["images"][0]
     assert other["data"] != first[0]["data"]
-    assert other["data"] == first[1]["data"]  # image 1 of seed 123 is seed 124's image 0
+    # Image 1 of seed 123 is seed 124's image 0, up to rounding: a batch's matmuls may round
+    # differently from a single image's (seen on AMD EPYC), moving a pixel by one level.
+    assert _level_gap(other["data"], first[1]["data"]) <= 1
     raw = generate(server, seed=123, format="png")
     assert raw.status_code == 200 and raw.headers["content-type"] == "image/png"
-    assert raw.content == base64.b64decode(first[0]["data"])
+    assert _level_gap(base64.b64encode(raw.content).decode(), first[0]["data"]) <= 1
     assert raw.headers["x-openhart-seed"] == "123"
     assert json.loads(raw.headers["x-openhart-parameters"])["steps"] == 8
     jpeg = generate(server, seed=123, format="jpeg", prompt="un renard roux 🦊")
