@@ -20,7 +20,16 @@ from PIL import Image
 
 from openhart.pipeline import HartPipeline
 from openhart.presets import PRESETS, preset_configs
-from openhart.runtime import DeviceChoice, DtypeChoice, load_model, resolve_device, resolve_dtype
+from openhart.runtime import (
+    DeviceChoice,
+    DtypeChoice,
+    RandomWeightsOption,
+    RevisionOption,
+    TextEncoderOption,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+)
 from openhart.utils.config import atomic_write_bytes
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="OpenHART: text-to-image with HART.")
@@ -59,7 +68,8 @@ def generate(
         Path, typer.Option("-o", "--output", help="PNG path (numbered when several images) or a folder.")
     ],
     model: Annotated[
-        str | None, typer.Option(help="Model folder or preset name (default: the embedded model).")
+        str | None,
+        typer.Option(help="Model folder, Hugging Face repo id or preset name (default: the embedded model)."),
     ] = None,
     negative_prompt: Annotated[
         str | None, typer.Option(help="Prompt for CFG's unconditional branch.")
@@ -79,14 +89,24 @@ def generate(
     grid: Annotated[bool, typer.Option("--grid", help="Also write all images as one grid PNG.")] = False,
     device: Annotated[DeviceChoice, typer.Option(help="Where to run.")] = DeviceChoice.auto,
     dtype: Annotated[
-        DtypeChoice, typer.Option(help="Weights dtype (auto: bf16 on CUDA, fp32 elsewhere).")
+        DtypeChoice, typer.Option(help="Weights dtype (auto: bf16 on CUDA, MPS and CPUs with native bf16).")
     ] = DtypeChoice.auto,
+    text_encoder: TextEncoderOption = None,
+    revision: RevisionOption = None,
+    random_weights: RandomWeightsOption = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Generate images from prompts and write them as PNGs."""
     _setup_logging(verbose)
     torch_device = resolve_device(device.value)
-    pipeline = load_model(model, torch_device, resolve_dtype(dtype.value, torch_device))
+    pipeline = load_model(
+        model,
+        torch_device,
+        resolve_dtype(dtype.value, torch_device),
+        random_weights=random_weights,
+        revision=revision,
+        text_encoder=text_encoder,
+    )
     first_seed = seed if seed is not None else secrets.randbelow(2**31)
     total = len(prompts) * num_images
     generators = [torch.Generator().manual_seed(first_seed + i) for i in range(total)]

@@ -145,19 +145,35 @@ class HartPipeline:
         *,
         text_encoder: TextEncoder | str | os.PathLike[str] | None = None,
         prefer_ema: bool = True,
+        revision: str | None = None,
     ) -> HartPipeline:
-        """Load a folder written by :meth:`save_pretrained`, or the released checkpoint layout.
+        """Load a folder written by :meth:`save_pretrained`, the released checkpoint layout, or a Hub repo id.
 
         The released layout (``llm/`` + ``tokenizer/``, e.g. ``mit-han-lab/hart-0.7b-1024px``) needs
         ``text_encoder``: the Qwen2 folder (``mit-han-lab/Qwen2-VL-1.5B-Instruct``) or a ready
         :class:`TextEncoder`; ``prefer_ema`` picks ``llm/ema_model.bin`` when present. A folder of our
-        own layout ignores both (its text encoder is saved with it).
+        own layout has its text encoder saved with it; a ready :class:`TextEncoder` replaces it.
+
+        ``"ORG/NAME"`` that is not a local folder is resolved on the Hugging Face Hub at ``revision``
+        (:mod:`openhart.hub`: download, one-time conversion of the released layout, whose text
+        encoder then defaults to the released Qwen2 repo; errors are :class:`openhart.hub.HubError`).
 
         Raises FileNotFoundError naming the missing folder/file and
         :class:`~openhart.utils.weights.WeightsMismatchError` naming any missing or mis-shaped tensor.
         """
         root = Path(pretrained_directory)
         if not root.is_dir():
+            from openhart.hub import load_from_hub, looks_like_repo_id
+
+            if looks_like_repo_id(root):
+                return load_from_hub(
+                    os.fspath(pretrained_directory),
+                    revision=revision,
+                    text_encoder=text_encoder,
+                    prefer_ema=prefer_ema,
+                    device=device,
+                    dtype=dtype,
+                )
             raise FileNotFoundError(f"pretrained_directory: no such model folder: {root}")
         from openhart.compat import is_official_layout, load_official_pipeline  # compat imports this module
 
@@ -174,7 +190,8 @@ class HartPipeline:
             raise FileNotFoundError(
                 f"pretrained_directory: {root} has no {INDEX_NAME} (not a saved HartPipeline)"
             )
-        text_encoder = load_text_encoder(root / "text_encoder")
+        if not isinstance(text_encoder, TextEncoder):
+            text_encoder = load_text_encoder(root / "text_encoder")
         built: dict[str, torch.nn.Module] = {}
         for name, module_cls, config_cls in (
             ("tokenizer", HybridTokenizer, TokenizerConfig),

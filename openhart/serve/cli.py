@@ -180,8 +180,11 @@ def _describe_weights(model: str | None) -> tuple[str, str]:
         return Path(name).resolve().name, "folder"
     if (PACKAGED_WEIGHTS / name).is_dir():
         return name, "preset-trained"
-    assert name in PRESETS  # load_model refused anything else
-    return name, "preset-random"
+    from openhart.hub import RELEASED_REPOS
+
+    if name in PRESETS and name not in RELEASED_REPOS:
+        return name, "preset-random"
+    return name, "hub"  # a released preset's or a repo id's weights from the Hugging Face Hub
 
 
 def _warn_if_exposed(host: str) -> None:
