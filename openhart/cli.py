@@ -23,9 +23,11 @@ from openhart.presets import PRESETS, preset_configs
 from openhart.runtime import (
     DeviceChoice,
     DtypeChoice,
+    QuantizeOption,
     RandomWeightsOption,
     RevisionOption,
     TextEncoderOption,
+    apply_memory_options,
     load_model,
     resolve_device,
     resolve_dtype,
@@ -94,6 +96,13 @@ def generate(
     text_encoder: TextEncoderOption = None,
     revision: RevisionOption = None,
     random_weights: RandomWeightsOption = False,
+    quantize: QuantizeOption = None,
+    offload_text_encoder: Annotated[
+        bool,
+        typer.Option(
+            "--offload-text-encoder", help="Free the text encoder's weights once prompts are encoded."
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Generate images from prompts and write them as PNGs."""
@@ -107,6 +116,7 @@ def generate(
         revision=revision,
         text_encoder=text_encoder,
     )
+    apply_memory_options(pipeline, quantize, offload_text_encoder)
     first_seed = seed if seed is not None else secrets.randbelow(2**31)
     total = len(prompts) * num_images
     generators = [torch.Generator().manual_seed(first_seed + i) for i in range(total)]
@@ -237,6 +247,7 @@ def bench(
             help="Keep room in the KV cache for the last scale (same images; more memory, faster at batch 8).",
         ),
     ] = False,
+    quantize: QuantizeOption = None,
     compare: Annotated[
         str | None,
         typer.Option(
@@ -270,8 +281,20 @@ def bench(
         )
         return
     logging.basicConfig(level=logging.ERROR)
+    from openhart.hub import RELEASED_REPOS
+
     torch_device = resolve_device(device.value)
-    pipeline = load_model(model, torch_device, resolve_dtype(dtype.value, torch_device))
+    # Speed does not depend on the weights: a released preset is timed with random weights of its
+    # architecture (offline, nothing downloaded); its repo id times the released weights.
+    random_weights = model in RELEASED_REPOS
+    pipeline = load_model(
+        model, torch_device, resolve_dtype(dtype.value, torch_device), random_weights=random_weights
+    )
+    apply_memory_options(pipeline, quantize, offload_text_encoder=False)
+    if random_weights:
+        typer.echo(
+            f"weights: random, the architecture of {model} (pass {RELEASED_REPOS[model]} for the released ones)"
+        )
     if cuda_graphs and torch_device.type != "cuda":
         raise typer.BadParameter("CUDA graphs need a CUDA device", param_hint="--cuda-graphs")
     try:

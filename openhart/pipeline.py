@@ -85,6 +85,9 @@ class HartPipeline:
         # 1.3x in float32 (the weights are reordered inside the convolution, same numbers as
         # converted ones), so channels-last there.
         self.decoder_memory_format: torch.memory_format | None = None
+        # enable_text_encoder_offload(): the encoder's weights live only while prompts are encoded.
+        self._offload_text_encoder = False
+        self._text_encoder_quantized = False
 
     # ------------------------------------------------------------------ components, devices
     @property
@@ -110,11 +113,57 @@ class HartPipeline:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> HartPipeline:
         """Move every component (and cast floating weights when ``dtype`` is given); returns self."""
-        for module in self.components.values():
+        for name, module in self.components.items():
+            if name == "text_encoder" and self._text_encoder_is_offloaded():
+                continue  # reloaded on the pipeline's device and dtype at the next call
             module.to(device=device, dtype=dtype)
         self._graph_generators.clear()
         self._residual_graphs.clear()
         return self
+
+    def quantize(self, mode: str = "int8") -> HartPipeline:
+        """Weight-only int8 for the transformer's and the text encoder's linears (torchao); returns self.
+
+        Call after :meth:`to`. Memory and speed per dtype: docs/performance.md. Raises
+        :class:`openhart.quantization.QuantizationUnavailableError` without torchao.
+        """
+        from openhart.quantization import quantize_pipeline
+
+        self._reload_offloaded_text_encoder()
+        quantize_pipeline(self, mode)
+        self._text_encoder_quantized = True
+        self._graph_generators.clear()
+        self._residual_graphs.clear()
+        return self
+
+    def enable_text_encoder_offload(self) -> None:
+        """Free the text encoder's weights after each prompt encoding; reload them from their files next call.
+
+        For a text encoder that is large beside the rest (the released Qwen2-1.5B: 1.5 B parameters
+        beside the transformer's 0.7 B), so it does not sit in memory during sampling. Only for
+        encoders whose weights live in files (``transformers``/``minilm`` kinds); ValueError otherwise.
+        """
+        if self.text_encoder.saves_weights:
+            raise ValueError(
+                f"text encoder kind {self.text_encoder.config.kind!r} keeps its weights in memory only; "
+                "offloading needs one read from files (a transformers model folder)"
+            )
+        self._offload_text_encoder = True
+
+    def _text_encoder_is_offloaded(self) -> bool:
+        return any(p.is_meta for p in self.text_encoder.parameters())
+
+    def _reload_offloaded_text_encoder(self) -> None:
+        if not self._text_encoder_is_offloaded():
+            return
+        from openhart.text import build_text_encoder
+
+        encoder = build_text_encoder(self.text_encoder.config).to(device=self.device, dtype=self.dtype)
+        if self._text_encoder_quantized:
+            from openhart.quantization import quantize_linears_int8
+
+            quantize_linears_int8(encoder)
+        self.text_encoder = encoder
 
     def num_parameters(self) -> dict[str, int]:
         return {name: sum(p.numel() for p in module.parameters()) for name, module in self.components.items()}
@@ -295,11 +344,14 @@ class HartPipeline:
         _check_generator(generator, batch_size)
 
         # 2. Encode the prompt (and the unconditional context).
+        self._reload_offloaded_text_encoder()
         context, context_mask = self.encode_prompt(prompts)
         if negatives is not None:
             uncond_context, uncond_mask = self.encode_prompt(negatives)
         else:
             uncond_context, uncond_mask = self.empty_context(batch_size)
+        if self._offload_text_encoder:
+            self.text_encoder.to("meta")  # frees its weights for the sampling below
         notify = stage_callback or (lambda stage: None)
         notify("text_encoder")
 

