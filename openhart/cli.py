@@ -18,7 +18,6 @@ import torch
 import typer
 from PIL import Image
 
-from openhart.pipeline import HartPipeline
 from openhart.presets import PRESETS, preset_configs
 from openhart.runtime import (
     DeviceChoice,
@@ -156,10 +155,14 @@ def _output_paths(output: Path, count: int) -> list[Path]:
 
 
 @app.command()
-def info(model: Annotated[str, typer.Argument(help="Model folder or preset name.")]) -> None:
+def info(
+    model: Annotated[str, typer.Argument(help="Model folder, Hugging Face repo id or preset name.")],
+) -> None:
     """Print a model's components, parameter counts, scales and resolution."""
-    if Path(model).is_dir():
-        pipeline = HartPipeline.from_pretrained(model)
+    from openhart.hub import looks_like_repo_id
+
+    if Path(model).is_dir() or looks_like_repo_id(model):
+        pipeline = load_model(model, torch.device("cpu"), torch.float32)
         configs = {name: module.config for name, module in pipeline.components.items()}
         counts = pipeline.num_parameters()
     elif model in PRESETS:
@@ -323,11 +326,12 @@ def bench(
 
 @app.command()
 def convert(
-    source: Annotated[Path, typer.Argument(help="Released checkpoint folder (llm/ + tokenizer/).")],
-    destination: Annotated[Path, typer.Argument(help="Where to write the OpenHART layout (safetensors).")],
-    text_encoder: Annotated[
-        Path, typer.Option(help="Qwen2 text model folder (mit-han-lab/Qwen2-VL-1.5B-Instruct).")
+    source: Annotated[
+        str, typer.Argument(help="Released checkpoint folder (llm/ + tokenizer/) or its repo id.")
     ],
+    destination: Annotated[Path, typer.Argument(help="Where to write the OpenHART layout (safetensors).")],
+    text_encoder: TextEncoderOption = None,
+    revision: RevisionOption = None,
     ema: Annotated[
         bool, typer.Option(help="Use llm/ema_model.bin when present (what the official scripts use).")
     ] = True,
@@ -337,14 +341,38 @@ def convert(
 ) -> None:
     """Convert the released HART checkpoint to the OpenHART layout, so later loads are pickle-free."""
     from openhart.compat import is_official_layout, load_official_pipeline
+    from openhart.hub import (
+        DEFAULT_TEXT_ENCODER_REPO,
+        HubError,
+        download_released,
+        looks_like_repo_id,
+        resolve_snapshot,
+        text_model_folder,
+    )
+    from openhart.runtime import fail
 
-    if not is_official_layout(source):
-        raise typer.BadParameter(
-            f"{source} has no llm/config.json and tokenizer/config.json", param_hint="SOURCE"
+    try:
+        folder = Path(source)
+        if not folder.is_dir() and looks_like_repo_id(source):
+            snapshot = resolve_snapshot(source, revision)
+            if snapshot.layout != "released":
+                fail(f"{source} is already in the OpenHART layout: use it as --model {source}")
+            folder = download_released(snapshot, ema)
+        if not is_official_layout(folder):
+            raise typer.BadParameter(
+                f"{source} has no llm/config.json and tokenizer/config.json", param_hint="SOURCE"
+            )
+        encoder_folder = text_model_folder(text_encoder or DEFAULT_TEXT_ENCODER_REPO)
+    except HubError as error:
+        fail(str(error))
+    except FileNotFoundError as error:
+        raise typer.BadParameter(str(error), param_hint="--text-encoder") from error
+    try:
+        pipeline = load_official_pipeline(
+            folder, encoder_folder, prefer_ema=ema, use_system_prompt=system_prompt
         )
-    if not text_encoder.is_dir():
-        raise typer.BadParameter(f"no such folder: {text_encoder}", param_hint="--text-encoder")
-    pipeline = load_official_pipeline(source, text_encoder, prefer_ema=ema, use_system_prompt=system_prompt)
+    except FileNotFoundError as error:  # offline with the configs cached but not the weights
+        fail(f"{source}: {error}")
     pipeline.save_pretrained(destination)
     typer.echo(f"wrote {destination} ({sum(pipeline.num_parameters().values()) / 1e6:.1f} M parameters)")
 

@@ -226,7 +226,7 @@ def text_model_folder(spec: str | os.PathLike[str], revision: str | None = None)
         return Path(spec)
     name = os.fspath(spec)
     if not looks_like_repo_id(name):
-        raise FileNotFoundError(f"text_encoder: {name!r} is neither a folder nor a Hugging Face repo id")
+        raise FileNotFoundError(f"text_encoder: no such folder, and not a Hugging Face repo id: {name!r}")
     files = _repo_files(name, revision)
     patterns = list(TEXT_MODEL_PATTERNS)
     if files is not None and not any(f.endswith(".safetensors") for f in files):
@@ -270,6 +270,17 @@ def load_from_hub(
     return HartPipeline.from_pretrained(converted, device=device, dtype=dtype, text_encoder=encoder)
 
 
+def download_released(snapshot: Snapshot, prefer_ema: bool) -> Path:
+    """The released layout's configs and one weights file per component (the one the loader reads)."""
+    files = _repo_files(snapshot.repo_id, snapshot.commit)
+    patterns = [
+        *CONFIG_PATTERNS,
+        *_first_present("llm", RELEASED_LLM_WEIGHTS if prefer_ema else RELEASED_LLM_WEIGHTS[1:], files),
+        *_first_present("tokenizer", RELEASED_TOKENIZER_WEIGHTS, files),
+    ]
+    return download(snapshot.repo_id, patterns, snapshot.commit)
+
+
 def convert_released(snapshot: Snapshot, encoder: TextEncoder, prefer_ema: bool, destination: Path) -> None:
     """Download the released weights, read the pickles once and write the OpenHART layout atomically.
 
@@ -279,13 +290,7 @@ def convert_released(snapshot: Snapshot, encoder: TextEncoder, prefer_ema: bool,
     from openhart.compat.loading import load_official_tokenizer, load_official_transformer
     from openhart.pipeline import HartPipeline
 
-    files = _repo_files(snapshot.repo_id, snapshot.commit)
-    patterns = [
-        *CONFIG_PATTERNS,
-        *_first_present("llm", RELEASED_LLM_WEIGHTS if prefer_ema else RELEASED_LLM_WEIGHTS[1:], files),
-        *_first_present("tokenizer", RELEASED_TOKENIZER_WEIGHTS, files),
-    ]
-    folder = download(snapshot.repo_id, patterns, snapshot.commit)
+    folder = download_released(snapshot, prefer_ema)
     logger.info("%s: converting the released checkpoint once into %s", snapshot.repo_id, destination)
     try:
         tokenizer = load_official_tokenizer(folder / "tokenizer")

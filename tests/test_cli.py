@@ -142,7 +142,9 @@ def test_bench_reports_the_ratio_to_the_official_numbers():
     result = BenchmarkResult(
         "hart-0.7b-512", "cpu", "bfloat16", 1, 8, 4.5, 1, {"decode": 20.0}, 36.0, end_to_end_seconds=35.0
     )
-    assert "105.000 s per call" in result.table() and "3.00x as fast" in result.table()
+    assert "16.400 s per call" in result.table() and "0.47x as fast" in result.table()
+    fp32 = BenchmarkResult("hart-0.7b-512", "cpu", "float32", 1, 8, 4.5, 1, {}, 40.0, end_to_end_seconds=21.2)
+    assert "42.400 s per call" in fp32.table() and "2.00x as fast" in fp32.table()
     other = BenchmarkResult("hart-0.7b-512", "cuda:0", "bfloat16", 2, 8, 4.5, 1, {}, 1.0)
     assert other.official_reference() is None and "official" not in other.table()  # no batch-2 reference
 

@@ -150,8 +150,12 @@ def test_repo_id_recognition(tmp_path):
     assert not looks_like_repo_id(tmp_path / "org" / "name")  # an existing folder always wins
 
 
-def test_released_repo_converts_once_and_matches_the_folder_loader(offline_home, monkeypatch):
+def test_released_repo_converts_once_and_matches_the_folder_loader(offline_home, monkeypatch, tmp_path):
     from openhart.compat import load_official_pipeline
+
+    # A private copy of the cache: this test deletes the pickles from it.
+    offline_home = Path(shutil.copytree(offline_home, tmp_path / "home", symlinks=True))
+    monkeypatch.setenv("HF_HOME", str(offline_home))
 
     encoder = hash_encoder()
     snapshot = resolve_snapshot(RELEASED_REPO)
@@ -222,21 +226,28 @@ def run_cli(args: list[str], home: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_cli_generates_from_a_repo_id_of_either_layout(hf_home, tmp_path):
-    ours = run_cli(
-        ["generate", "a red fox", "--model", OURS_REPO, "--seed", "0", "-o", str(tmp_path / "a.png")], hf_home
-    )
-    assert ours.returncode == 0, ours.stderr
-    assert (tmp_path / "a.png").is_file()
+def test_cli_generates_from_a_repo_id_of_either_layout(offline_home, tmp_path):
+    import numpy as np
+    from PIL import Image
+    from typer.testing import CliRunner
 
-    # The released layout with a Qwen2 text model given by repo id (the real Qwen2 tokenizer).
+    from openhart.cli import app
+
+    args = ["generate", "a red fox", "--model", OURS_REPO, "--seed", "0", "--dtype", "float32"]
+    result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "a.png")])
+    assert result.exit_code == 0, result.output
+    expected = make_tiny_pipeline()("a red fox", generator=generators(0), output_type="np").images[0]
+    written = np.asarray(Image.open(tmp_path / "a.png"), dtype=np.float32) / 255
+    assert np.abs(written - expected).max() <= 0.5 / 255 + 1e-6  # PNG rounding only
+
+    # The released layout in a real process, its Qwen2 text model given by repo id (real Qwen2 BPE).
     released = run_cli(
         ["generate", "a red fox", "--model", RELEASED_REPO, "--text-encoder", QWEN_REPO, "--seed", "0",
          "-o", str(tmp_path / "b.png")],
-        hf_home,
+        offline_home,
     )  # fmt: skip
     assert released.returncode == 0, released.stderr
-    assert (tmp_path / "b.png").is_file()
+    assert Image.open(tmp_path / "b.png").size == (12, 12)
 
 
 def test_cli_names_a_missing_repo_in_one_line(offline_home, tmp_path):
@@ -253,3 +264,27 @@ def test_cli_names_a_missing_repo_in_one_line(offline_home, tmp_path):
     for part in ("openhart-test/absent", "HF_HUB_OFFLINE", str(offline_home / "hub")):
         assert part in lines[0]
     assert not (tmp_path / "c.png").exists()
+
+
+def test_convert_command_takes_repo_ids(offline_home, tmp_path):
+    from typer.testing import CliRunner
+
+    from openhart.cli import app
+
+    out = tmp_path / "converted"
+    result = CliRunner().invoke(app, ["convert", RELEASED_REPO, str(out), "--text-encoder", QWEN_REPO])
+    assert result.exit_code == 0, result.output
+    assert not list(out.rglob("*.bin")) and (out / "model_index.json").is_file()
+    assert HartPipeline.from_pretrained(out).transformer.config.context_dim == 32
+    result = CliRunner().invoke(app, ["convert", OURS_REPO, str(tmp_path / "again")])
+    assert result.exit_code == 2 and "already in the OpenHART layout" in result.output
+
+
+def test_info_takes_repo_ids(offline_home):
+    from typer.testing import CliRunner
+
+    from openhart.cli import app
+
+    result = CliRunner().invoke(app, ["info", OURS_REPO])
+    assert result.exit_code == 0, result.output
+    assert "image size      32 x 32" in result.output
