@@ -261,7 +261,7 @@ def load_from_hub(
         encoder = _text_encoder_object(text_encoder) if text_encoder is not None else None
         return HartPipeline.from_pretrained(folder, device=device, dtype=dtype, text_encoder=encoder)
 
-    encoder = _released_text_encoder(snapshot, text_encoder)
+    encoder = _released_text_encoder(snapshot, text_encoder, dtype)
     converted = converted_folder(snapshot, prefer_ema)
     if not (converted / "model_index.json").is_file():
         convert_released(snapshot, encoder, prefer_ema, converted)
@@ -330,7 +330,7 @@ def _text_encoder_object(text_encoder: TextEncoder | str | os.PathLike[str]) -> 
 
 
 def _released_text_encoder(
-    snapshot: Snapshot, text_encoder: TextEncoder | str | os.PathLike[str] | None
+    snapshot: Snapshot, text_encoder: TextEncoder | str | os.PathLike[str] | None, dtype: torch.dtype | None
 ) -> TextEncoder:
     """The released prompt encoding with the given (or the default Qwen2) text model, sized by llm/config.json."""
     from openhart.compat.loading import official_text_encoder_config
@@ -346,5 +346,6 @@ def _released_text_encoder(
             folder,
             max_length=int(llm.get("context_token", 300)),
             hidden_size=int(llm.get("context_dim", 1536)),
-        )
+        ),
+        dtype=dtype,  # read the 1.5 B Qwen2 in the pipeline's dtype, not float32 first
     )

@@ -158,7 +158,7 @@ class HartPipeline:
             return
         from openhart.text import build_text_encoder
 
-        encoder = build_text_encoder(self.text_encoder.config).to(device=self.device, dtype=self.dtype)
+        encoder = build_text_encoder(self.text_encoder.config, dtype=self.dtype).to(device=self.device)
         if self._text_encoder_quantized:
             from openhart.quantization import quantize_linears_int8
 

@@ -40,7 +40,7 @@ def serve(
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: any free port).")] = 7860,
     device: Annotated[DeviceChoice, typer.Option(help="Where to run.")] = DeviceChoice.auto,
     dtype: Annotated[
-        DtypeChoice, typer.Option(help="Weights dtype (auto: bf16 on CUDA, fp32 elsewhere).")
+        DtypeChoice, typer.Option(help="Weights dtype (auto: bf16 on CUDA, MPS and CPUs with native bf16).")
     ] = DtypeChoice.auto,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Generation worker threads.")] = 1,
     queue_size: Annotated[
