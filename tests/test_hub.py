@@ -288,3 +288,55 @@ def test_info_takes_repo_ids(offline_home):
     result = CliRunner().invoke(app, ["info", OURS_REPO])
     assert result.exit_code == 0, result.output
     assert "image size      32 x 32" in result.output
+
+
+@pytest.fixture
+def hub_server(offline_home, monkeypatch):
+    """A stand-in Hub API on 127.0.0.1 that knows no repository and gates ``openhart-test/gated``.
+
+    Answers as huggingface.co does (status + ``X-Error-Code``), so the real huggingface_hub client
+    raises its own exceptions, online, with nothing cached.
+    """
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from huggingface_hub import constants
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, code = (
+                (403, "GatedRepo") if "/openhart-test/gated" in self.path else (404, "RepoNotFound")
+            )
+            if "/revision/v9" in self.path:
+                status, code = 404, "RevisionNotFound"
+            self.send_response(status)
+            self.send_header("X-Error-Code", code)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:  # keep the test output clean
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    yield server
+    server.shutdown()
+    thread.join()
+
+
+def test_unknown_gated_and_missing_revision_are_named_online(hub_server, offline_home):
+    from openhart.hub import GatedRepoAccessError, RepoNotFoundError
+
+    with pytest.raises(RepoNotFoundError, match="openhart-test/nobody: no such repository"):
+        HartPipeline.from_pretrained("openhart-test/nobody")
+    with pytest.raises(GatedRepoAccessError, match=r"openhart-test/gated is gated.*HF_TOKEN"):
+        HartPipeline.from_pretrained("openhart-test/gated")
+    with pytest.raises(RepoNotFoundError, match=r"\(revision v9\): no such revision"):
+        HartPipeline.from_pretrained(OURS_REPO, revision="v9")
+    # Nothing was written into the cache for them.
+    assert not list((offline_home / "hub").glob("models--openhart-test--nobody*"))
+    assert not list((offline_home / "hub").glob("models--openhart-test--gated*"))
