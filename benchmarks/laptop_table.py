@@ -154,6 +154,87 @@ def table(out: Path) -> None:
     (out / "table.json").write_text(json.dumps(rows, indent=2) + "\n")
 
 
+def weights() -> None:
+    """Resident weight bytes per component and mode at the released sizes, counted on meta modules.
+
+    int8 (torchao ``Int8WeightOnlyConfig``): each ``nn.Linear`` weight of the transformer and of
+    the text encoder becomes int8 data + a float32 scale and an int8 zero point per output row;
+    every other tensor (embeddings, norms, biases, the tokenizer and the residual head) stays bf16.
+    """
+    from transformers import Qwen2Config, Qwen2Model
+
+    from openhart.diffusion import ResidualDiffusionHead
+    from openhart.presets import preset_configs
+    from openhart.tokenizer import HybridTokenizer
+    from openhart.transformer import HartTransformer
+
+    configs = preset_configs("hart-0.7b-1024")
+    with torch.device("meta"):
+        parts = {
+            "transformer": (HartTransformer(configs.transformer), True),
+            "text encoder (Qwen2-1.5B)": (Qwen2Model(Qwen2Config(**QWEN2_1_5B)), True),
+            "tokenizer": (HybridTokenizer(configs.tokenizer), False),
+            "residual head": (ResidualDiffusionHead(configs.diffusion_head), False),
+        }
+    totals = dict.fromkeys(MODES, 0)
+    print("| component | parameters | fp32 | bf16 | int8 |")
+    print("|---|---|---|---|---|")
+    for name, (module, quantized) in parts.items():
+        count = sum(p.numel() for p in module.parameters())
+        linear = [m.weight for m in module.modules() if isinstance(m, torch.nn.Linear)] if quantized else []
+        linear_count = sum(w.numel() for w in linear)
+        rows = sum(w.shape[0] for w in linear)
+        sizes = {
+            "fp32": 4 * count,
+            "bf16": 2 * count,
+            "int8": 2 * (count - linear_count) + linear_count + 5 * rows,
+        }
+        for mode, size in sizes.items():
+            totals[mode] += size
+        cells = " | ".join(f"{sizes[m] / 2**30:.2f} GiB" for m in MODES)
+        print(f"| {name} | {count / 1e6:.1f} M | {cells} |")
+    print("| all | | " + " | ".join(f"{totals[m] / 2**30:.2f} GiB" for m in MODES) + " |")
+
+
+def linears(repeats: int) -> None:
+    """Seconds of one transformer block's token-wise linears, bf16 weights vs int8, at three row counts.
+
+    The ``hart-0.7b-512`` block (fused qkv, output projection, SwiGLU gate/up/down); rows = the CFG
+    batch (2) x the tokens of one scale: 1x1, 16x16 and 32x32 (the last scale at 512 px).
+    Alternating bf16 / int8 calls, median of ``repeats``, so a shared CPU's load hits both alike.
+    """
+    from openhart.presets import preset_configs
+    from openhart.quantization import quantize_linears_int8
+    from openhart.transformer.blocks import TransformerBlock
+
+    config = preset_configs("hart-0.7b-512").transformer
+    torch.manual_seed(0)  # the block's own initialisation
+    blocks = {"bf16": TransformerBlock(config).to(torch.bfloat16)}
+    blocks["int8"] = TransformerBlock(config).to(torch.bfloat16)
+    blocks["int8"].load_state_dict(blocks["bf16"].state_dict())
+    quantize_linears_int8(blocks["int8"])
+    generator = torch.Generator().manual_seed(0)
+    print(f"threads {torch.get_num_threads()}, torch {torch.__version__}")
+    print("| rows | bf16 | int8 | int8 / bf16 |")
+    print("|---|---|---|---|")
+    for rows in (2, 2 * 16 * 16, 2 * 32 * 32):
+        x = torch.randn(rows, config.width, generator=generator).to(torch.bfloat16)  # (rows, C)
+        times: dict[str, list[float]] = {"bf16": [], "int8": []}
+        with torch.no_grad():
+            for _ in range(repeats + 1):  # the first round warms up
+                for mode, block in blocks.items():
+                    start = time.perf_counter()
+                    block.attn.qkv_proj(x)
+                    block.attn.proj(x)
+                    block.ffn.down_proj(block.ffn.gate_proj(x) * block.ffn.up_proj(x))
+                    times[mode].append(time.perf_counter() - start)
+        median = {mode: sorted(t[1:])[len(t[1:]) // 2] for mode, t in times.items()}
+        print(
+            f"| {rows} | {median['bf16'] * 1e3:.1f} ms | {median['int8'] * 1e3:.1f} ms "
+            f"| {median['int8'] / median['bf16']:.2f} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -168,8 +249,15 @@ def main() -> None:
     one.add_argument("--out", type=Path, required=True)
     summary = commands.add_parser("table")
     summary.add_argument("out", type=Path)
+    commands.add_parser("weights")
+    timing = commands.add_parser("linears")
+    timing.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    if args.command == "make-qwen":
+    if args.command == "weights":
+        weights()
+    elif args.command == "linears":
+        linears(args.repeats)
+    elif args.command == "make-qwen":
         make_qwen(args.folder)
     elif args.command == "run":
         run(args.size, args.mode, args.qwen, args.out)

@@ -185,14 +185,14 @@ def _repo_files(repo_id: str, revision: str | None) -> set[str] | None:
         return None  # snapshot_download reports the real reason (not found, gated, offline)
 
 
-def _first_present(folder: str, names: tuple[str, ...], files: set[str] | None) -> list[str]:
+def _first_present(repo_id: str, folder: str, names: tuple[str, ...], files: set[str] | None) -> list[str]:
     """Patterns for the first of ``names`` the repo has; all of them when the list is unknown (offline)."""
     if files is None:
         return [f"{folder}/{name}" for name in names]
     for name in names:
         if f"{folder}/{name}" in files:
             return [f"{folder}/{name}"]
-    return [f"{folder}/{names[0]}"]
+    raise UnknownLayoutError(f"{repo_id}: {folder}/ holds none of the weights files {list(names)}")
 
 
 @dataclass(frozen=True)
@@ -275,8 +275,10 @@ def download_released(snapshot: Snapshot, prefer_ema: bool) -> Path:
     files = _repo_files(snapshot.repo_id, snapshot.commit)
     patterns = [
         *CONFIG_PATTERNS,
-        *_first_present("llm", RELEASED_LLM_WEIGHTS if prefer_ema else RELEASED_LLM_WEIGHTS[1:], files),
-        *_first_present("tokenizer", RELEASED_TOKENIZER_WEIGHTS, files),
+        *_first_present(
+            snapshot.repo_id, "llm", RELEASED_LLM_WEIGHTS if prefer_ema else RELEASED_LLM_WEIGHTS[1:], files
+        ),
+        *_first_present(snapshot.repo_id, "tokenizer", RELEASED_TOKENIZER_WEIGHTS, files),
     ]
     return download(snapshot.repo_id, patterns, snapshot.commit)
 
