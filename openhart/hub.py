@@ -52,6 +52,7 @@ RELEASED_TOKENIZER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 # A transformers text model: config, tokenizer files, safetensors weights (``*.bin`` only as a fallback).
 TEXT_MODEL_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]
 
+_TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -109,14 +110,10 @@ def converted_cache_dir() -> Path:
 
 
 def is_offline() -> bool:
+    """``HF_HUB_OFFLINE`` as set now (the hub library reads it once, at import)."""
     from huggingface_hub import constants
 
-    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {
-        "1",
-        "ON",
-        "YES",
-        "TRUE",
-    }
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in _TRUE_VALUES
 
 
 def download(repo_id: str, allow_patterns: list[str], revision: str | None = None) -> Path:
