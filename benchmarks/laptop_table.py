@@ -3,6 +3,7 @@
     python benchmarks/laptop_table.py make-qwen /tmp/qwen2-1.5b-random      # once: 3 GB of bf16
     python benchmarks/laptop_table.py run --size 512 --mode bf16 --qwen /tmp/qwen2-1.5b-random --out DIR
     python benchmarks/laptop_table.py table DIR                             # markdown rows + JSON
+    python benchmarks/laptop_table.py weights | linears | emoji-dtype       # the parts measured apart
 
 Random weights of the real shapes (speed and memory do not depend on the values): the
 ``hart-0.7b-512`` / ``hart-0.7b-1024`` presets (seed 0) and a Qwen2Model of Qwen2-1.5B's config
@@ -235,6 +236,36 @@ def linears(repeats: int) -> None:
         )
 
 
+def emoji_dtype() -> None:
+    """bf16 against fp32 on the shipped ``emoji-64`` model: 8 prompts, seeds 0-7, pixel units."""
+    from openhart import HartPipeline
+    from openhart.runtime import PACKAGED_WEIGHTS
+
+    prompts = [
+        "red apple emoji, noto style", "smiling cat face", "blue car", "green tree",
+        "yellow star", "pizza slice", "rocket", "heart",
+    ]  # fmt: skip
+    images = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        pipe = HartPipeline.from_pretrained(PACKAGED_WEIGHTS / "emoji-64", dtype=dtype)
+        images[dtype] = torch.cat(
+            [
+                pipe(p, generator=torch.Generator().manual_seed(i), output_type="pt").images.float()
+                for i, p in enumerate(prompts)
+            ]
+        )
+    difference = (images[torch.bfloat16] - images[torch.float32]).abs() * 255  # (8, 3, 64, 64)
+    print(
+        json.dumps(
+            {
+                "max_pixel_diff": difference.max().item(),
+                "mean_pixel_diff": difference.mean().item(),
+                "per_image_max": [round(x, 1) for x in difference.amax(dim=(1, 2, 3)).tolist()],
+            }
+        )
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -250,11 +281,14 @@ def main() -> None:
     summary = commands.add_parser("table")
     summary.add_argument("out", type=Path)
     commands.add_parser("weights")
+    commands.add_parser("emoji-dtype")
     timing = commands.add_parser("linears")
     timing.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     if args.command == "weights":
         weights()
+    elif args.command == "emoji-dtype":
+        emoji_dtype()
     elif args.command == "linears":
         linears(args.repeats)
     elif args.command == "make-qwen":
