@@ -198,9 +198,9 @@ class HartPipeline:
     ) -> HartPipeline:
         """Load a folder written by :meth:`save_pretrained`, the released checkpoint layout, or a Hub repo id.
 
-        The released layout (``llm/`` + ``tokenizer/``, e.g. ``mit-han-lab/hart-0.7b-1024px``) needs
-        ``text_encoder``: the Qwen2 folder (``mit-han-lab/Qwen2-VL-1.5B-Instruct``) or a ready
-        :class:`TextEncoder`; ``prefer_ema`` picks ``llm/ema_model.bin`` when present. A folder of our
+        The released layout (``llm/`` + ``tokenizer/``, e.g. ``mit-han-lab/hart-0.7b-1024px``) takes
+        ``text_encoder`` as the Qwen2 folder or repo id (default: ``mit-han-lab/Qwen2-VL-1.5B-Instruct``
+        from the Hub) or a ready :class:`TextEncoder`; ``prefer_ema`` picks ``llm/ema_model.bin`` when present. A folder of our
         own layout has its text encoder saved with it; a ready :class:`TextEncoder` replaces it.
 
         ``"ORG/NAME"`` that is not a local folder is resolved on the Hugging Face Hub at ``revision``
@@ -227,11 +227,13 @@ class HartPipeline:
         from openhart.compat import is_official_layout, load_official_pipeline  # compat imports this module
 
         if is_official_layout(root):
-            if text_encoder is None:
-                raise ValueError(
-                    "text_encoder: the released layout has no text encoder; pass the Qwen2 folder "
-                    "(mit-han-lab/Qwen2-VL-1.5B-Instruct) or a TextEncoder"
-                )
+            if not isinstance(text_encoder, TextEncoder) and not (
+                text_encoder is not None and Path(text_encoder).is_dir()
+            ):
+                from openhart.hub import DEFAULT_TEXT_ENCODER_REPO, text_model_folder
+
+                # The released layout has no text encoder: its Qwen2 repo by default, or a repo id.
+                text_encoder = text_model_folder(text_encoder or DEFAULT_TEXT_ENCODER_REPO)
             return load_official_pipeline(
                 root, text_encoder, prefer_ema=prefer_ema, device=device, dtype=dtype
             )

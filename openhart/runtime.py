@@ -91,7 +91,7 @@ def resolve_device(choice: str) -> torch.device:
 
 def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
     """``auto``: bfloat16 where the hardware computes it natively (CUDA, MPS, CPUs with AMX or
-    AVX512-BF16; on this 2-core Xeon 5x faster than float32 at 512 px), float32 elsewhere, where
+    AVX512-BF16; on this 2-core Xeon ~3.7x faster than float32 at 512 px), float32 elsewhere, where
     bf16 would be emulated and slower."""
     if choice == "auto":
         if device.type in ("cuda", "mps") or (device.type == "cpu" and cpu_has_native_bf16()):

@@ -340,3 +340,28 @@ def test_unknown_gated_and_missing_revision_are_named_online(hub_server, offline
     # Nothing was written into the cache for them.
     assert not list((offline_home / "hub").glob("models--openhart-test--nobody*"))
     assert not list((offline_home / "hub").glob("models--openhart-test--gated*"))
+
+
+def test_local_released_folder_takes_a_text_encoder_repo_id_and_defaults_to_qwen2(offline_home):
+    pipe = HartPipeline.from_pretrained(HART_TINY, text_encoder=QWEN_REPO)
+    from openhart.hub import text_model_folder
+
+    assert pipe.text_encoder.config.model_path == str(text_model_folder(QWEN_REPO).resolve())
+    with pytest.raises(
+        ModelNotCachedError, match=r"mit-han-lab/Qwen2-VL-1\.5B-Instruct is not in the Hugging Face cache"
+    ):
+        HartPipeline.from_pretrained(HART_TINY)  # the released Qwen2 by default: not cached here
+
+
+def test_released_preset_name_means_the_released_weights_never_random_silently(offline_home, tmp_path):
+    from typer.testing import CliRunner
+
+    from openhart.cli import app
+
+    result = CliRunner().invoke(
+        app, ["generate", "a fox", "--model", "hart-0.7b-1024", "-o", str(tmp_path / "f.png")]
+    )
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "mit-han-lab/hart-0.7b-1024px" in lines[0] and "--random-weights" in lines[0]
+    assert not (tmp_path / "f.png").exists()
