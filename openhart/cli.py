@@ -19,9 +19,19 @@ import torch
 import typer
 from PIL import Image
 
-from openhart.pipeline import HartPipeline
 from openhart.presets import PRESETS, preset_configs
-from openhart.runtime import DeviceChoice, DtypeChoice, load_model, resolve_device, resolve_dtype
+from openhart.runtime import (
+    DeviceChoice,
+    DtypeChoice,
+    QuantizeOption,
+    RandomWeightsOption,
+    RevisionOption,
+    TextEncoderOption,
+    apply_memory_options,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+)
 from openhart.utils.config import atomic_write_bytes
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="OpenHART: text-to-image with HART.")
@@ -60,7 +70,8 @@ def generate(
         Path, typer.Option("-o", "--output", help="PNG path (numbered when several images) or a folder.")
     ],
     model: Annotated[
-        str | None, typer.Option(help="Model folder or preset name (default: the embedded model).")
+        str | None,
+        typer.Option(help="Model folder, Hugging Face repo id or preset name (default: the embedded model)."),
     ] = None,
     negative_prompt: Annotated[
         str | None, typer.Option(help="Prompt for CFG's unconditional branch.")
@@ -80,14 +91,32 @@ def generate(
     grid: Annotated[bool, typer.Option("--grid", help="Also write all images as one grid PNG.")] = False,
     device: Annotated[DeviceChoice, typer.Option(help="Where to run.")] = DeviceChoice.auto,
     dtype: Annotated[
-        DtypeChoice, typer.Option(help="Weights dtype (auto: bf16 on CUDA, fp32 elsewhere).")
+        DtypeChoice, typer.Option(help="Weights dtype (auto: bf16 on CUDA, MPS and CPUs with native bf16).")
     ] = DtypeChoice.auto,
+    text_encoder: TextEncoderOption = None,
+    revision: RevisionOption = None,
+    random_weights: RandomWeightsOption = False,
+    quantize: QuantizeOption = None,
+    offload_text_encoder: Annotated[
+        bool,
+        typer.Option(
+            "--offload-text-encoder", help="Free the text encoder's weights once prompts are encoded."
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Generate images from prompts and write them as PNGs."""
     _setup_logging(verbose)
     torch_device = resolve_device(device.value)
-    pipeline = load_model(model, torch_device, resolve_dtype(dtype.value, torch_device))
+    pipeline = load_model(
+        model,
+        torch_device,
+        resolve_dtype(dtype.value, torch_device),
+        random_weights=random_weights,
+        revision=revision,
+        text_encoder=text_encoder,
+    )
+    apply_memory_options(pipeline, quantize, offload_text_encoder)
     first_seed = seed if seed is not None else secrets.randbelow(2**31)
     total = len(prompts) * num_images
     generators = [torch.Generator().manual_seed(first_seed + i) for i in range(total)]
@@ -127,10 +156,14 @@ def _output_paths(output: Path, count: int) -> list[Path]:
 
 
 @app.command()
-def info(model: Annotated[str, typer.Argument(help="Model folder or preset name.")]) -> None:
+def info(
+    model: Annotated[str, typer.Argument(help="Model folder, Hugging Face repo id or preset name.")],
+) -> None:
     """Print a model's components, parameter counts, scales and resolution."""
-    if Path(model).is_dir():
-        pipeline = HartPipeline.from_pretrained(model)
+    from openhart.hub import looks_like_repo_id
+
+    if Path(model).is_dir() or looks_like_repo_id(model):
+        pipeline = load_model(model, torch.device("cpu"), torch.float32)
         configs = {name: module.config for name, module in pipeline.components.items()}
         counts = pipeline.num_parameters()
     elif model in PRESETS:
@@ -218,6 +251,7 @@ def bench(
             help="Keep room in the KV cache for the last scale (same images; more memory, faster at batch 8).",
         ),
     ] = False,
+    quantize: QuantizeOption = None,
     compare: Annotated[
         str | None,
         typer.Option(
@@ -251,8 +285,20 @@ def bench(
         )
         return
     logging.basicConfig(level=logging.ERROR)
+    from openhart.hub import RELEASED_REPOS
+
     torch_device = resolve_device(device.value)
-    pipeline = load_model(model, torch_device, resolve_dtype(dtype.value, torch_device))
+    # Speed does not depend on the weights: a released preset is timed with random weights of its
+    # architecture (offline, nothing downloaded); its repo id times the released weights.
+    random_weights = model in RELEASED_REPOS
+    pipeline = load_model(
+        model, torch_device, resolve_dtype(dtype.value, torch_device), random_weights=random_weights
+    )
+    apply_memory_options(pipeline, quantize, offload_text_encoder=False)
+    if random_weights:
+        typer.echo(
+            f"weights: random, the architecture of {model} (pass {RELEASED_REPOS[model]} for the released ones)"
+        )
     if cuda_graphs and torch_device.type != "cuda":
         raise typer.BadParameter("CUDA graphs need a CUDA device", param_hint="--cuda-graphs")
     try:
@@ -281,11 +327,12 @@ def bench(
 
 @app.command()
 def convert(
-    source: Annotated[Path, typer.Argument(help="Released checkpoint folder (llm/ + tokenizer/).")],
-    destination: Annotated[Path, typer.Argument(help="Where to write the OpenHART layout (safetensors).")],
-    text_encoder: Annotated[
-        Path, typer.Option(help="Qwen2 text model folder (mit-han-lab/Qwen2-VL-1.5B-Instruct).")
+    source: Annotated[
+        str, typer.Argument(help="Released checkpoint folder (llm/ + tokenizer/) or its repo id.")
     ],
+    destination: Annotated[Path, typer.Argument(help="Where to write the OpenHART layout (safetensors).")],
+    text_encoder: TextEncoderOption = None,
+    revision: RevisionOption = None,
     ema: Annotated[
         bool, typer.Option(help="Use llm/ema_model.bin when present (what the official scripts use).")
     ] = True,
@@ -295,14 +342,38 @@ def convert(
 ) -> None:
     """Convert the released HART checkpoint to the OpenHART layout, so later loads are pickle-free."""
     from openhart.compat import is_official_layout, load_official_pipeline
+    from openhart.hub import (
+        DEFAULT_TEXT_ENCODER_REPO,
+        HubError,
+        download_released,
+        looks_like_repo_id,
+        resolve_snapshot,
+        text_model_folder,
+    )
+    from openhart.runtime import fail
 
-    if not is_official_layout(source):
-        raise typer.BadParameter(
-            f"{source} has no llm/config.json and tokenizer/config.json", param_hint="SOURCE"
+    try:
+        folder = Path(source)
+        if not folder.is_dir() and looks_like_repo_id(source):
+            snapshot = resolve_snapshot(source, revision)
+            if snapshot.layout != "released":
+                fail(f"{source} is already in the OpenHART layout: use it as --model {source}")
+            folder = download_released(snapshot, ema)
+        if not is_official_layout(folder):
+            raise typer.BadParameter(
+                f"{source} has no llm/config.json and tokenizer/config.json", param_hint="SOURCE"
+            )
+        encoder_folder = text_model_folder(text_encoder or DEFAULT_TEXT_ENCODER_REPO)
+    except HubError as error:
+        fail(str(error))
+    except FileNotFoundError as error:
+        raise typer.BadParameter(str(error), param_hint="--text-encoder") from error
+    try:
+        pipeline = load_official_pipeline(
+            folder, encoder_folder, prefer_ema=ema, use_system_prompt=system_prompt
         )
-    if not text_encoder.is_dir():
-        raise typer.BadParameter(f"no such folder: {text_encoder}", param_hint="--text-encoder")
-    pipeline = load_official_pipeline(source, text_encoder, prefer_ema=ema, use_system_prompt=system_prompt)
+    except FileNotFoundError as error:  # offline with the configs cached but not the weights
+        fail(f"{source}: {error}")
     pipeline.save_pretrained(destination)
     typer.echo(f"wrote {destination} ({sum(pipeline.num_parameters().values()) / 1e6:.1f} M parameters)")
 

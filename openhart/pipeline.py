@@ -86,6 +86,9 @@ class HartPipeline:
         # 1.3x in float32 (the weights are reordered inside the convolution, same numbers as
         # converted ones), so channels-last there.
         self.decoder_memory_format: torch.memory_format | None = None
+        # enable_text_encoder_offload(): the encoder's weights live only while prompts are encoded.
+        self._offload_text_encoder = False
+        self._text_encoder_quantized = False
 
     # ------------------------------------------------------------------ components, devices
     @property
@@ -111,11 +114,57 @@ class HartPipeline:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> HartPipeline:
         """Move every component (and cast floating weights when ``dtype`` is given); returns self."""
-        for module in self.components.values():
+        for name, module in self.components.items():
+            if name == "text_encoder" and self._text_encoder_is_offloaded():
+                continue  # reloaded on the pipeline's device and dtype at the next call
             module.to(device=device, dtype=dtype)
         self._graph_generators.clear()
         self._residual_graphs.clear()
         return self
+
+    def quantize(self, mode: str = "int8") -> HartPipeline:
+        """Weight-only int8 for the transformer's and the text encoder's linears (torchao); returns self.
+
+        Call after :meth:`to`. Memory and speed per dtype: docs/performance.md. Raises
+        :class:`openhart.quantization.QuantizationUnavailableError` without torchao.
+        """
+        from openhart.quantization import quantize_pipeline
+
+        self._reload_offloaded_text_encoder()
+        quantize_pipeline(self, mode)
+        self._text_encoder_quantized = True
+        self._graph_generators.clear()
+        self._residual_graphs.clear()
+        return self
+
+    def enable_text_encoder_offload(self) -> None:
+        """Free the text encoder's weights after each prompt encoding; reload them from their files next call.
+
+        For a text encoder that is large beside the rest (the released Qwen2-1.5B: 1.5 B parameters
+        beside the transformer's 0.7 B), so it does not sit in memory during sampling. Only for
+        encoders whose weights live in files (``transformers``/``minilm`` kinds); ValueError otherwise.
+        """
+        if self.text_encoder.saves_weights:
+            raise ValueError(
+                f"text encoder kind {self.text_encoder.config.kind!r} keeps its weights in memory only; "
+                "offloading needs one read from files (a transformers model folder)"
+            )
+        self._offload_text_encoder = True
+
+    def _text_encoder_is_offloaded(self) -> bool:
+        return any(p.is_meta for p in self.text_encoder.parameters())
+
+    def _reload_offloaded_text_encoder(self) -> None:
+        if not self._text_encoder_is_offloaded():
+            return
+        from openhart.text import build_text_encoder
+
+        encoder = build_text_encoder(self.text_encoder.config, dtype=self.dtype).to(device=self.device)
+        if self._text_encoder_quantized:
+            from openhart.quantization import quantize_linears_int8
+
+            quantize_linears_int8(encoder)
+        self.text_encoder = encoder
 
     def num_parameters(self) -> dict[str, int]:
         return {name: sum(p.numel() for p in module.parameters()) for name, module in self.components.items()}
@@ -146,28 +195,46 @@ class HartPipeline:
         *,
         text_encoder: TextEncoder | str | os.PathLike[str] | None = None,
         prefer_ema: bool = True,
+        revision: str | None = None,
     ) -> HartPipeline:
-        """Load a folder written by :meth:`save_pretrained`, or the released checkpoint layout.
+        """Load a folder written by :meth:`save_pretrained`, the released checkpoint layout, or a Hub repo id.
 
-        The released layout (``llm/`` + ``tokenizer/``, e.g. ``mit-han-lab/hart-0.7b-1024px``) needs
-        ``text_encoder``: the Qwen2 folder (``mit-han-lab/Qwen2-VL-1.5B-Instruct``) or a ready
-        :class:`TextEncoder`; ``prefer_ema`` picks ``llm/ema_model.bin`` when present. A folder of our
-        own layout ignores both (its text encoder is saved with it).
+        The released layout (``llm/`` + ``tokenizer/``, e.g. ``mit-han-lab/hart-0.7b-1024px``) takes
+        ``text_encoder`` as the Qwen2 folder or repo id (default: ``mit-han-lab/Qwen2-VL-1.5B-Instruct``
+        from the Hub) or a ready :class:`TextEncoder`; ``prefer_ema`` picks ``llm/ema_model.bin`` when present. A folder of our
+        own layout has its text encoder saved with it; a ready :class:`TextEncoder` replaces it.
+
+        ``"ORG/NAME"`` that is not a local folder is resolved on the Hugging Face Hub at ``revision``
+        (:mod:`openhart.hub`: download, one-time conversion of the released layout, whose text
+        encoder then defaults to the released Qwen2 repo; errors are :class:`openhart.hub.HubError`).
 
         Raises FileNotFoundError naming the missing folder/file and
         :class:`~openhart.utils.weights.WeightsMismatchError` naming any missing or mis-shaped tensor.
         """
         root = Path(pretrained_directory)
         if not root.is_dir():
+            from openhart.hub import load_from_hub, looks_like_repo_id
+
+            if looks_like_repo_id(root):
+                return load_from_hub(
+                    os.fspath(pretrained_directory),
+                    revision=revision,
+                    text_encoder=text_encoder,
+                    prefer_ema=prefer_ema,
+                    device=device,
+                    dtype=dtype,
+                )
             raise FileNotFoundError(f"pretrained_directory: no such model folder: {root}")
         from openhart.compat import is_official_layout, load_official_pipeline  # compat imports this module
 
         if is_official_layout(root):
-            if text_encoder is None:
-                raise ValueError(
-                    "text_encoder: the released layout has no text encoder; pass the Qwen2 folder "
-                    "(mit-han-lab/Qwen2-VL-1.5B-Instruct) or a TextEncoder"
-                )
+            if not isinstance(text_encoder, TextEncoder) and not (
+                text_encoder is not None and Path(text_encoder).is_dir()
+            ):
+                from openhart.hub import DEFAULT_TEXT_ENCODER_REPO, text_model_folder
+
+                # The released layout has no text encoder: its Qwen2 repo by default, or a repo id.
+                text_encoder = text_model_folder(text_encoder or DEFAULT_TEXT_ENCODER_REPO)
             return load_official_pipeline(
                 root, text_encoder, prefer_ema=prefer_ema, device=device, dtype=dtype
             )
@@ -175,7 +242,8 @@ class HartPipeline:
             raise FileNotFoundError(
                 f"pretrained_directory: {root} has no {INDEX_NAME} (not a saved HartPipeline)"
             )
-        text_encoder = load_text_encoder(root / "text_encoder")
+        if not isinstance(text_encoder, TextEncoder):
+            text_encoder = load_text_encoder(root / "text_encoder")
         built: dict[str, torch.nn.Module] = {}
         for name, module_cls, config_cls in (
             ("tokenizer", HybridTokenizer, TokenizerConfig),
@@ -282,11 +350,14 @@ class HartPipeline:
         _check_generator(generator, batch_size)
 
         # 2. Encode the prompt (and the unconditional context).
+        self._reload_offloaded_text_encoder()
         context, context_mask = self.encode_prompt(prompts)
         if negatives is not None:
             uncond_context, uncond_mask = self.encode_prompt(negatives)
         else:
             uncond_context, uncond_mask = self.empty_context(batch_size)
+        if self._offload_text_encoder:
+            self.text_encoder.to("meta")  # frees its weights for the sampling below
         notify = stage_callback or (lambda stage: None)
         notify("text_encoder")
 

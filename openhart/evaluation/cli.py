@@ -83,6 +83,8 @@ def eval_command(
     """FID, KID, precision/recall, prompt adherence and tokenizer reconstruction of one model."""
     from openhart.evaluation.evaluate import DEFAULT_CACHE_DIR, evaluate, results_markdown
     from openhart.evaluation.inception import InceptionUnavailableError
+    from openhart.hub import HubError
+    from openhart.runtime import fail
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     torch_device, torch_dtype = _device_and_dtype(device, dtype)
@@ -112,6 +114,8 @@ def eval_command(
         raise typer.BadParameter(str(error)) from error
     except (ValueError, TypeError, FileNotFoundError) as error:
         raise typer.BadParameter(str(error)) from error
+    except HubError as error:
+        fail(str(error))
     typer.echo(results_markdown(results))
     if output is not None:
         typer.echo(f"wrote {output / 'eval.json'}, {output / 'eval.md'}, {output / 'samples.png'}")

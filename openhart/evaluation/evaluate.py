@@ -54,6 +54,7 @@ from openhart.evaluation.metrics import (
     precision_recall,
     reconstruction_metrics,
 )
+from openhart.hub import looks_like_repo_id
 from openhart.pipeline import HartPipeline
 from openhart.utils.config import atomic_write_bytes
 from openhart.utils.random import rand_tensor
@@ -95,6 +96,8 @@ def load_for_evaluation(
             pipeline = LatentDiffusionPipeline.from_pretrained(model, device=device, dtype=dtype)
         else:
             pipeline = HartPipeline.from_pretrained(model, device=device, dtype=dtype)
+    elif isinstance(model, str) and looks_like_repo_id(model):
+        pipeline = HartPipeline.from_pretrained(model, device=device, dtype=dtype)  # a Hugging Face repo id
     elif isinstance(model, str):
         from openhart.presets import PRESETS, build_pipeline
 

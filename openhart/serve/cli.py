@@ -40,7 +40,7 @@ def serve(
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: any free port).")] = 7860,
     device: Annotated[DeviceChoice, typer.Option(help="Where to run.")] = DeviceChoice.auto,
     dtype: Annotated[
-        DtypeChoice, typer.Option(help="Weights dtype (auto: bf16 on CUDA, fp32 elsewhere).")
+        DtypeChoice, typer.Option(help="Weights dtype (auto: bf16 on CUDA, MPS and CPUs with native bf16).")
     ] = DtypeChoice.auto,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Generation worker threads.")] = 1,
     queue_size: Annotated[
@@ -188,8 +188,11 @@ def _describe_weights(model: str | None) -> tuple[str, str]:
         return Path(name).resolve().name, "folder"
     if (PACKAGED_WEIGHTS / name).is_dir():
         return name, "preset-trained"
-    assert name in PRESETS  # load_model refused anything else
-    return name, "preset-random"
+    from openhart.hub import RELEASED_REPOS
+
+    if name in PRESETS and name not in RELEASED_REPOS:
+        return name, "preset-random"
+    return name, "hub"  # a released preset's or a repo id's weights from the Hugging Face Hub
 
 
 def _warn_if_exposed(host: str) -> None:

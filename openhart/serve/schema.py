@@ -285,7 +285,7 @@ class ModelCard(BaseModel):
     """What ``GET /api/model`` reports: what is loaded, what it makes, what a request may ask."""
 
     name: str = Field(description="Preset name or the model folder's name (never a full path).")
-    weights: Literal["folder", "preset-trained", "preset-random"]
+    weights: Literal["folder", "preset-trained", "preset-random", "hub"]
     image_size: int
     num_scales: int
     patch_nums: list[int]

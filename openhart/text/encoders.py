@@ -348,7 +348,9 @@ class TransformersTextEncoder(TextEncoder):
     kind = "transformers"
     saves_weights = False  # the weights stay in the model folder
 
-    def __init__(self, config: TextEncoderConfig) -> None:
+    def __init__(self, config: TextEncoderConfig, dtype: torch.dtype = torch.float32) -> None:
+        """``dtype``: the weights' dtype as read (a bf16 pipeline reads the 1.5 B Qwen2 in bf16 instead
+        of holding a float32 copy first: 3 GB less peak memory)."""
         super().__init__(config)
         from transformers import AutoModel, AutoTokenizer
 
@@ -367,9 +369,7 @@ class TransformersTextEncoder(TextEncoder):
             raise ValueError(f"the tokenizer in {tokenizer_folder} has no pad token (set one and save it)")
         self.tokenizer.padding_side = config.padding_side
         self.tokenizer.truncation_side = "right"
-        self.model = AutoModel.from_pretrained(
-            folder, local_files_only=True, **{_dtype_kwarg(): torch.float32}
-        )
+        self.model = AutoModel.from_pretrained(folder, local_files_only=True, **{_dtype_kwarg(): dtype})
         self.model.requires_grad_(False)
         self.model.eval()
         logger.info(
@@ -525,11 +525,16 @@ _ENCODERS: dict[str, type[TextEncoder]] = {
 }
 
 
-def build_text_encoder(config: TextEncoderConfig) -> TextEncoder:
-    """The encoder class named by ``config.kind``, built from ``config``."""
+def build_text_encoder(config: TextEncoderConfig, dtype: torch.dtype | None = None) -> TextEncoder:
+    """The encoder class named by ``config.kind``, built from ``config``, its weights in ``dtype``
+    (None: float32); a transformers model is read in that dtype directly."""
     if not isinstance(config, TextEncoderConfig):
         raise TypeError(f"config must be a TextEncoderConfig, got {type(config).__name__}")
-    return _ENCODERS[config.kind](config)
+    encoder_cls = _ENCODERS[config.kind]
+    if dtype is not None and issubclass(encoder_cls, TransformersTextEncoder):
+        return encoder_cls(config, dtype=dtype)
+    encoder = encoder_cls(config)
+    return encoder if dtype is None else encoder.to(dtype=dtype)
 
 
 def load_text_encoder(pretrained_directory: str | os.PathLike[str]) -> TextEncoder:

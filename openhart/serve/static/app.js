@@ -22,7 +22,7 @@ async function loadModelCard() {
   try {
     const response = await fetch("/api/model");
     const card = await response.json();
-    const weights = { "preset-random": "random weights", "preset-trained": "trained", folder: "folder" }[card.weights];
+    const weights = { "preset-random": "random weights", "preset-trained": "trained", folder: "folder", hub: "Hugging Face Hub" }[card.weights];
     $("model").textContent =
       `${card.name} · ${card.image_size}×${card.image_size} px · ${card.num_scales} scales · ${weights} · ${card.device}`;
     const limits = card.limits;

@@ -1,0 +1,115 @@
+"""Laptop options: int8 weights, text-encoder offload, and the ``--dtype auto`` choice on CPUs."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from openhart import HartPipeline
+from openhart.runtime import PACKAGED_WEIGHTS, cpu_has_native_bf16, resolve_dtype
+from tests.conftest import generators, make_tiny_pipeline
+
+
+def require_torchao() -> None:
+    pytest.importorskip("torchao", reason="int8 weights need torchao (pip install 'openhart[quantize]')")
+
+
+PROMPTS = ["a red cat", "a blue car", "green tree", "a yellow sun"] * 2
+SEEDS = range(8)
+
+
+def images(pipe: HartPipeline, offset: int = 0) -> torch.Tensor:
+    return pipe(PROMPTS, generator=generators(*(s + offset for s in SEEDS)), output_type="pt").images
+
+
+def saved_bytes(module: torch.nn.Module) -> int:
+    buffer = io.BytesIO()
+    torch.save(module.state_dict(), buffer)
+    return len(buffer.getvalue())
+
+
+def test_int8_images_stay_close_to_float32_and_weights_shrink():
+    require_torchao()
+    from openhart.quantization import weight_bytes
+
+    reference_pipe = make_tiny_pipeline()
+    reference = images(reference_pipe)
+    other_seeds = images(reference_pipe, offset=100)
+    quantized = make_tiny_pipeline()
+    sizes = weight_bytes(quantized.transformer), saved_bytes(quantized.transformer)
+    quantized.quantize("int8")
+    assert type(quantized.transformer.blocks[0].attn.qkv_proj.weight).__name__ == "Int8Tensor"
+    # Linears hold most of the tiny transformer: 887 kB → 243 kB measured (0.27x), the file 0.30x.
+    assert weight_bytes(quantized.transformer) < 0.35 * sizes[0]
+    assert saved_bytes(quantized.transformer) < 0.4 * sizes[1]
+
+    out = images(quantized)
+    # Measured on this preset (8 images): mean |int8 − fp32| 0.0072, where bf16 weights give 0.018
+    # and two different seeds 0.27 (pixels in [0, 1]). A few tokens flip where two codes are nearly
+    # tied, so the bound is on the mean: 0.02 admits bf16-sized rounding, not a different image.
+    assert (out - reference).abs().mean().item() < 0.02
+    assert (other_seeds - reference).abs().mean().item() > 10 * (out - reference).abs().mean().item()
+
+
+def test_quantize_rejects_unknown_modes():
+    with pytest.raises(ValueError, match="mode must be one of"):
+        make_tiny_pipeline().quantize("int4")
+
+
+def test_offloaded_text_encoder_is_freed_during_sampling_and_reloaded():
+    """emoji-64's MiniLM encoder (weights from files): same images, no weights held after a call."""
+    pipe = HartPipeline.from_pretrained(PACKAGED_WEIGHTS / "emoji-64")
+    prompts, seeds = ["red apple emoji", "blue car"], generators(0, 1)
+    reference = pipe(prompts, generator=seeds, output_type="pt").images
+
+    seen_during_sampling = []
+    pipe.enable_text_encoder_offload()
+    out = pipe(
+        prompts,
+        generator=generators(0, 1),
+        output_type="pt",
+        stage_callback=lambda stage: seen_during_sampling.append(
+            all(p.is_meta for p in pipe.text_encoder.parameters())
+        ),
+    ).images
+    assert torch.equal(out, reference)
+    assert all(p.is_meta for p in pipe.text_encoder.parameters())  # freed after encoding
+    assert seen_during_sampling and all(seen_during_sampling[1:])  # every stage after the text encoder
+    again = pipe(prompts, generator=generators(0, 1), output_type="pt").images  # reloaded from its files
+    assert torch.equal(again, reference)
+
+    with pytest.raises(ValueError, match="keeps its weights in memory only"):
+        make_tiny_pipeline().enable_text_encoder_offload()  # a hash encoder has no files to reload
+
+
+def write_cpuinfo(tmp_path, flags: str):
+    path = tmp_path / "cpuinfo"
+    path.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: fpu sse2 {flags}\n\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("flags", "native"),
+    [
+        ("avx2 avx512f avx512_bf16", True),
+        ("avx512f amx_tile amx_bf16", True),
+        ("avx2 avx512f", False),
+        ("", False),
+    ],
+)
+def test_native_bf16_is_read_from_cpu_flags(tmp_path, flags, native):
+    assert cpu_has_native_bf16(write_cpuinfo(tmp_path, flags)) is native
+
+
+def test_dtype_auto_follows_the_cpu(monkeypatch):
+    import openhart.runtime as runtime
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert resolve_dtype("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    assert resolve_dtype("auto", cpu) == torch.float32
+    assert resolve_dtype("auto", torch.device("mps")) == torch.bfloat16
+    assert resolve_dtype("float32", torch.device("mps")) == torch.float32
