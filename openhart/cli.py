@@ -91,7 +91,10 @@ def generate(
     grid: Annotated[bool, typer.Option("--grid", help="Also write all images as one grid PNG.")] = False,
     device: Annotated[DeviceChoice, typer.Option(help="Where to run.")] = DeviceChoice.auto,
     dtype: Annotated[
-        DtypeChoice, typer.Option(help="Weights dtype (auto: bf16 on CUDA, MPS and CPUs with native bf16).")
+        DtypeChoice,
+        typer.Option(
+            help="Weights dtype (auto: bf16 on CUDA, MPS, and CPUs with native bf16 for models of 200 MiB or more)."
+        ),
     ] = DtypeChoice.auto,
     text_encoder: TextEncoderOption = None,
     revision: RevisionOption = None,
@@ -111,7 +114,7 @@ def generate(
     pipeline = load_model(
         model,
         torch_device,
-        resolve_dtype(dtype.value, torch_device),
+        resolve_dtype(dtype.value, torch_device, model),
         random_weights=random_weights,
         revision=revision,
         text_encoder=text_encoder,
@@ -292,7 +295,7 @@ def bench(
     # architecture (offline, nothing downloaded); its repo id times the released weights.
     random_weights = model in RELEASED_REPOS
     pipeline = load_model(
-        model, torch_device, resolve_dtype(dtype.value, torch_device), random_weights=random_weights
+        model, torch_device, resolve_dtype(dtype.value, torch_device, model), random_weights=random_weights
     )
     apply_memory_options(pipeline, quantize, offload_text_encoder=False)
     if random_weights:

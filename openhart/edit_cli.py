@@ -126,7 +126,7 @@ def edit(
         except EditInputError as error:
             raise typer.BadParameter(str(error), param_hint="--outpaint") from error
     torch_device = resolve_device(device.value)
-    pipeline = load_model(model, torch_device, resolve_dtype(dtype.value, torch_device))
+    pipeline = load_model(model, torch_device, resolve_dtype(dtype.value, torch_device, model))
     first_seed = seed if seed is not None else secrets.randbelow(2**31)
     generators = [torch.Generator().manual_seed(first_seed + i) for i in range(num_images)]
     try:

@@ -67,7 +67,7 @@ def test_verifier_fails_when_a_golden_number_is_off(tmp_path):
 
 
 @needs_shared
-def test_official_layout_round_trip_and_from_pretrained(tmp_path):
+def test_official_layout_round_trip_and_from_pretrained(tmp_path, monkeypatch):
     pipe = HartPipeline.from_pretrained(HART_TINY, text_encoder=_text_encoder())
     save_official_layout(pipe, tmp_path / "official")
     again = HartPipeline.from_pretrained(tmp_path / "official", text_encoder=_text_encoder())
@@ -80,7 +80,13 @@ def test_official_layout_round_trip_and_from_pretrained(tmp_path):
     for field, value in written.items():
         if field in original and field not in ("architectures",):
             assert original[field] == value, field
-    with pytest.raises(ValueError, match="text_encoder"):
+    # Without text_encoder= the released layout asks for its Qwen2 encoder by repo id; offline and
+    # not cached, that is one named error naming the repo, not a download attempt.
+    from openhart.hub import ModelNotCachedError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    with pytest.raises(ModelNotCachedError, match=r"Qwen2-VL-1\.5B-Instruct"):
         HartPipeline.from_pretrained(tmp_path / "official")
 
 

@@ -108,8 +108,12 @@ def test_dtype_auto_follows_the_cpu(monkeypatch):
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
-    assert resolve_dtype("auto", cpu) == torch.bfloat16
+    assert resolve_dtype("auto", cpu, "mit-han-lab/hart-0.7b-1024px") == torch.bfloat16
+    assert resolve_dtype("auto", cpu, "hart-0.7b-1024") == torch.bfloat16
+    # Small models stay float32 on CPUs: bf16 gains them nothing and changes their samples.
+    for small in (None, "tiny", "emoji-64", str(runtime.PACKAGED_WEIGHTS / "emoji-64")):
+        assert resolve_dtype("auto", cpu, small) == torch.float32, small
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
-    assert resolve_dtype("auto", cpu) == torch.float32
+    assert resolve_dtype("auto", cpu, "hart-0.7b-1024") == torch.float32
     assert resolve_dtype("auto", torch.device("mps")) == torch.bfloat16
     assert resolve_dtype("float32", torch.device("mps")) == torch.float32

@@ -108,7 +108,7 @@ OFFICIAL_REFERENCE: dict[tuple[str, str, int], OfficialReference] = {
     ("hart-0.7b-512", "cuda", 1): OfficialReference(0.210, "H200, 2026-11-26"),
     ("hart-0.7b-512", "cuda", 8): OfficialReference(8 / 17.2, "H200, 2026-11-26"),
 }
-# On CPUs per dtype: the official code patched only to run there (no-op .cuda(), a PyTorch RMSNorm),
+# On CPUs per dtype: the official code patched only to run there (its CUDA calls made no-ops, a PyTorch RMSNorm),
 # the hart-0.7b-512 architecture, random weights, medians of alternating runs (docs/performance.md).
 OFFICIAL_CPU_REFERENCE: dict[tuple[str, str], OfficialReference] = {
     ("hart-0.7b-512", "float32"): OfficialReference(42.4, "2-core CPU, fp32, 2026-11-29"),

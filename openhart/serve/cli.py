@@ -40,7 +40,10 @@ def serve(
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: any free port).")] = 7860,
     device: Annotated[DeviceChoice, typer.Option(help="Where to run.")] = DeviceChoice.auto,
     dtype: Annotated[
-        DtypeChoice, typer.Option(help="Weights dtype (auto: bf16 on CUDA, MPS and CPUs with native bf16).")
+        DtypeChoice,
+        typer.Option(
+            help="Weights dtype (auto: bf16 on CUDA, MPS, and CPUs with native bf16 for models of 200 MiB or more)."
+        ),
     ] = DtypeChoice.auto,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Generation worker threads.")] = 1,
     queue_size: Annotated[
@@ -140,7 +143,7 @@ def serve(
         raise typer.BadParameter(str(error)) from error
 
     torch_device = resolve_device(device.value)
-    pipeline = load_model(model, torch_device, resolve_dtype(dtype.value, torch_device))
+    pipeline = load_model(model, torch_device, resolve_dtype(dtype.value, torch_device, model))
     if compile_:
         compile_and_warm_up(pipeline)  # /health answers only once this is done
     name, weights = _describe_weights(model)

@@ -128,7 +128,7 @@ def synthesize(
         if ctx.device.type == "cpu":
             torch.set_num_threads(threads_per_process(threads))
             logger.info("%d CPU thread(s) per process", torch.get_num_threads())
-        pipeline = load_model(model, ctx.device, resolve_dtype(dtype.value, ctx.device))
+        pipeline = load_model(model, ctx.device, resolve_dtype(dtype.value, ctx.device, model))
         if steps is None:  # record the steps actually used, in the metadata and the resume check
             job = replace(job, num_inference_steps=pipeline.diffusion_head.config.num_inference_steps)
         summary = run_synthesis(pipeline, job, prompt_file, plan, ctx, progress=progress)
