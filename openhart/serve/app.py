@@ -460,22 +460,9 @@ def create_app(
                 },
             )
         return GenerateResponse(
-            images=[
-                GeneratedImage(
-                    seed=request.seed + i,
-                    width=result.width,
-                    height=result.height,
-                    media_type="image/png",
-                    data=to_base64(data),
-                )
-                for i, data in enumerate(result.images)
-            ],
+            images=_png_images(result, request.seed),
             parameters=used,
-            timings=Timings(
-                queue_s=round(result.queue_s, 4),
-                inference_s=round(result.inference_s, 4),
-                batch_images=result.batch_images,
-            ),
+            timings=_timings(result),
         )
 
     @app.post(
@@ -527,22 +514,9 @@ def create_app(
             height=result.height,
         )
         return EditResponse(
-            images=[
-                GeneratedImage(
-                    seed=request.seed + i,
-                    width=result.width,
-                    height=result.height,
-                    media_type="image/png",
-                    data=to_base64(data),
-                )
-                for i, data in enumerate(result.images)
-            ],
+            images=_png_images(result, request.seed),
             parameters=used,
-            timings=Timings(
-                queue_s=round(result.queue_s, 4),
-                inference_s=round(result.inference_s, 4),
-                batch_images=result.batch_images,
-            ),
+            timings=_timings(result),
         )
 
     @app.get("/api/model", response_model=ModelCard, summary="The loaded model and the request limits")
@@ -590,3 +564,25 @@ def create_app(
             allow_headers=["Content-Type"],
         )
     return app
+
+
+def _png_images(result: Any, seed: int) -> list[GeneratedImage]:
+    """A queue result's PNGs as response items; image i carries seed + i."""
+    return [
+        GeneratedImage(
+            seed=seed + i,
+            width=result.width,
+            height=result.height,
+            media_type="image/png",
+            data=to_base64(data),
+        )
+        for i, data in enumerate(result.images)
+    ]
+
+
+def _timings(result: Any) -> Timings:
+    return Timings(
+        queue_s=round(result.queue_s, 4),
+        inference_s=round(result.inference_s, 4),
+        batch_images=result.batch_images,
+    )

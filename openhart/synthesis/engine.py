@@ -297,6 +297,12 @@ class ProgressBoard:
             self.bar.close()
 
 
+def _generate_by_index(pipeline: HartPipeline, batch: Batch, steps: int | None) -> dict[int, bytes]:
+    """The batch's PNG bytes keyed by their plan index."""
+    images = _generate(pipeline, batch, steps)
+    return dict(zip([item.index for item in batch.items], images, strict=True))
+
+
 def _generate(pipeline: HartPipeline, batch: Batch, steps: int | None) -> list[bytes]:
     """PNG bytes of every image of ``batch`` (always the whole batch: see the plan's docstring)."""
     first = batch.items[0]
@@ -390,13 +396,7 @@ def _run_folder(
     started = time.perf_counter()
     for batch, missing in todo:
         try:
-            images = dict(
-                zip(
-                    [i.index for i in batch.items],
-                    _generate(pipeline, batch, job.num_inference_steps),
-                    strict=True,
-                )
-            )
+            images = _generate_by_index(pipeline, batch, job.num_inference_steps)
         except (RuntimeError, ValueError) as error:
             _batch_failed(batch, error)
             report.failed += len(missing)
@@ -445,13 +445,7 @@ def _run_shards(
             if not selected:
                 continue
             try:
-                images = dict(
-                    zip(
-                        [i.index for i in batch.items],
-                        _generate(pipeline, batch, job.num_inference_steps),
-                        strict=True,
-                    )
-                )
+                images = _generate_by_index(pipeline, batch, job.num_inference_steps)
             except (RuntimeError, ValueError) as error:
                 _batch_failed(batch, error)
                 report.failed += len(selected)
