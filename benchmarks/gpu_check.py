@@ -420,7 +420,7 @@ def benchmarks(device: torch.device, rows: int | None = None, custom_plan: str |
 def output_copy(device: torch.device) -> dict:
     """Handing a batch of eight 1024 px images to the host: pageable vs page-locked copy, and
     PIL's quantisation on the host (before) vs on the device (now), same pixels."""
-    from openhart.pipeline import _to_host
+    from openhart.models.hart import _to_host
 
     images = torch.rand(8, 3, 1024, 1024, device=device)
     out = {
@@ -499,8 +499,8 @@ def profile(device: torch.device, out_dir: Path) -> dict:
 
 def compare(device: torch.device) -> dict:
     """``openhart compare`` at 1024 px: default (CUDA graphs) HART, then compiled HART."""
-    from openhart.evaluation.baselines import build_diffusion_baseline
     from openhart.evaluation.compare import compare_pipelines
+    from openhart.models import build_diffusion_baseline
 
     hart = _release(device)
     diffusion = build_diffusion_baseline("hart-0.7b-1024", seed=0, hart=hart)

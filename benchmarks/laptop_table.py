@@ -239,7 +239,7 @@ def linears(repeats: int) -> None:
 def emoji_dtype() -> None:
     """bf16 against fp32 on the shipped ``emoji-64`` model: 8 prompts, seeds 0-7, pixel units."""
     from openhart import HartPipeline
-    from openhart.runtime import PACKAGED_WEIGHTS
+    from openhart.loading import PACKAGED_WEIGHTS
 
     prompts = [
         "red apple emoji, noto style", "smiling cat face", "blue car", "green tree",

@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
-from openhart.pipeline import HartPipeline, HartPipelineOutput  # after __version__, which it reads
+from openhart.loading import load
+from openhart.models import HartPipeline, HartPipelineOutput  # after __version__, which they read
 
-__all__ = ["HartPipeline", "HartPipelineOutput", "__version__"]
+__all__ = ["HartPipeline", "HartPipelineOutput", "__version__", "load"]

@@ -19,6 +19,7 @@ import torch
 import typer
 from PIL import Image
 
+from openhart.loading import PACKAGED_WEIGHTS
 from openhart.presets import PRESETS, preset_configs
 from openhart.runtime import (
     DeviceChoice,
@@ -291,17 +292,16 @@ def bench(
     from openhart.hub import RELEASED_REPOS
 
     torch_device = resolve_device(device.value)
-    # Speed does not depend on the weights: a released preset is timed with random weights of its
-    # architecture (offline, nothing downloaded); its repo id times the released weights.
-    random_weights = model in RELEASED_REPOS
+    # Speed does not depend on the weights: a preset without shipped weights is timed with random
+    # weights of its architecture (offline, nothing downloaded); a repo id times the released weights.
+    random_weights = model in PRESETS and not (PACKAGED_WEIGHTS / model).is_dir()
     pipeline = load_model(
         model, torch_device, resolve_dtype(dtype.value, torch_device, model), random_weights=random_weights
     )
     apply_memory_options(pipeline, quantize, offload_text_encoder=False)
     if random_weights:
-        typer.echo(
-            f"weights: random, the architecture of {model} (pass {RELEASED_REPOS[model]} for the released ones)"
-        )
+        released = f" (pass {RELEASED_REPOS[model]} for the released ones)" if model in RELEASED_REPOS else ""
+        typer.echo(f"weights: random, the architecture of {model}{released}")
     if cuda_graphs and torch_device.type != "cuda":
         raise typer.BadParameter("CUDA graphs need a CUDA device", param_hint="--cuda-graphs")
     try:

@@ -19,7 +19,14 @@ import torch
 import typer
 
 from openhart.editing import DEFAULT_MAX_PIXELS, EditInputError, decode_image_bytes, outpaint_canvas
-from openhart.runtime import DeviceChoice, DtypeChoice, load_model, resolve_device, resolve_dtype
+from openhart.runtime import (
+    DeviceChoice,
+    DtypeChoice,
+    RandomWeightsOption,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+)
 
 logger = logging.getLogger("openhart")
 
@@ -106,6 +113,7 @@ def edit(
     dtype: Annotated[
         DtypeChoice, typer.Option(help="Weights dtype (auto: bf16 on CUDA, fp32 elsewhere).")
     ] = DtypeChoice.auto,
+    random_weights: RandomWeightsOption = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Edit an image with a prompt: inpaint a mask, outpaint a border, or make variations."""
@@ -126,7 +134,9 @@ def edit(
         except EditInputError as error:
             raise typer.BadParameter(str(error), param_hint="--outpaint") from error
     torch_device = resolve_device(device.value)
-    pipeline = load_model(model, torch_device, resolve_dtype(dtype.value, torch_device, model))
+    pipeline = load_model(
+        model, torch_device, resolve_dtype(dtype.value, torch_device, model), random_weights=random_weights
+    )
     first_seed = seed if seed is not None else secrets.randbelow(2**31)
     generators = [torch.Generator().manual_seed(first_seed + i) for i in range(num_images)]
     try:

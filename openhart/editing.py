@@ -41,7 +41,7 @@ from PIL import Image
 from openhart.sampling import ForcedTokens
 
 if TYPE_CHECKING:
-    from openhart.pipeline import HartPipeline
+    from openhart.models.hart import HartPipeline
     from openhart.tokenizer import HybridTokenizer
 
 logger = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from openhart.pipeline import HartPipeline
+    from openhart.models.hart import HartPipeline
     from openhart.text import TextEncoder
 
 logger = logging.getLogger("openhart")
@@ -250,7 +250,7 @@ def load_from_hub(
     dtype: torch.dtype | None = None,
 ) -> HartPipeline:
     """A pipeline from a Hub repository of either layout (see the module docstring)."""
-    from openhart.pipeline import HartPipeline
+    from openhart.models.hart import HartPipeline
 
     snapshot = resolve_snapshot(repo_id, revision)
     if snapshot.layout == "openhart":
@@ -287,7 +287,7 @@ def convert_released(snapshot: Snapshot, encoder: TextEncoder, prefer_ema: bool,
     an interrupted conversion (disk full, Ctrl-C) leaves nothing that a later load would trust.
     """
     from openhart.compat.loading import load_official_tokenizer, load_official_transformer
-    from openhart.pipeline import HartPipeline
+    from openhart.models.hart import HartPipeline
 
     folder = download_released(snapshot, prefer_ema)
     logger.info("%s: converting the released checkpoint once into %s", snapshot.repo_id, destination)

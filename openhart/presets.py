@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from openhart.diffusion import DiffusionHeadConfig, ResidualDiffusionHead
-from openhart.pipeline import HartPipeline
+from openhart.models.hart import HartPipeline
 from openhart.text import TextEncoderConfig, build_text_encoder
 from openhart.tokenizer import HybridTokenizer, TokenizerConfig
 from openhart.transformer import HartTransformer, HartTransformerConfig

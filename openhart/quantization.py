@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from openhart.pipeline import HartPipeline
+    from openhart.models.hart import HartPipeline
 
 logger = logging.getLogger("openhart")
 

@@ -14,14 +14,12 @@ from typing import Annotated, NoReturn
 import torch
 import typer
 
-from openhart.pipeline import HartPipeline
-from openhart.presets import PRESETS, build_pipeline
+from openhart.errors import ModelLoadError
+from openhart.loading import load
+from openhart.models.hart import HartPipeline
+from openhart.presets import PRESETS
 
 logger = logging.getLogger("openhart")
-
-# Where trained weights of a preset ship inside the package (the embedded default model lands here).
-PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "weights"
-DEFAULT_MODEL = "emoji-64"
 
 
 class DeviceChoice(str, Enum):
@@ -146,50 +144,33 @@ def load_model(
     revision: str | None = None,
     text_encoder: str | None = None,
 ) -> HartPipeline:
-    """A model folder, a Hugging Face repo id, a preset's released or shipped weights, or random weights.
+    """:func:`openhart.load` for a command's ``--model``: its errors end the command with one line."""
+    from openhart.hub import HubError
 
-    ``hart-0.7b-1024`` means the released checkpoint (cached or downloadable); random weights of a
-    preset only with ``random_weights`` or, for presets without released weights, with a warning.
-    Hub failures end the command with one line and exit code 2.
-    """
-    from openhart.hub import RELEASED_REPOS, HubError, looks_like_repo_id
-
-    name = model or DEFAULT_MODEL
-    path = Path(name)
     try:
-        if path.is_dir():
-            return HartPipeline.from_pretrained(path, device=device, dtype=dtype, text_encoder=text_encoder)
-        if name in PRESETS:
-            shipped = PACKAGED_WEIGHTS / name
-            if shipped.is_dir() and not random_weights:
-                return HartPipeline.from_pretrained(shipped, device=device, dtype=dtype)
-            if name in RELEASED_REPOS and not random_weights:
-                try:
-                    return HartPipeline.from_pretrained(
-                        RELEASED_REPOS[name], device=device, dtype=dtype, text_encoder=text_encoder,
-                        revision=revision,
-                    )  # fmt: skip
-                except HubError as error:
-                    fail(f"{error} (or pass --random-weights for random weights of this architecture)")
-            if model is None:
-                raise typer.BadParameter(
-                    f"the embedded default model {DEFAULT_MODEL!r} is not trained and shipped yet; "
-                    "pass --model with a saved model folder or a preset name (random weights)",
-                    param_hint="--model",
-                )
-            logger.warning("preset %r: using RANDOM weights (seed %d)", name, seed)
-            return build_pipeline(name, seed=seed, device=device, dtype=dtype)
-        if looks_like_repo_id(name):
-            return HartPipeline.from_pretrained(
-                name, device=device, dtype=dtype, text_encoder=text_encoder, revision=revision
-            )
+        pipeline = load(
+            model,
+            device=device,
+            dtype=dtype,
+            kind="hart",
+            random_weights=random_weights,
+            seed=seed,
+            revision=revision,
+            text_encoder=text_encoder,
+        )
+    except ModelLoadError as error:
+        raise typer.BadParameter(str(error), param_hint="--model") from error
     except HubError as error:
-        fail(str(error))
-    raise typer.BadParameter(
-        f"{name!r} is neither a model folder nor a preset (presets: {', '.join(sorted(PRESETS))}) "
-        "nor a Hugging Face repo id (ORG/NAME)",
-        param_hint="--model",
-    )
+        fail(
+            str(error)
+            + (
+                " (or pass --random-weights for random weights of this architecture)"
+                if model in PRESETS
+                else ""
+            )
+        )
+    assert isinstance(pipeline, HartPipeline)  # kind="hart"
+    return pipeline
 
 
 def fail(message: str) -> NoReturn:

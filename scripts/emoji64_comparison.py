@@ -35,9 +35,9 @@ from PIL import Image, ImageDraw
 from openhart import HartPipeline
 from openhart.cli import make_grid
 from openhart.data.emoji import heldout_prompts
-from openhart.evaluation.baselines import LatentDiffusionPipeline, var_only
 from openhart.evaluation.compare import compare_pipelines
 from openhart.evaluation.evaluate import evaluate
+from openhart.models import LatentDiffusionPipeline, var_only
 
 MODELS = ("hart", "var", "diffusion")
 

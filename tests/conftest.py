@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from openhart.pipeline import HartPipeline
+from openhart.models.hart import HartPipeline
 from openhart.presets import build_pipeline
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

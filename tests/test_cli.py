@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from openhart.cli import app
-from openhart.runtime import PACKAGED_WEIGHTS
+from openhart.loading import PACKAGED_WEIGHTS
 from tests.conftest import make_tiny_pipeline
 
 runner = CliRunner(env={"COLUMNS": "400"})  # no line wrapping in error boxes

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from openhart import HartPipeline
+from openhart import load
 from openhart.cli import app
 from openhart.compat import (
     OFFICIAL_SYSTEM_PROMPT,
@@ -68,9 +68,9 @@ def test_verifier_fails_when_a_golden_number_is_off(tmp_path):
 
 @needs_shared
 def test_official_layout_round_trip_and_from_pretrained(tmp_path, monkeypatch):
-    pipe = HartPipeline.from_pretrained(HART_TINY, text_encoder=_text_encoder())
+    pipe = load(HART_TINY, text_encoder=_text_encoder())
     save_official_layout(pipe, tmp_path / "official")
-    again = HartPipeline.from_pretrained(tmp_path / "official", text_encoder=_text_encoder())
+    again = load(tmp_path / "official", text_encoder=_text_encoder())
     for name in ("tokenizer", "transformer", "diffusion_head"):
         a, b = pipe.components[name].state_dict(), again.components[name].state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
@@ -87,7 +87,7 @@ def test_official_layout_round_trip_and_from_pretrained(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
     with pytest.raises(ModelNotCachedError, match=r"Qwen2-VL-1\.5B-Instruct"):
-        HartPipeline.from_pretrained(tmp_path / "official")
+        load(tmp_path / "official")
 
 
 @needs_shared
@@ -124,7 +124,7 @@ def test_convert_command_writes_a_pickle_free_openhart_model(tmp_path):
     pipe = load_official_pipeline(HART_TINY, _text_encoder())
     pipe.save_pretrained(tmp_path / "converted")
     assert not list((tmp_path / "converted").rglob("*.bin"))
-    loaded = HartPipeline.from_pretrained(tmp_path / "converted")
+    loaded = load(tmp_path / "converted")
     settings = official_sampler_settings(loaded.transformer.config.num_scales)
     a = pipe(["a red cat"], generator=generators(0), output_type="pt", **settings).images
     b = loaded(["a red cat"], generator=generators(0), output_type="pt", **settings).images

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 pytest.importorskip("diffusers")
 
-from openhart.evaluation.baselines import LatentDiffusionPipeline
+from openhart.models import LatentDiffusionPipeline
 from openhart.presets import build_pipeline
 from openhart.training.cli import train_app
 from openhart.training.diffusion_trainer import DiffusionTrainer

@@ -266,8 +266,8 @@ def test_bad_outpaint_names_the_side(sides, field):
 
 # ---------------------------------------------------------------------- the default model
 def test_default_model_black_is_reconstruction_and_white_is_generation():
-    from openhart.pipeline import HartPipeline
-    from openhart.runtime import PACKAGED_WEIGHTS
+    from openhart.loading import PACKAGED_WEIGHTS
+    from openhart.models.hart import HartPipeline
 
     folder = PACKAGED_WEIGHTS / "emoji-64"
     if not folder.is_dir():

@@ -24,13 +24,6 @@ pytest.importorskip("diffusers", reason="the [eval] extra (diffusers) is not ins
 
 from openhart.data.datasets import ImageFolderDataset
 from openhart.evaluation import inception
-from openhart.evaluation.baselines import (
-    DIFFUSION_BASELINE_SIZES,
-    LatentDiffusionConfig,
-    LatentDiffusionPipeline,
-    build_diffusion_baseline,
-    var_only,
-)
 from openhart.evaluation.cli import evaluation_app
 from openhart.evaluation.compare import count_macs, parse_model_names
 from openhart.evaluation.evaluate import evaluate, load_for_evaluation
@@ -42,6 +35,13 @@ from openhart.evaluation.metrics import (
     psnr,
     reconstruction_metrics,
     ssim,
+)
+from openhart.models import (
+    DIFFUSION_BASELINE_SIZES,
+    LatentDiffusionConfig,
+    LatentDiffusionPipeline,
+    build_diffusion_baseline,
+    var_only,
 )
 from openhart.training.recipe import DiffusionRecipe, load_recipe
 from tests.conftest import generators, make_tiny_pipeline
@@ -452,7 +452,7 @@ def test_eval_command_with_inception(tmp_path):
     result = CliRunner().invoke(
         evaluation_app,
         [
-            "eval", "--model", "tiny", "--data", str(FIXTURE), "--num-images", "4", "--adherence-images", "0",
+            "eval", "--model", "tiny", "--random-weights", "--data", str(FIXTURE), "--num-images", "4", "--adherence-images", "0",
             "--reconstruction-images", "0", "--batch-size", "4", "--device", "cpu", "--no-cache",
             "-o", str(tmp_path / "eval"),
         ],

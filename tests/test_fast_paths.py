@@ -12,7 +12,7 @@ import dataclasses
 import pytest
 import torch
 
-import openhart.pipeline as pipeline_module
+import openhart.models.hart as pipeline_module
 from openhart.diffusion.graphs import CUDAGraphResidualSampler, draw_residual_noise
 from tests.conftest import generators, make_tiny_pipeline
 

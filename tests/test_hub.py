@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from openhart import HartPipeline
+from openhart import HartPipeline, load
 from openhart.hub import (
     ModelNotCachedError,
     UnknownLayoutError,
@@ -163,7 +163,7 @@ def test_released_repo_converts_once_and_matches_the_folder_loader(offline_home,
     converted = converted_folder(snapshot, prefer_ema=True)
     assert not converted.exists()
 
-    pipe = HartPipeline.from_pretrained(RELEASED_REPO, text_encoder=encoder)
+    pipe = load(RELEASED_REPO, text_encoder=encoder)
     assert (converted / "model_index.json").is_file()
     for name in ("tokenizer", "transformer", "diffusion_head"):
         assert (converted / name / "model.safetensors").is_file()
@@ -185,7 +185,7 @@ def test_released_repo_converts_once_and_matches_the_folder_loader(offline_home,
         raise AssertionError("torch.load called on the second load")
 
     monkeypatch.setattr(torch, "load", no_pickles)
-    again = HartPipeline.from_pretrained(RELEASED_REPO, text_encoder=encoder)
+    again = load(RELEASED_REPO, text_encoder=encoder)
     assert torch.equal(images(again), first)
 
 
@@ -193,8 +193,8 @@ def test_new_revision_invalidates_the_conversion(offline_home):
     encoder = hash_encoder()
     cache = offline_home / "hub"
     put_in_cache(cache, RELEASED_REPO, COMMIT_B, released_files(perturb=0.01), ref="v2")
-    old = HartPipeline.from_pretrained(RELEASED_REPO, text_encoder=encoder)
-    new = HartPipeline.from_pretrained(RELEASED_REPO, text_encoder=encoder, revision="v2")
+    old = load(RELEASED_REPO, text_encoder=encoder)
+    new = load(RELEASED_REPO, text_encoder=encoder, revision="v2")
     assert converted_folder(resolve_snapshot(RELEASED_REPO, "v2"), True).name.startswith(COMMIT_B)
     assert converted_folder(resolve_snapshot(RELEASED_REPO, "v2"), True).is_dir()
     difference = (new.transformer.head.weight - old.transformer.head.weight).abs().max().item()
@@ -202,19 +202,19 @@ def test_new_revision_invalidates_the_conversion(offline_home):
 
 
 def test_openhart_layout_repo_equals_the_saved_model(offline_home):
-    pipe = HartPipeline.from_pretrained(OURS_REPO)
+    pipe = load(OURS_REPO)
     assert torch.equal(images(pipe), images(make_tiny_pipeline()))
 
 
 def test_missing_and_unknown_repos_raise_named_errors(offline_home):
     with pytest.raises(ModelNotCachedError) as error:
-        HartPipeline.from_pretrained("openhart-test/absent")
+        load("openhart-test/absent")
     message = str(error.value)
     assert "\n" not in message
     assert "openhart-test/absent" in message and str(offline_home / "hub") in message
     assert "HF_HUB_OFFLINE" in message
     with pytest.raises(UnknownLayoutError, match="neither an OpenHART model"):
-        HartPipeline.from_pretrained("openhart-test/not-a-model")
+        load("openhart-test/not-a-model")
 
 
 def run_cli(args: list[str], home: Path) -> subprocess.CompletedProcess:
@@ -275,7 +275,7 @@ def test_convert_command_takes_repo_ids(offline_home, tmp_path):
     result = CliRunner().invoke(app, ["convert", RELEASED_REPO, str(out), "--text-encoder", QWEN_REPO])
     assert result.exit_code == 0, result.output
     assert not list(out.rglob("*.bin")) and (out / "model_index.json").is_file()
-    assert HartPipeline.from_pretrained(out).transformer.config.context_dim == 32
+    assert load(out).transformer.config.context_dim == 32
     result = CliRunner().invoke(app, ["convert", OURS_REPO, str(tmp_path / "again")])
     assert result.exit_code == 2 and "already in the OpenHART layout" in result.output
 
@@ -332,25 +332,25 @@ def test_unknown_gated_and_missing_revision_are_named_online(hub_server, offline
     from openhart.hub import GatedRepoAccessError, RepoNotFoundError
 
     with pytest.raises(RepoNotFoundError, match="openhart-test/nobody: no such repository"):
-        HartPipeline.from_pretrained("openhart-test/nobody")
+        load("openhart-test/nobody")
     with pytest.raises(GatedRepoAccessError, match=r"openhart-test/gated is gated.*HF_TOKEN"):
-        HartPipeline.from_pretrained("openhart-test/gated")
+        load("openhart-test/gated")
     with pytest.raises(RepoNotFoundError, match=r"\(revision v9\): no such revision"):
-        HartPipeline.from_pretrained(OURS_REPO, revision="v9")
+        load(OURS_REPO, revision="v9")
     # Nothing was written into the cache for them.
     assert not list((offline_home / "hub").glob("models--openhart-test--nobody*"))
     assert not list((offline_home / "hub").glob("models--openhart-test--gated*"))
 
 
 def test_local_released_folder_takes_a_text_encoder_repo_id_and_defaults_to_qwen2(offline_home):
-    pipe = HartPipeline.from_pretrained(HART_TINY, text_encoder=QWEN_REPO)
+    pipe = load(HART_TINY, text_encoder=QWEN_REPO)
     from openhart.hub import text_model_folder
 
     assert pipe.text_encoder.config.model_path == str(text_model_folder(QWEN_REPO).resolve())
     with pytest.raises(
         ModelNotCachedError, match=r"mit-han-lab/Qwen2-VL-1\.5B-Instruct is not in the Hugging Face cache"
     ):
-        HartPipeline.from_pretrained(HART_TINY)  # the released Qwen2 by default: not cached here
+        load(HART_TINY)  # the released Qwen2 by default: not cached here
 
 
 def test_released_preset_name_means_the_released_weights_never_random_silently(offline_home, tmp_path):

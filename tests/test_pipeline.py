@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from openhart.pipeline import HartPipeline
+from openhart.models.hart import HartPipeline
 from openhart.presets import build_pipeline
 from openhart.sampling import guidance_per_scale, sample_token_pyramid
 from openhart.utils.weights import WeightsMismatchError

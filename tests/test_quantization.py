@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from openhart import HartPipeline
-from openhart.runtime import PACKAGED_WEIGHTS, cpu_has_native_bf16, resolve_dtype
+from openhart.loading import PACKAGED_WEIGHTS
+from openhart.runtime import cpu_has_native_bf16, resolve_dtype
 from tests.conftest import generators, make_tiny_pipeline
 
 
@@ -111,7 +112,7 @@ def test_dtype_auto_follows_the_cpu(monkeypatch):
     assert resolve_dtype("auto", cpu, "mit-han-lab/hart-0.7b-1024px") == torch.bfloat16
     assert resolve_dtype("auto", cpu, "hart-0.7b-1024") == torch.bfloat16
     # Small models stay float32 on CPUs: bf16 gains them nothing and changes their samples.
-    for small in (None, "tiny", "emoji-64", str(runtime.PACKAGED_WEIGHTS / "emoji-64")):
+    for small in (None, "tiny", "emoji-64", str(PACKAGED_WEIGHTS / "emoji-64")):
         assert resolve_dtype("auto", cpu, small) == torch.float32, small
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
     assert resolve_dtype("auto", cpu, "hart-0.7b-1024") == torch.float32

@@ -113,6 +113,7 @@ def server(tmp_path_factory, hooks_dir) -> ServerProcess:
         [
             "--model",
             "tiny",
+            "--random-weights",
             "--safety-checker",
             "serve_test_hooks:refuse_forbidden",
             "--log-level",
@@ -356,7 +357,17 @@ def test_still_generating_after_the_bad_inputs(server):
 def test_full_queue_gets_503_with_retry_after_then_sigterm_finishes_in_flight_and_exits_0(tmp_path):
     # One worker, one waiting slot; 1000 residual steps × 4 images keep the worker busy ~1 s.
     server = ServerProcess(
-        ["--model", "tiny", "--queue-size", "1", "--max-steps", "1000", "--log-level", "warning"],
+        [
+            "--model",
+            "tiny",
+            "--random-weights",
+            "--queue-size",
+            "1",
+            "--max-steps",
+            "1000",
+            "--log-level",
+            "warning",
+        ],
         tmp_path / "server.log",
     )
     try:
@@ -564,7 +575,7 @@ def test_safety_classifier_from_a_local_folder(tmp_path):
 
 def test_compiled_server_warms_up_first_and_gives_the_same_images(server, tmp_path):
     compiled = ServerProcess(
-        ["--model", "tiny", "--compile", "--log-level", "info"], tmp_path / "compiled.log"
+        ["--model", "tiny", "--random-weights", "--compile", "--log-level", "info"], tmp_path / "compiled.log"
     )
     try:
         assert "compiled and warmed up in" in compiled.log()  # before /health answered
@@ -582,14 +593,15 @@ def test_serve_command_errors_and_weights_description(tmp_path):
     runner = CliRunner(env={"COLUMNS": "400"})
     result = runner.invoke(app, ["--model", "no-such-model"])
     assert result.exit_code == 2 and "neither a model folder nor a preset" in result.output
-    result = runner.invoke(app, ["--model", "tiny", "--safety-checker", "no_colon"])
+    result = runner.invoke(app, ["--model", "tiny", "--random-weights", "--safety-checker", "no_colon"])
     assert result.exit_code == 2 and "module:function" in result.output
-    result = runner.invoke(app, ["--model", "tiny", "--queue-size", "0"])
+    result = runner.invoke(app, ["--model", "tiny", "--random-weights", "--queue-size", "0"])
     assert result.exit_code == 2 and "queue-size" in result.output
     folder = tmp_path / "my-model"
     folder.mkdir()
     assert _describe_weights(str(folder)) == ("my-model", "folder")  # a name, never the path
-    assert _describe_weights("tiny") == ("tiny", "preset-random")
+    assert _describe_weights("tiny", random_weights=True) == ("tiny", "preset-random")
+    assert _describe_weights("emoji-64") == ("emoji-64", "preset-trained")
     assert ServeLimits().max_num_images == 4
     with pytest.raises(ValueError, match="max_steps"):
         ServeLimits(max_steps=0)

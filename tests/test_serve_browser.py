@@ -33,7 +33,9 @@ sync_api = pytest.importorskip(
 
 
 def test_page_generates_images_in_headless_chromium(tmp_path):
-    server = ServerProcess(["--model", "tiny", "--log-level", "warning"], tmp_path / "server.log")
+    server = ServerProcess(
+        ["--model", "tiny", "--random-weights", "--log-level", "warning"], tmp_path / "server.log"
+    )
     try:
         with sync_api.sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)

@@ -51,6 +51,7 @@ def server(tmp_path_factory) -> ServerProcess:
         [
             "--model",
             "tiny",
+            "--random-weights",
             "--log-level",
             "warning",
             "--max-image-bytes",

@@ -39,7 +39,9 @@ def test_edit_mode_paints_a_mask_and_shows_the_result(tmp_path):
     pixels = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)  # H 40, W 48
     picture = tmp_path / "photo.png"
     Image.fromarray(pixels).save(picture)
-    server = ServerProcess(["--model", "tiny", "--log-level", "warning"], tmp_path / "server.log")
+    server = ServerProcess(
+        ["--model", "tiny", "--random-weights", "--log-level", "warning"], tmp_path / "server.log"
+    )
     try:
         with sync_api.sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)

@@ -69,6 +69,7 @@ def _synth(prompts: Path, out: Path, *args: str):
             str(out),
             "--model",
             "tiny",
+            "--random-weights",
             "--no-progress",
             *FAST,
             *args,
@@ -82,7 +83,7 @@ def _subprocess_env() -> dict[str, str]:
 
 def _module_command(prompts: Path, out: Path, *args: str, fast: tuple[str, ...] = FAST) -> list[str]:
     return [
-        "-m", "openhart.synthesize", "--prompts", str(prompts), "--out", str(out), "--model", "tiny", *fast, *args,
+        "-m", "openhart.synthesize", "--prompts", str(prompts), "--out", str(out), "--model", "tiny", "--random-weights", *fast, *args,
     ]  # fmt: skip
 
 

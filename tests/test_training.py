@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from torch.utils.data import Dataset
 from typer.testing import CliRunner
 
-from openhart.pipeline import HartPipeline
+from openhart.models.hart import HartPipeline
 from openhart.presets import build_pipeline
 from openhart.training.checkpoint import latest_checkpoint
 from openhart.training.cli import train_app

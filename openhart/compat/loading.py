@@ -21,7 +21,7 @@ from openhart.compat.official import (
     transformer_configs_from_official,
 )
 from openhart.diffusion import ResidualDiffusionHead
-from openhart.pipeline import HartPipeline
+from openhart.models.hart import HartPipeline
 from openhart.text import TextEncoder, TextEncoderConfig, build_text_encoder
 from openhart.tokenizer import HybridTokenizer, TokenizerConfig, official_tokenizer_state_dict
 from openhart.transformer import HartTransformer

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from openhart.pipeline import HartPipeline
+from openhart.models.hart import HartPipeline
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from openhart.runtime import DeviceChoice, DtypeChoice
+from openhart.runtime import DeviceChoice, DtypeChoice, RandomWeightsOption
 from openhart.utils.config import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,10 @@ def _device_and_dtype(device: DeviceChoice, dtype: DtypeChoice):
 
 def eval_command(
     model: Annotated[
-        str, typer.Option(help="Model folder (HART or latent diffusion) or preset (random weights).")
+        str,
+        typer.Option(
+            help="Model folder (HART or latent diffusion), preset (its trained weights) or repo id."
+        ),
     ],
     data: Annotated[Path, typer.Option(help="Image folder with metadata.jsonl (e.g. the emoji dataset).")],
     num_images: Annotated[int, typer.Option(min=2, help="Real and generated images for FID/KID/P/R.")] = 1000,
@@ -79,6 +82,7 @@ def eval_command(
     ] = False,
     device: Annotated[DeviceChoice, typer.Option()] = DeviceChoice.auto,
     dtype: Annotated[DtypeChoice, typer.Option()] = DtypeChoice.auto,
+    random_weights: RandomWeightsOption = False,
 ) -> None:
     """FID, KID, precision/recall, prompt adherence and tokenizer reconstruction of one model."""
     from openhart.evaluation.evaluate import DEFAULT_CACHE_DIR, evaluate, results_markdown
@@ -109,6 +113,7 @@ def eval_command(
             dtype=torch_dtype,
             cache_dir=None if no_cache else (cache_dir or DEFAULT_CACHE_DIR),
             output_dir=output,
+            random_weights=random_weights,
         )
     except InceptionUnavailableError as error:
         raise typer.BadParameter(str(error)) from error
@@ -179,12 +184,22 @@ def run_compare(
 ) -> None:
     """What ``compare`` does, callable from another command (e.g. ``openhart bench --compare``)."""
     from openhart.evaluation.compare import compare_pipelines, load_comparison_models
+    from openhart.presets import PRESETS
 
     logging.basicConfig(level=logging.ERROR)
+    # Speed does not depend on the weights: a preset is timed with random weights of its
+    # architecture, and the diffusion baseline sized for it (offline, nothing downloaded).
+    random_weights = model in PRESETS
     torch_device, torch_dtype = _device_and_dtype(DeviceChoice(device), DtypeChoice(dtype))
     try:
         hart, diffusion = load_comparison_models(
-            model, diffusion_model, models, device=torch_device, dtype=torch_dtype, seed=seed
+            model,
+            diffusion_model,
+            models,
+            device=torch_device,
+            dtype=torch_dtype,
+            seed=seed,
+            random_weights=random_weights,
         )
         comparison = compare_pipelines(
             hart,

@@ -30,14 +30,14 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from openhart.evaluation.baselines import (
+from openhart.evaluation.benchmark import BenchmarkResult, benchmark_pipeline, synchronize
+from openhart.models import (
     LatentDiffusionPipeline,
     VarOnlyPipeline,
     build_diffusion_baseline,
     var_only,
 )
-from openhart.evaluation.benchmark import BenchmarkResult, benchmark_pipeline, synchronize
-from openhart.pipeline import HartPipeline
+from openhart.models.hart import HartPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -351,30 +351,25 @@ def load_comparison_models(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     seed: int = 0,
+    random_weights: bool = False,
 ) -> tuple[HartPipeline | None, LatentDiffusionPipeline | None]:
-    """The pipelines ``compare_pipelines`` needs: ``model`` (HART folder or preset, random weights)
-    and ``diffusion_model`` (a LatentDiffusionPipeline folder; default: the baseline sized for the
-    preset ``model``, random weights, sharing HART's text encoder and tokenizer)."""
-    from openhart.presets import PRESETS, build_pipeline
+    """The pipelines ``compare_pipelines`` needs: ``model`` (any name :func:`openhart.load` takes)
+    and ``diffusion_model`` (a LatentDiffusionPipeline folder). With ``random_weights``, ``model``
+    is a preset's architecture and the default diffusion model the baseline sized for it, sharing
+    HART's text encoder and tokenizer (speed does not depend on the weights)."""
+    from openhart.loading import load
 
     kinds = {kind for _, kind, _ in parse_model_names(models)}
-    hart = None
-    if Path(model).is_dir():
-        hart = HartPipeline.from_pretrained(model, device=device, dtype=dtype)
-    elif model in PRESETS:
-        logger.warning("preset %r: random weights (speed does not depend on them)", model)
-        hart = build_pipeline(model, seed=seed, device=device, dtype=dtype)
-    else:
-        raise ValueError(f"model: {model!r} is neither a model folder nor a preset ({sorted(PRESETS)})")
+    hart = load(model, device=device, dtype=dtype, kind="hart", random_weights=random_weights, seed=seed)
     diffusion = None
     if "diffusion" in kinds:
         if diffusion_model is not None:
-            diffusion = LatentDiffusionPipeline.from_pretrained(diffusion_model, device=device, dtype=dtype)
-        elif model in PRESETS:
+            diffusion = load(diffusion_model, device=device, dtype=dtype, kind="diffusion")
+        elif random_weights:
             diffusion = build_diffusion_baseline(model, seed=seed, hart=hart)
         else:
             raise ValueError(
-                "diffusion_model: measuring 'diffusion' next to a model folder needs the baseline's folder "
-                "(or pass a preset name as the model for random weights of matched size)"
+                "diffusion_model: measuring 'diffusion' next to trained weights needs the baseline's folder "
+                "(or pass random_weights for random weights of matched size)"
             )
     return hart, diffusion

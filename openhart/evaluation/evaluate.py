@@ -40,13 +40,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from openhart.data.datasets import ImageFolderDataset, ImageRecord, load_image
-from openhart.evaluation.baselines import (
-    LatentDiffusionPipeline,
-    VarOnlyPipeline,
-    build_diffusion_baseline,
-    is_latent_diffusion_folder,
-    var_only,
-)
 from openhart.evaluation.metrics import (
     concept_accuracy,
     fid_from_features,
@@ -54,8 +47,13 @@ from openhart.evaluation.metrics import (
     precision_recall,
     reconstruction_metrics,
 )
-from openhart.hub import looks_like_repo_id
-from openhart.pipeline import HartPipeline
+from openhart.loading import load
+from openhart.models import (
+    LatentDiffusionPipeline,
+    VarOnlyPipeline,
+    var_only,
+)
+from openhart.models.hart import HartPipeline
 from openhart.utils.config import atomic_write_bytes
 from openhart.utils.random import rand_tensor
 
@@ -80,34 +78,23 @@ def load_for_evaluation(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     seed: int = 0,
+    random_weights: bool = False,
 ) -> tuple[Pipeline, str]:
-    """(pipeline, variant) from a folder, a preset name or a pipeline object.
+    """(pipeline, variant) from a pipeline object or any name :func:`openhart.load` takes.
 
     ``variant``: "hart", "var" (a HART model without the residual head) or "diffusion"; None
-    picks what the model is. A preset with ``variant="diffusion"`` builds the matched diffusion
-    baseline; presets have random weights (a warning says so).
+    picks what the model is. A preset means its trained weights; ``random_weights`` builds its
+    architecture (or, with ``variant="diffusion"``, the matched baseline) with random weights.
     """
     if variant is not None and variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS} or None, got {variant!r}")
     if isinstance(model, (HartPipeline, VarOnlyPipeline, LatentDiffusionPipeline)):
         pipeline = model
-    elif isinstance(model, (str, os.PathLike)) and Path(model).is_dir():
-        if is_latent_diffusion_folder(model):
-            pipeline = LatentDiffusionPipeline.from_pretrained(model, device=device, dtype=dtype)
-        else:
-            pipeline = HartPipeline.from_pretrained(model, device=device, dtype=dtype)
-    elif isinstance(model, str) and looks_like_repo_id(model):
-        pipeline = HartPipeline.from_pretrained(model, device=device, dtype=dtype)  # a Hugging Face repo id
-    elif isinstance(model, str):
-        from openhart.presets import PRESETS, build_pipeline
-
-        if model not in PRESETS:
-            raise ValueError(f"model: {model!r} is neither a model folder nor a preset ({sorted(PRESETS)})")
-        logger.warning("model %r is a preset: evaluating RANDOM weights (seed %d)", model, seed)
-        if variant == "diffusion":
-            pipeline = build_diffusion_baseline(model, seed=seed, device=device, dtype=dtype)
-        else:
-            pipeline = build_pipeline(model, seed=seed, device=device, dtype=dtype)
+    elif isinstance(model, (str, os.PathLike)):
+        kind = {"diffusion": "diffusion", "hart": "hart", "var": "hart"}.get(variant or "", "auto")
+        pipeline = load(
+            model, device=device, dtype=dtype, kind=kind, random_weights=random_weights, seed=seed
+        )
     else:
         raise TypeError(f"model: expected a folder, a preset name or a pipeline, got {type(model).__name__}")
 
@@ -311,11 +298,13 @@ def evaluate(
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     progress: bool = True,
+    random_weights: bool = False,
 ) -> dict[str, Any]:
     """Quality metrics of a model on an image folder; see the module docstring for the steps.
 
     Args:
-        model: a saved HartPipeline / LatentDiffusionPipeline folder, a preset name or a pipeline.
+        model: a pipeline or any name :func:`openhart.load` takes (a preset means its trained
+            weights; ``random_weights`` its architecture with random weights).
         data: an image folder (``metadata.jsonl`` layout) or ``{"type": "imagefolder", "root", "split"}``.
         num_images: N real rows and N generated images for FID / KID / precision / recall.
         variant: "hart", "var" or "diffusion" (None: what the model is).
@@ -333,13 +322,16 @@ def evaluate(
             (None: no cache). output_dir: write eval.json, eval.md and samples.png there.
         kid_subsets, kid_subset_size: KID's subsets (the size is capped at N).
         progress: progress bars.
+        random_weights: see ``model``.
     """
     if not isinstance(num_images, int) or isinstance(num_images, bool) or num_images < 2:
         raise ValueError(f"num_images must be an int ≥ 2 (FID needs two samples), got {num_images!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int ≥ 1, got {batch_size!r}")
     started = time.perf_counter()
-    pipeline, variant = load_for_evaluation(model, variant, device=device, dtype=dtype, seed=seed)
+    pipeline, variant = load_for_evaluation(
+        model, variant, device=device, dtype=dtype, seed=seed, random_weights=random_weights
+    )
     if extractor is None:
         from openhart.evaluation.inception import InceptionFeatureExtractor
 

@@ -21,7 +21,7 @@ from typing import Annotated
 
 import typer
 
-from openhart.runtime import DeviceChoice, DtypeChoice
+from openhart.runtime import DeviceChoice, DtypeChoice, RandomWeightsOption
 
 logger = logging.getLogger("openhart.serve")
 
@@ -45,6 +45,7 @@ def serve(
             help="Weights dtype (auto: bf16 on CUDA, MPS, and CPUs with native bf16 for models of 200 MiB or more)."
         ),
     ] = DtypeChoice.auto,
+    random_weights: RandomWeightsOption = False,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Generation worker threads.")] = 1,
     queue_size: Annotated[
         int, typer.Option(min=1, max=100_000, help="Requests that may wait for a worker; more get 503.")
@@ -143,10 +144,12 @@ def serve(
         raise typer.BadParameter(str(error)) from error
 
     torch_device = resolve_device(device.value)
-    pipeline = load_model(model, torch_device, resolve_dtype(dtype.value, torch_device, model))
+    pipeline = load_model(
+        model, torch_device, resolve_dtype(dtype.value, torch_device, model), random_weights=random_weights
+    )
     if compile_:
         compile_and_warm_up(pipeline)  # /health answers only once this is done
-    name, weights = _describe_weights(model)
+    name, weights = _describe_weights(model, random_weights)
     card = build_model_card(pipeline, name, weights, limits, safety)
     queue = GenerationQueue(
         pipeline,
@@ -181,20 +184,18 @@ def _auto_threads(device_type: str, workers: int) -> int | None:
     return max(1, (cores - 1) // workers)
 
 
-def _describe_weights(model: str | None) -> tuple[str, str]:
+def _describe_weights(model: str | None, random_weights: bool = False) -> tuple[str, str]:
     """(name shown to clients, where the weights came from); a folder shows its name, not its path."""
+    from openhart.loading import DEFAULT_MODEL, PACKAGED_WEIGHTS
     from openhart.presets import PRESETS
-    from openhart.runtime import DEFAULT_MODEL, PACKAGED_WEIGHTS
 
     name = model or DEFAULT_MODEL
     if Path(name).is_dir():
         return Path(name).resolve().name, "folder"
+    if name in PRESETS and random_weights:
+        return name, "preset-random"
     if (PACKAGED_WEIGHTS / name).is_dir():
         return name, "preset-trained"
-    from openhart.hub import RELEASED_REPOS
-
-    if name in PRESETS and name not in RELEASED_REPOS:
-        return name, "preset-random"
     return name, "hub"  # a released preset's or a repo id's weights from the Hugging Face Hub
 
 

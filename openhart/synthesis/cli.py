@@ -19,7 +19,8 @@ from typing import Annotated
 import torch
 import typer
 
-from openhart.runtime import DEFAULT_MODEL, DtypeChoice, load_model, resolve_dtype
+from openhart.loading import DEFAULT_MODEL
+from openhart.runtime import DtypeChoice, RandomWeightsOption, load_model, resolve_dtype
 from openhart.synthesis.engine import (
     SynthesisError,
     SynthesisJob,
@@ -89,6 +90,7 @@ def synthesize(
     dtype: Annotated[
         DtypeChoice, typer.Option(help="Weights dtype (auto: bf16 on CUDA, fp32 elsewhere).")
     ] = DtypeChoice.auto,
+    random_weights: RandomWeightsOption = False,
     threads: Annotated[
         int | None,
         typer.Option(min=1, help="CPU threads per process (default: cores / processes on this node)."),
@@ -128,7 +130,9 @@ def synthesize(
         if ctx.device.type == "cpu":
             torch.set_num_threads(threads_per_process(threads))
             logger.info("%d CPU thread(s) per process", torch.get_num_threads())
-        pipeline = load_model(model, ctx.device, resolve_dtype(dtype.value, ctx.device, model))
+        pipeline = load_model(
+            model, ctx.device, resolve_dtype(dtype.value, ctx.device, model), random_weights=random_weights
+        )
         if steps is None:  # record the steps actually used, in the metadata and the resume check
             job = replace(job, num_inference_steps=pipeline.diffusion_head.config.num_inference_steps)
         summary = run_synthesis(pipeline, job, prompt_file, plan, ctx, progress=progress)

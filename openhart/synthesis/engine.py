@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from openhart.pipeline import HartPipeline
+from openhart.models.hart import HartPipeline
 from openhart.synthesis.plan import FORMATS, Batch, Plan, WorkItem, build_plan
 from openhart.synthesis.prompts import PromptFile, read_prompt_file
 from openhart.synthesis.writers import (

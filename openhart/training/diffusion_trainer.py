@@ -1,6 +1,6 @@
 """Training the latent-diffusion baseline on the shared loop, under HART's conditions.
 
-The baseline (:class:`~openhart.evaluation.baselines.LatentDiffusionPipeline`) is a PixArt-style
+The baseline (:class:`~openhart.models.LatentDiffusionPipeline`) is a PixArt-style
 diffusion transformer from diffusers on the *same* frozen hybrid tokenizer's continuous latents,
 conditioned on the *same* frozen text encoder. One step:
 
@@ -23,7 +23,8 @@ import torch
 from torch import nn
 from torch.utils.data import IterableDataset
 
-from openhart.evaluation.baselines import LatentDiffusionPipeline, is_latent_diffusion_folder
+from openhart.loading import load
+from openhart.models import LatentDiffusionPipeline, is_latent_diffusion_folder
 from openhart.training.checkpoint import MODEL_DIR
 from openhart.training.distributed import step_generator
 from openhart.training.generator_trainer import TextContexts, TextEncoderFromRecipe, write_sample_grid
@@ -63,7 +64,8 @@ class DiffusionTrainer(TextEncoderFromRecipe, Trainer):
         if recipe.pipeline is not None:
             if not is_latent_diffusion_folder(recipe.pipeline):
                 raise FileNotFoundError(f"pipeline: {recipe.pipeline} is not a saved LatentDiffusionPipeline")
-            pipeline = LatentDiffusionPipeline.from_pretrained(recipe.pipeline)
+            pipeline = load(recipe.pipeline, kind="diffusion")
+            assert isinstance(pipeline, LatentDiffusionPipeline)  # kind="diffusion"
             if recipe.model or recipe.text_encoder:
                 logger.warning(
                     "pipeline: the model comes from %s; the recipe's overrides are ignored", recipe.pipeline

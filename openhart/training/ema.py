@@ -1,7 +1,7 @@
 """Exponential moving average of a module's weights (what the generator checkpoints ship).
 
 The shadow is a full copy of the module (frozen, float32), so it can be dropped straight into a
-:class:`~openhart.pipeline.HartPipeline` for sample grids and ``save_pretrained``. After each
+:class:`~openhart.models.hart.HartPipeline` for sample grids and ``save_pretrained``. After each
 optimizer step: shadow ← d·shadow + (1 − d)·weights, with the decay warmed up as
 d = min(decay, (1 + n)/(10 + n)) over the first updates n (a young average would otherwise be
 dominated by the random initialisation). Buffers are copied, not averaged.

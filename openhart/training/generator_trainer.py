@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from openhart.diffusion import ResidualDiffusionHead
-from openhart.pipeline import HartPipeline
+from openhart.loading import load
+from openhart.models.hart import HartPipeline
 from openhart.text import TextEncoder, TextEncoderConfig, build_text_encoder
 from openhart.tokenizer import HybridTokenizer
 from openhart.training.checkpoint import MODEL_DIR
@@ -345,7 +346,8 @@ class GeneratorTrainer(TextEncoderFromRecipe, Trainer):
         recipe = self.recipe
         configs = recipe.component_configs()
         if recipe.pipeline is not None:
-            start = HartPipeline.from_pretrained(recipe.pipeline)
+            start = load(recipe.pipeline, kind="hart")
+            assert isinstance(start, HartPipeline)  # kind="hart"
             for name in ("text_encoder", "transformer", "diffusion_head"):
                 if getattr(recipe, name):
                     logger.warning(

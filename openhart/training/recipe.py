@@ -505,7 +505,7 @@ class DiffusionRecipe(Config):
     """``openhart train diffusion``: the latent-diffusion baseline on a frozen trained tokenizer.
 
     The diffusion transformer (``model``: LatentDiffusionConfig fields over the preset's size in
-    ``openhart.evaluation.baselines.DIFFUSION_BASELINE_SIZES``) learns to denoise the tokenizer's
+    ``openhart.models.DIFFUSION_BASELINE_SIZES``) learns to denoise the tokenizer's
     continuous latents, conditioned on the preset's text encoder: HART's generator recipe with
     the transformer + residual head swapped for a diffusion transformer.
     """
@@ -542,7 +542,7 @@ class DiffusionRecipe(Config):
     def component_configs(self) -> dict[str, Config]:
         """{"text_encoder": TextEncoderConfig, "model": LatentDiffusionConfig} with the overrides."""
         # Imported here: the baselines module pulls diffusers lazily, but keep recipes import-light.
-        from openhart.evaluation.baselines import diffusion_baseline_config
+        from openhart.models import diffusion_baseline_config
 
         try:
             text_encoder = preset_configs(self.preset).text_encoder.replace(**_tuples(self.text_encoder))

@@ -1,17 +1,21 @@
-"""Saving and loading a component's weights as ``model.safetensors`` with errors that name tensors."""
+"""A component folder (``config.json`` + ``model.safetensors``): saving and loading with errors that name tensors."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from openhart.utils.config import atomic_write_bytes
+from openhart.utils.config import atomic_write_bytes, read_json, write_json
 
 WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 
 
 class WeightsMismatchError(ValueError):
@@ -65,3 +69,27 @@ def load_state_exactly(module: torch.nn.Module, state: dict[str, torch.Tensor], 
     if problems:
         raise WeightsMismatchError(f"{source}: " + "; ".join(problems))
     module.load_state_dict(state, strict=True)
+
+
+def save_component(module: torch.nn.Module, folder: str | os.PathLike[str]) -> Path:
+    """Write ``folder/config.json`` (the module's ``config``) and ``folder/model.safetensors``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / CONFIG_NAME, module.config.to_dict())
+    save_weights(module, folder)
+    return folder
+
+
+def load_component(module_cls: type[ModuleT], config_cls: type, folder: str | os.PathLike[str]) -> ModuleT:
+    """Build ``module_cls(config_cls.from_dict(config.json))`` and load ``model.safetensors`` exactly.
+
+    The module is built on the meta device first, so no time goes to initialising weights that the
+    file overwrites. Errors name the folder's file or tensor.
+    """
+    folder = Path(folder)
+    config = config_cls.from_dict(read_json(folder / CONFIG_NAME))
+    with torch.device("meta"):
+        module = module_cls(config)
+    module = module.to_empty(device="cpu")
+    load_weights(module, folder)
+    return module

@@ -26,9 +26,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from openhart import __version__
 from openhart.diffusion import DiffusionHeadConfig, ResidualDiffusionHead
 from openhart.diffusion.graphs import CUDAGraphResidualSampler
+from openhart.models.base import INDEX_NAME, PipelineBase
 from openhart.sampling import (
     GUIDANCE_RAMPS,
     ForcedTokens,
@@ -41,12 +41,10 @@ from openhart.text import TextEncoder, load_text_encoder
 from openhart.tokenizer import HybridTokenizer, TokenizerConfig
 from openhart.transformer import HartTransformer, HartTransformerConfig
 from openhart.transformer.graphs import CUDAGraphGenerator
-from openhart.utils.config import read_json, write_json
 from openhart.utils.random import GeneratorSpec
-from openhart.utils.weights import load_weights, save_weights
+from openhart.utils.weights import load_component, save_component
 
 OUTPUT_TYPES = ("pil", "np", "pt")
-INDEX_NAME = "model_index.json"
 
 
 @dataclass
@@ -56,7 +54,7 @@ class HartPipelineOutput:
     images: list[Image.Image] | np.ndarray | torch.Tensor
 
 
-class HartPipeline:
+class HartPipeline(PipelineBase):
     """Text-to-image with HART. Build from components, :meth:`from_pretrained`, or ``presets.build_pipeline``."""
 
     def __init__(
@@ -100,27 +98,18 @@ class HartPipeline:
             "diffusion_head": self.diffusion_head,
         }
 
-    @property
-    def device(self) -> torch.device:
-        return self.transformer.head.weight.device
+    def _reference_parameter(self) -> torch.Tensor:
+        # The output head: never quantised, so its dtype is the one the transformer computes in.
+        return self.transformer.head.weight
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.transformer.head.weight.dtype
+    def _movable_components(self) -> dict[str, torch.nn.Module]:
+        # An offloaded text encoder is rebuilt on the pipeline's device and dtype at the next call.
+        skip = "text_encoder" if self._text_encoder_is_offloaded() else None
+        return {name: module for name, module in self.components.items() if name != skip}
 
-    @property
-    def image_size(self) -> int:
-        return self.tokenizer.config.image_size
-
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> HartPipeline:
-        """Move every component (and cast floating weights when ``dtype`` is given); returns self."""
-        for name, module in self.components.items():
-            if name == "text_encoder" and self._text_encoder_is_offloaded():
-                continue  # reloaded on the pipeline's device and dtype at the next call
-            module.to(device=device, dtype=dtype)
+    def _after_move(self) -> None:
         self._graph_generators.clear()
         self._residual_graphs.clear()
-        return self
 
     def quantize(self, mode: str = "int8") -> HartPipeline:
         """Weight-only int8 for the transformer's and the text encoder's linears (torchao); returns self.
@@ -166,9 +155,6 @@ class HartPipeline:
             quantize_linears_int8(encoder)
         self.text_encoder = encoder
 
-    def num_parameters(self) -> dict[str, int]:
-        return {name: sum(p.numel() for p in module.parameters()) for name, module in self.components.items()}
-
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, save_directory: str | os.PathLike[str]) -> None:
         """Write one sub-folder per component (config.json + model.safetensors) and model_index.json."""
@@ -176,15 +162,8 @@ class HartPipeline:
         root.mkdir(parents=True, exist_ok=True)
         self.text_encoder.save_pretrained(root / "text_encoder")
         for name in ("tokenizer", "transformer", "diffusion_head"):
-            module = self.components[name]
-            folder = root / name
-            folder.mkdir(parents=True, exist_ok=True)
-            write_json(folder / "config.json", module.config.to_dict())
-            save_weights(module, folder)
-        index = {name: type(module).__name__ for name, module in self.components.items()}
-        write_json(
-            root / INDEX_NAME, {"_class_name": "HartPipeline", "openhart_version": __version__, **index}
-        )
+            save_component(self.components[name], root / name)
+        self._write_index(root)
 
     @classmethod
     def from_pretrained(
@@ -193,74 +172,34 @@ class HartPipeline:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         *,
-        text_encoder: TextEncoder | str | os.PathLike[str] | None = None,
-        prefer_ema: bool = True,
-        revision: str | None = None,
+        text_encoder: TextEncoder | None = None,
     ) -> HartPipeline:
-        """Load a folder written by :meth:`save_pretrained`, the released checkpoint layout, or a Hub repo id.
+        """Load a folder written by :meth:`save_pretrained`; a ready ``text_encoder`` replaces the saved one.
 
-        The released layout (``llm/`` + ``tokenizer/``, e.g. ``mit-han-lab/hart-0.7b-1024px``) takes
-        ``text_encoder`` as the Qwen2 folder or repo id (default: ``mit-han-lab/Qwen2-VL-1.5B-Instruct``
-        from the Hub) or a ready :class:`TextEncoder`; ``prefer_ema`` picks ``llm/ema_model.bin`` when present. A folder of our
-        own layout has its text encoder saved with it; a ready :class:`TextEncoder` replaces it.
-
-        ``"ORG/NAME"`` that is not a local folder is resolved on the Hugging Face Hub at ``revision``
-        (:mod:`openhart.hub`: download, one-time conversion of the released layout, whose text
-        encoder then defaults to the released Qwen2 repo; errors are :class:`openhart.hub.HubError`).
+        This reads our own layout only. :func:`openhart.load` takes any name: a folder of this
+        layout or the released one, a preset, a shipped model or a Hugging Face repo id.
 
         Raises FileNotFoundError naming the missing folder/file and
         :class:`~openhart.utils.weights.WeightsMismatchError` naming any missing or mis-shaped tensor.
         """
         root = Path(pretrained_directory)
         if not root.is_dir():
-            from openhart.hub import load_from_hub, looks_like_repo_id
-
-            if looks_like_repo_id(root):
-                return load_from_hub(
-                    os.fspath(pretrained_directory),
-                    revision=revision,
-                    text_encoder=text_encoder,
-                    prefer_ema=prefer_ema,
-                    device=device,
-                    dtype=dtype,
-                )
             raise FileNotFoundError(f"pretrained_directory: no such model folder: {root}")
-        from openhart.compat import is_official_layout, load_official_pipeline  # compat imports this module
-
-        if is_official_layout(root):
-            if not isinstance(text_encoder, TextEncoder) and not (
-                text_encoder is not None and Path(text_encoder).is_dir()
-            ):
-                from openhart.hub import DEFAULT_TEXT_ENCODER_REPO, text_model_folder
-
-                # The released layout has no text encoder: its Qwen2 repo by default, or a repo id.
-                text_encoder = text_model_folder(text_encoder or DEFAULT_TEXT_ENCODER_REPO)
-            return load_official_pipeline(
-                root, text_encoder, prefer_ema=prefer_ema, device=device, dtype=dtype
-            )
         if not (root / INDEX_NAME).is_file():
             raise FileNotFoundError(
-                f"pretrained_directory: {root} has no {INDEX_NAME} (not a saved HartPipeline)"
+                f"pretrained_directory: {root} has no {INDEX_NAME} (not a saved HartPipeline; "
+                "openhart.load() also reads the released layout and repo ids)"
             )
         if not isinstance(text_encoder, TextEncoder):
             text_encoder = load_text_encoder(root / "text_encoder")
-        built: dict[str, torch.nn.Module] = {}
-        for name, module_cls, config_cls in (
-            ("tokenizer", HybridTokenizer, TokenizerConfig),
-            ("transformer", HartTransformer, HartTransformerConfig),
-            ("diffusion_head", ResidualDiffusionHead, DiffusionHeadConfig),
-        ):
-            config = config_cls.from_dict(read_json(root / name / "config.json"))
-            with torch.device("meta"):
-                module = module_cls(config)  # no time spent initialising weights that are overwritten
-            module = module.to_empty(device="cpu")
-            load_weights(module, root / name)
-            built[name] = module
-        pipeline = cls(text_encoder, built["tokenizer"], built["transformer"], built["diffusion_head"])
+        pipeline = cls(
+            text_encoder,
+            load_component(HybridTokenizer, TokenizerConfig, root / "tokenizer"),
+            load_component(HartTransformer, HartTransformerConfig, root / "transformer"),
+            load_component(ResidualDiffusionHead, DiffusionHeadConfig, root / "diffusion_head"),
+        )
         return pipeline.to(device=device, dtype=dtype)
 
-    # ------------------------------------------------------------------ generation
-    @torch.no_grad()
     def __call__(
         self,
         prompt: str | Sequence[str],
@@ -544,21 +483,6 @@ class HartPipeline:
             generator = CUDAGraphGenerator(self.transformer, rows, self.device, self.dtype)
             self._graph_generators[key] = generator
         return generator
-
-    def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """prompts → context (B, T, Dctx) in the transformer's dtype and device, mask (B, T) bool."""
-        context, mask = self.text_encoder.encode(prompts)
-        return context.to(device=self.device, dtype=self.dtype), mask.to(self.device)
-
-    def empty_context(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The released model's unconditional context: all zeros, only the first token valid."""
-        cfg = self.transformer.config
-        context = torch.zeros(
-            batch_size, cfg.context_tokens, cfg.context_dim, device=self.device, dtype=self.dtype
-        )
-        mask = torch.zeros(batch_size, cfg.context_tokens, dtype=torch.bool, device=self.device)
-        mask[:, 0] = True
-        return context, mask
 
 
 # ---------------------------------------------------------------------- checks and helpers

@@ -1,13 +1,6 @@
-"""Baselines HART is measured against: VAR-only and a latent-diffusion transformer (diffusers).
+"""The latent-diffusion baseline HART is measured against (the other, VAR-only, is :mod:`.var_only`).
 
-**VAR-only** is not a separate model: it is the same trained HART pipeline sampled without the
-residual diffusion head, decoding the discrete-only latent,
-``HartPipeline(...)(prompt, sample_residual=False)`` (see :func:`var_only`). Its transformer was
-trained with the HART recipe; the paper's VAR baseline also trains the tokenizer without the
-continuous branch, which this flag does not undo (the tokenizer is shared on purpose: it isolates
-what the residual head adds at sampling time).
-
-**Latent diffusion** (:class:`LatentDiffusionPipeline`): a PixArt-α style diffusion transformer
+:class:`LatentDiffusionPipeline` is a PixArt-α style diffusion transformer
 (diffusers' ``PixArtTransformer2DModel``: patchified latent, AdaLN-single timestep modulation,
 cross-attention on the text context) trained on the *same* hybrid tokenizer's continuous latents
 (``tokenizer.encode``, no quantisation) and conditioned on the *same* text encoder's context
@@ -48,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from openhart import __version__
-from openhart.pipeline import (
+from openhart.models.base import INDEX_NAME, PipelineBase, saved_pipeline_class
+from openhart.models.hart import (
     OUTPUT_TYPES,
     HartPipeline,
     HartPipelineOutput,
@@ -63,11 +56,10 @@ from openhart.text import TextEncoder, load_text_encoder
 from openhart.tokenizer import HybridTokenizer, TokenizerConfig
 from openhart.utils.config import Config, read_json, write_json
 from openhart.utils.random import GeneratorSpec, rand_tensor, randn_tensor
-from openhart.utils.weights import load_weights, save_weights
+from openhart.utils.weights import load_component, save_component
 
 logger = logging.getLogger(__name__)
 
-INDEX_NAME = "model_index.json"
 CONFIG_NAME = "latent_diffusion.json"
 PIPELINE_CLASS = "LatentDiffusionPipeline"
 SAMPLERS = ("dpmsolver++", "ddim", "ddpm", "euler")
@@ -158,36 +150,6 @@ def diffusion_baseline_config(preset: str) -> LatentDiffusionConfig:
     return DIFFUSION_BASELINE_SIZES[preset]
 
 
-def var_only(pipeline: HartPipeline) -> VarOnlyPipeline:
-    """The VAR-only baseline of a HART pipeline: same weights, ``sample_residual=False`` on every call."""
-    return VarOnlyPipeline(pipeline)
-
-
-class VarOnlyPipeline:
-    """A HartPipeline whose calls decode the discrete-only latent (no residual head).
-
-    Everything else (attributes, ``save_pretrained``, devices) is the wrapped pipeline's.
-    """
-
-    def __init__(self, pipeline: HartPipeline) -> None:
-        if not isinstance(pipeline, HartPipeline):
-            raise TypeError(f"pipeline: expected a HartPipeline, got {type(pipeline).__name__}")
-        self.pipeline = pipeline
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("sample_residual", False):
-            raise ValueError("sample_residual: the VAR-only baseline never samples the residual")
-        kwargs["sample_residual"] = False
-        return self.pipeline(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        # Only reached for names this wrapper lacks; "pipeline" itself missing (e.g. during
-        # unpickling) must not recurse.
-        if name == "pipeline":
-            raise AttributeError(name)
-        return getattr(self.pipeline, name)
-
-
 def _scheduler_class(name: str):
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
@@ -204,7 +166,7 @@ class LatentDiffusionPipelineOutput(HartPipelineOutput):
     """``images``: a list of PIL images, a (B, H, W, 3) float array in [0, 1], or a (B, 3, H, W) tensor."""
 
 
-class LatentDiffusionPipeline:
+class LatentDiffusionPipeline(PipelineBase):
     """Text-to-image by latent diffusion on HART's tokenizer latents (the diffusion baseline).
 
     Build with :meth:`from_components` (fresh transformer on a trained tokenizer + text encoder),
@@ -267,7 +229,7 @@ class LatentDiffusionPipeline:
         torch.nn.Module.to(transformer, device=parameter.device, dtype=parameter.dtype)
         return cls(text_encoder, tokenizer, transformer, config)
 
-    # ------------------------------------------------------------------ devices
+    # ------------------------------------------------------------------ components
     @property
     def components(self) -> dict[str, torch.nn.Module]:
         return {
@@ -276,33 +238,8 @@ class LatentDiffusionPipeline:
             "transformer": self.transformer,
         }
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.transformer.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.transformer.parameters()).dtype
-
-    @property
-    def image_size(self) -> int:
-        return self.tokenizer.config.image_size
-
-    def to(
-        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-    ) -> LatentDiffusionPipeline:
-        """Move every component (and cast floating weights when ``dtype`` is given); returns self."""
-        # Only pass what is given: diffusers' ModelMixin.to warns about any dtype argument.
-        kwargs = {key: value for key, value in (("device", device), ("dtype", dtype)) if value is not None}
-        if kwargs:
-            for module in self.components.values():
-                # nn.Module.to directly: diffusers' override warns about keeping fp32 modules on
-                # every dtype cast, even for a model that has none (PixArt).
-                torch.nn.Module.to(module, **kwargs)
-        return self
-
-    def num_parameters(self) -> dict[str, int]:
-        return {name: sum(p.numel() for p in module.parameters()) for name, module in self.components.items()}
+    def _reference_parameter(self) -> torch.Tensor:
+        return next(self.transformer.parameters())
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, save_directory: str | os.PathLike[str]) -> None:
@@ -310,21 +247,10 @@ class LatentDiffusionPipeline:
         root = Path(save_directory)
         root.mkdir(parents=True, exist_ok=True)
         self.text_encoder.save_pretrained(root / "text_encoder")
-        (root / "tokenizer").mkdir(parents=True, exist_ok=True)
-        write_json(root / "tokenizer" / "config.json", self.tokenizer.config.to_dict())
-        save_weights(self.tokenizer, root / "tokenizer")
+        save_component(self.tokenizer, root / "tokenizer")
         self.transformer.save_pretrained(root / "transformer", safe_serialization=True)
         write_json(root / CONFIG_NAME, self.config.to_dict())
-        write_json(
-            root / INDEX_NAME,
-            {
-                "_class_name": PIPELINE_CLASS,
-                "openhart_version": __version__,
-                "text_encoder": type(self.text_encoder).__name__,
-                "tokenizer": type(self.tokenizer).__name__,
-                "transformer": type(self.transformer).__name__,
-            },
-        )
+        self._write_index(root)
 
     @classmethod
     def from_pretrained(
@@ -345,11 +271,8 @@ class LatentDiffusionPipeline:
             )
         config = LatentDiffusionConfig.from_dict(read_json(root / CONFIG_NAME))
         text_encoder = load_text_encoder(root / "text_encoder")
-        tokenizer_config = TokenizerConfig.from_dict(read_json(root / "tokenizer" / "config.json"))
-        with torch.device("meta"):
-            tokenizer = HybridTokenizer(tokenizer_config)
-        tokenizer = tokenizer.to_empty(device="cpu")
-        load_weights(tokenizer, root / "tokenizer")
+        tokenizer = load_component(HybridTokenizer, TokenizerConfig, root / "tokenizer")
+        tokenizer_config = tokenizer.config
         # low_cpu_mem_usage needs `accelerate`; without it diffusers warns and falls back anyway.
         transformer = PixArtTransformer2DModel.from_pretrained(root / "transformer", low_cpu_mem_usage=False)
         expected = _transformer_kwargs(config, tokenizer_config, text_encoder.hidden_size)
@@ -361,20 +284,7 @@ class LatentDiffusionPipeline:
                 )
         return cls(text_encoder, tokenizer, transformer, config).to(device=device, dtype=dtype)
 
-    # ------------------------------------------------------------------ latents and prompts
-    def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """prompts → context (B, T, Dctx) in the transformer's dtype and device, mask (B, T) bool."""
-        context, mask = self.text_encoder.encode(prompts)
-        return context.to(device=self.device, dtype=self.dtype), mask.to(self.device)
-
-    def empty_context(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """HART's unconditional context: all zeros, only the first token valid."""
-        t, d = self.text_encoder.max_length, self.text_encoder.hidden_size
-        context = torch.zeros(batch_size, t, d, device=self.device, dtype=self.dtype)
-        mask = torch.zeros(batch_size, t, dtype=torch.bool, device=self.device)
-        mask[:, 0] = True
-        return context, mask
-
+    # ------------------------------------------------------------------ latents
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) in [−1, 1] → normalised latent z (B, Cz, P, P) in float32."""
@@ -512,7 +422,7 @@ class LatentDiffusionPipeline:
         """Generate images for ``prompt``.
 
         Args:
-            prompt / negative_prompt: as :class:`~openhart.pipeline.HartPipeline`.
+            prompt / negative_prompt: as :class:`~openhart.models.hart.HartPipeline`.
             guidance_scale: CFG strength g ≥ 0 in HART's convention, ``(1 + g)·cond − g·uncond``
                 (0 = conditional only, the unconditional half is then skipped).
             num_inference_steps: sampler steps (default: the config's, 20).
@@ -628,10 +538,7 @@ def _check_components_fit(
 
 def is_latent_diffusion_folder(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` holds a saved :class:`LatentDiffusionPipeline`."""
-    index = Path(path) / INDEX_NAME
-    if not index.is_file():
-        return False
-    return read_json(index).get("_class_name") == PIPELINE_CLASS
+    return saved_pipeline_class(path) == PIPELINE_CLASS
 
 
 def build_diffusion_baseline(

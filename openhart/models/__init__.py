@@ -1,0 +1,35 @@
+"""The models wing: HART and the baselines it is measured against, as peer pipelines.
+
+- :mod:`.hart`: :class:`HartPipeline`, prompt → images with HART.
+- :mod:`.var_only`: the VAR-only baseline, HART without its residual head.
+- :mod:`.latent_diffusion`: a latent-diffusion transformer on HART's tokenizer and text encoder.
+- :mod:`.base`: what the pipelines share (components, device and dtype, prompts, the saved index).
+
+Load any of them by name or folder with :func:`openhart.load`.
+"""
+
+from openhart.models.base import PipelineBase
+from openhart.models.hart import HartPipeline, HartPipelineOutput
+from openhart.models.latent_diffusion import (
+    DIFFUSION_BASELINE_SIZES,
+    LatentDiffusionConfig,
+    LatentDiffusionPipeline,
+    build_diffusion_baseline,
+    diffusion_baseline_config,
+    is_latent_diffusion_folder,
+)
+from openhart.models.var_only import VarOnlyPipeline, var_only
+
+__all__ = [
+    "DIFFUSION_BASELINE_SIZES",
+    "HartPipeline",
+    "HartPipelineOutput",
+    "LatentDiffusionConfig",
+    "LatentDiffusionPipeline",
+    "PipelineBase",
+    "VarOnlyPipeline",
+    "build_diffusion_baseline",
+    "diffusion_baseline_config",
+    "is_latent_diffusion_folder",
+    "var_only",
+]
