@@ -500,7 +500,7 @@ def profile(device: torch.device, out_dir: Path) -> dict:
 def compare(device: torch.device) -> dict:
     """``openhart compare`` at 1024 px: default (CUDA graphs) HART, then compiled HART."""
     from openhart.evaluation.compare import compare_pipelines
-    from openhart.models import build_diffusion_baseline
+    from openhart.presets import build_diffusion_baseline
 
     hart = _release(device)
     diffusion = build_diffusion_baseline("hart-0.7b-1024", seed=0, hart=hart)

@@ -1,8 +1,7 @@
 """OpenHART: the open, trainable, device-agnostic Hybrid Autoregressive Transformer."""
 
-__version__ = "0.1.0"
-
 from openhart.loading import load
-from openhart.models import HartPipeline, HartPipelineOutput  # after __version__, which they read
+from openhart.models import HartPipeline, HartPipelineOutput
+from openhart.version import __version__
 
 __all__ = ["HartPipeline", "HartPipelineOutput", "__version__", "load"]

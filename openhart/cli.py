@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import secrets
 from pathlib import Path
 from typing import Annotated
 
 import torch
 import typer
-from PIL import Image
 
 from openhart.loading import PACKAGED_WEIGHTS
 from openhart.presets import PRESETS, preset_configs
@@ -34,28 +32,10 @@ from openhart.runtime import (
     resolve_dtype,
 )
 from openhart.utils.config import atomic_write_bytes
+from openhart.utils.images import pil_grid, save_png
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="OpenHART: text-to-image with HART.")
 logger = logging.getLogger("openhart")
-
-
-def save_png(image: Image.Image, path: Path) -> None:
-    """Write a PNG atomically (a temp file renamed into place), so no half-written file is left."""
-    import io
-
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def make_grid(images: list[Image.Image], columns: int | None = None) -> Image.Image:
-    columns = columns or math.ceil(math.sqrt(len(images)))
-    rows = math.ceil(len(images) / columns)
-    width, height = images[0].size
-    grid = Image.new("RGB", (columns * width, rows * height), "white")
-    for i, image in enumerate(images):
-        grid.paste(image, ((i % columns) * width, (i // columns) * height))
-    return grid
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -145,7 +125,7 @@ def generate(
         typer.echo(f"wrote {path}  (prompt {prompts[index // num_images]!r}, seed {first_seed + index})")
     if grid and total > 1:
         grid_path = paths[0].with_name(f"{paths[0].stem.rsplit('-', 1)[0]}-grid.png")
-        save_png(make_grid(images), grid_path)
+        save_png(pil_grid(images), grid_path)
         typer.echo(f"wrote {grid_path}  (grid of {total})")
 
 

@@ -18,7 +18,7 @@ from typing import Annotated
 import torch
 import typer
 
-from openhart.editing import DEFAULT_MAX_PIXELS, EditInputError, decode_image_bytes, outpaint_canvas
+from openhart.models.editing import DEFAULT_MAX_PIXELS, EditInputError, decode_image_bytes, outpaint_canvas
 from openhart.runtime import (
     DeviceChoice,
     DtypeChoice,
@@ -27,6 +27,7 @@ from openhart.runtime import (
     resolve_device,
     resolve_dtype,
 )
+from openhart.utils.images import save_png
 
 logger = logging.getLogger("openhart")
 
@@ -117,7 +118,6 @@ def edit(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Edit an image with a prompt: inpaint a mask, outpaint a border, or make variations."""
-    from openhart.cli import save_png  # the cli module registers this command
 
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"

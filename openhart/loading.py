@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from openhart.errors import ModelLoadError
-from openhart.models import HartPipeline, LatentDiffusionPipeline, build_diffusion_baseline
+from openhart.models import HartPipeline, LatentDiffusionPipeline
 from openhart.models.base import saved_pipeline_class
-from openhart.presets import PRESETS, build_pipeline
+from openhart.presets import PRESETS, build_diffusion_baseline, build_pipeline
 from openhart.text import TextEncoder
 
 logger = logging.getLogger(__name__)

@@ -21,6 +21,7 @@ import torch
 
 from openhart.diffusion import DiffusionHeadConfig, ResidualDiffusionHead
 from openhart.models.hart import HartPipeline
+from openhart.models.latent_diffusion import LatentDiffusionPipeline, diffusion_baseline_config
 from openhart.text import TextEncoderConfig, build_text_encoder
 from openhart.tokenizer import HybridTokenizer, TokenizerConfig
 from openhart.transformer import HartTransformer, HartTransformerConfig
@@ -182,4 +183,24 @@ def build_pipeline(
             transformer=HartTransformer(configs.transformer),
             diffusion_head=ResidualDiffusionHead(configs.diffusion_head),
         )
+    return pipeline.to(device=device, dtype=dtype)
+
+
+def build_diffusion_baseline(
+    preset: str,
+    seed: int | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    hart: HartPipeline | None = None,
+) -> LatentDiffusionPipeline:
+    """The diffusion baseline sized for HART preset ``preset``, with random transformer weights.
+
+    With ``hart`` its text encoder and tokenizer are shared (the same objects: what a fair
+    comparison trains on); otherwise the preset's are built with ``seed``.
+    """
+    config = diffusion_baseline_config(preset)
+    source = hart if hart is not None else build_pipeline(preset, seed=seed)
+    pipeline = LatentDiffusionPipeline.from_components(
+        source.text_encoder, source.tokenizer, config, seed=seed
+    )
     return pipeline.to(device=device, dtype=dtype)

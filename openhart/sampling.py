@@ -101,7 +101,7 @@ class ForcedTokens:
     Tokens are still drawn everywhere (the generator's stream stays the one of generation), then
     the kept positions are replaced by ``ids``; the running latent, the next scale's input and the
     KV cache follow the replaced tokens. ``residual`` is kept where the last scale's tokens are
-    kept, and sampled by the head elsewhere. Built by :mod:`openhart.editing`.
+    kept, and sampled by the head elsewhere. Built by :mod:`openhart.models.editing`.
     """
 
     ids: list[torch.Tensor]  # per scale (B, pn_k²) int64: the input image's ids

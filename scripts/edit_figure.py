@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from openhart import HartPipeline
-from openhart.cli import save_png
+from openhart.utils.images import save_png
 
 
 def main() -> None:

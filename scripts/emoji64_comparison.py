@@ -33,11 +33,11 @@ import torch
 from PIL import Image, ImageDraw
 
 from openhart import HartPipeline
-from openhart.cli import make_grid
 from openhart.data.emoji import heldout_prompts
 from openhart.evaluation.compare import compare_pipelines
 from openhart.evaluation.evaluate import evaluate
 from openhart.models import LatentDiffusionPipeline, var_only
+from openhart.utils.images import pil_grid
 
 MODELS = ("hart", "var", "diffusion")
 
@@ -48,7 +48,7 @@ def sample_grid(pipelines: dict, prompts: list[str], scale: int = 2) -> Image.Im
     for name, pipe in pipelines.items():
         generators = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
         images = pipe(prompts, generator=generators).images
-        grid = make_grid(images, columns=len(images))
+        grid = pil_grid(images, columns=len(images))
         grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
         label = Image.new("RGB", (110, grid.height), "white")
         ImageDraw.Draw(label).text((6, grid.height // 2 - 6), name, fill="black")

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from openhart import HartPipeline
-from openhart.cli import make_grid, save_png
 from openhart.data.datasets import ImageFolderDataset
 from openhart.data.emoji import heldout_prompts
 from openhart.evaluation.metrics import reconstruction_metrics
+from openhart.utils.images import pil_grid, save_png
 
 # (prompt as a user types it, the dataset concept it names): every concept must be in the train split.
 TRAINING_CONCEPT_PROMPTS = (
@@ -70,7 +70,7 @@ def main() -> None:
     for name, grid_prompts in (("train", train_prompts), ("heldout", prompts)):
         generators = [torch.Generator().manual_seed(i) for i in range(len(grid_prompts))]
         images = pipe(grid_prompts, generator=generators).images
-        save_png(make_grid(images, columns=8), args.out / f"emoji64-{name}-grid.png")
+        save_png(pil_grid(images, columns=8), args.out / f"emoji64-{name}-grid.png")
 
     heldout = ImageFolderDataset(args.data, pipe.image_size, split="test")
     count = min(args.num_recon, len(heldout))

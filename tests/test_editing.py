@@ -8,7 +8,7 @@ import torch
 from conftest import generators
 from PIL import Image
 
-from openhart.editing import (
+from openhart.models.editing import (
     EditInputError,
     HartEditPipeline,
     feathered_weights,

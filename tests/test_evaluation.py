@@ -40,9 +40,9 @@ from openhart.models import (
     DIFFUSION_BASELINE_SIZES,
     LatentDiffusionConfig,
     LatentDiffusionPipeline,
-    build_diffusion_baseline,
     var_only,
 )
+from openhart.presets import build_diffusion_baseline
 from openhart.training.recipe import DiffusionRecipe, load_recipe
 from tests.conftest import generators, make_tiny_pipeline
 

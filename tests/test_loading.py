@@ -10,8 +10,8 @@ import openhart
 from openhart.errors import ModelLoadError
 from openhart.evaluation.evaluate import load_for_evaluation
 from openhart.loading import PACKAGED_WEIGHTS
-from openhart.models import HartPipeline, LatentDiffusionPipeline, VarOnlyPipeline, build_diffusion_baseline
-from openhart.presets import build_pipeline
+from openhart.models import HartPipeline, LatentDiffusionPipeline, VarOnlyPipeline
+from openhart.presets import build_diffusion_baseline, build_pipeline
 
 SHIPPED = PACKAGED_WEIGHTS / "emoji-64"
 needs_shipped = pytest.mark.skipif(

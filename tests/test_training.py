@@ -326,7 +326,7 @@ DDP_SCRIPT = """
 import sys, torch
 from pathlib import Path
 from safetensors.torch import save_file
-from openhart.training.distributed import init_distributed, cleanup_distributed
+from openhart.utils.distributed import init_distributed, cleanup_distributed
 from openhart.training.tokenizer_trainer import TokenizerTrainer
 from openhart.training.generator_trainer import GeneratorTrainer
 from tests.test_training import SquaresDataset, tokenizer_recipe, generator_recipe

@@ -34,10 +34,10 @@ from openhart.evaluation.benchmark import BenchmarkResult, benchmark_pipeline, s
 from openhart.models import (
     LatentDiffusionPipeline,
     VarOnlyPipeline,
-    build_diffusion_baseline,
     var_only,
 )
 from openhart.models.hart import HartPipeline
+from openhart.presets import build_diffusion_baseline
 
 logger = logging.getLogger(__name__)
 

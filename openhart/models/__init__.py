@@ -14,7 +14,6 @@ from openhart.models.latent_diffusion import (
     DIFFUSION_BASELINE_SIZES,
     LatentDiffusionConfig,
     LatentDiffusionPipeline,
-    build_diffusion_baseline,
     diffusion_baseline_config,
     is_latent_diffusion_folder,
 )
@@ -28,7 +27,6 @@ __all__ = [
     "LatentDiffusionPipeline",
     "PipelineBase",
     "VarOnlyPipeline",
-    "build_diffusion_baseline",
     "diffusion_baseline_config",
     "is_latent_diffusion_folder",
     "var_only",

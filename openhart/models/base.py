@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from openhart import __version__
 from openhart.text import TextEncoder
 from openhart.tokenizer import HybridTokenizer
 from openhart.utils.config import read_json, write_json
+from openhart.version import __version__
 
 INDEX_NAME = "model_index.json"
 

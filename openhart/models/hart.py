@@ -366,8 +366,8 @@ class HartPipeline(PipelineBase):
         return HartPipelineOutput(images=output) if return_dict else output
 
     def edit(self, prompt: str | Sequence[str], image: Any, mask_image: Any = None, **kwargs: Any) -> Any:
-        """Inpainting, outpainting and variations of ``image``: see :class:`openhart.editing.HartEditPipeline`."""
-        from openhart.editing import HartEditPipeline  # editing imports the sampler, not this module
+        """Inpainting, outpainting and variations of ``image``: see :class:`openhart.models.editing.HartEditPipeline`."""
+        from openhart.models.editing import HartEditPipeline  # editing imports the sampler, not this module
 
         return HartEditPipeline(self)(prompt, image, mask_image, **kwargs)
 

@@ -44,7 +44,6 @@ from tqdm.auto import tqdm
 from openhart.models.base import INDEX_NAME, PipelineBase, saved_pipeline_class
 from openhart.models.hart import (
     OUTPUT_TYPES,
-    HartPipeline,
     HartPipelineOutput,
     _check_generator,
     _check_guidance,
@@ -539,25 +538,3 @@ def _check_components_fit(
 def is_latent_diffusion_folder(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` holds a saved :class:`LatentDiffusionPipeline`."""
     return saved_pipeline_class(path) == PIPELINE_CLASS
-
-
-def build_diffusion_baseline(
-    preset: str,
-    seed: int | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-    hart: HartPipeline | None = None,
-) -> LatentDiffusionPipeline:
-    """The diffusion baseline sized for HART preset ``preset``, with random transformer weights.
-
-    With ``hart`` its text encoder and tokenizer are shared (the same objects: what a fair
-    comparison trains on); otherwise the preset's are built with ``seed``.
-    """
-    from openhart.presets import build_pipeline
-
-    config = diffusion_baseline_config(preset)
-    source = hart if hart is not None else build_pipeline(preset, seed=seed)
-    pipeline = LatentDiffusionPipeline.from_components(
-        source.text_encoder, source.tokenizer, config, seed=seed
-    )
-    return pipeline.to(device=device, dtype=dtype)

@@ -6,7 +6,7 @@ Routes::
 
     GET  /                 the browser UI (static/index.html + static/app.js, over the API below)
     POST /api/generate     prompt → N images + the parameters actually used        (schema.py)
-    POST /api/edit         prompt + image (+ mask) → N edits of the image          (openhart.editing)
+    POST /api/edit         prompt + image (+ mask) → N edits of the image          (openhart.models.editing)
     GET  /api/model        model card: what is loaded, image size, scales, parameters, limits
     GET  /health           liveness + queue depth
     GET  /openapi.json     the OpenAPI schema (no /docs page: it would load scripts from a CDN)
@@ -42,8 +42,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
-from openhart import __version__
-from openhart.editing import (
+from openhart.models.editing import (
     EditInputError,
     ImageTooLarge,
     decode_image_bytes,
@@ -79,6 +78,7 @@ from openhart.serve.schema import (
     build_request_model,
     edit_body_bytes,
 )
+from openhart.version import __version__
 
 logger = logging.getLogger(__name__)
 

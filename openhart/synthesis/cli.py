@@ -31,7 +31,7 @@ from openhart.synthesis.engine import (
 )
 from openhart.synthesis.prompts import PromptFileError
 from openhart.synthesis.writers import OutputFolderError
-from openhart.training.distributed import (
+from openhart.utils.distributed import (
     DEVICE_CHOICES,
     cleanup_distributed,
     init_distributed,

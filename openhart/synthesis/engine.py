@@ -39,8 +39,8 @@ from openhart.synthesis.writers import (
     write_png,
     write_shard,
 )
-from openhart.training.distributed import DistributedContext, gather_objects
 from openhart.utils.config import atomic_write_bytes
+from openhart.utils.distributed import DistributedContext, gather_objects
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@
 * :mod:`~openhart.training.generator_trainer` — ``GeneratorTrainer``
 * :mod:`~openhart.training.checkpoint` — checkpoint layout, save / resume
 * :mod:`~openhart.training.ema` — EMA of weights
-* :mod:`~openhart.training.distributed` — torchrun process group, rank-0 logging, seeding
+* :mod:`~openhart.utils.distributed` — torchrun process group, rank-0 logging, seeding
 * :mod:`~openhart.training.cli` — ``openhart train tokenizer|generator``
 
 The trainers are imported lazily so that ``import openhart.training`` stays light.

@@ -20,8 +20,8 @@ from typing import Annotated
 import typer
 
 from openhart.training.checkpoint import CheckpointError
-from openhart.training.distributed import cleanup_distributed, init_distributed, setup_logging
 from openhart.training.recipe import DEVICES, RecipeError, load_recipe
+from openhart.utils.distributed import cleanup_distributed, init_distributed, setup_logging
 
 train_app = typer.Typer(
     add_completion=False,

@@ -41,11 +41,12 @@ from openhart.models.hart import HartPipeline
 from openhart.text import TextEncoder, TextEncoderConfig, build_text_encoder
 from openhart.tokenizer import HybridTokenizer
 from openhart.training.checkpoint import MODEL_DIR
-from openhart.training.distributed import step_generator
-from openhart.training.loop import SAMPLES_DIR, Batch, Trainer, image_grid, save_png
+from openhart.training.loop import SAMPLES_DIR, Batch, Trainer
 from openhart.training.recipe import GeneratorLossRecipe, GeneratorRecipe
 from openhart.training.tokenizer_trainer import load_tokenizer
 from openhart.transformer import HartTransformer
+from openhart.utils.distributed import step_generator
+from openhart.utils.images import save_png, tensor_grid
 from openhart.utils.random import GeneratorSpec, rand_tensor, sample_categorical
 
 logger = logging.getLogger(__name__)
@@ -320,7 +321,7 @@ def write_sample_grid(
         **call_options,
     ).images  # (N, 3, S, S) in [0, 1]
     columns = math.ceil(math.sqrt(len(sampling.prompts)))
-    path = save_png(image_grid(images, columns), out_dir / SAMPLES_DIR / f"step-{step:07d}.png")
+    path = save_png(tensor_grid(images, columns), out_dir / SAMPLES_DIR / f"step-{step:07d}.png")
     logger.info("step %d: sample grid %s", step, path)
     return path
 

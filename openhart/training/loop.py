@@ -16,7 +16,7 @@ A :class:`Trainer` subclass says what the model is (``build_model``), what one s
 * checkpoints every N steps and at the end (see :mod:`openhart.training.checkpoint`); ``resume``
   continues from the newest one exactly where it stopped.
 
-Randomness: every draw of a step comes from :func:`~openhart.training.distributed.step_generator`
+Randomness: every draw of a step comes from :func:`~openhart.utils.distributed.step_generator`
 (seed, step, purpose[, rank]), so a resumed run repeats an uninterrupted one.
 
 Dimension legend: B images per process, S image side.
@@ -38,10 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from PIL import Image
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
@@ -62,7 +60,9 @@ from openhart.training.checkpoint import (
     split_weights,
     write_model_folder,
 )
-from openhart.training.distributed import (
+from openhart.training.ema import EMA
+from openhart.training.recipe import DataRecipe, OptimRecipe, Recipe, recipe_to_dict
+from openhart.utils.distributed import (
     DistributedContext,
     all_reduce_sum_,
     barrier,
@@ -71,9 +71,6 @@ from openhart.training.distributed import (
     init_distributed,
     seed_everything,
 )
-from openhart.training.ema import EMA
-from openhart.training.recipe import DataRecipe, OptimRecipe, Recipe, recipe_to_dict
-from openhart.utils.config import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -679,28 +676,6 @@ class Trainer:
     def _restore_signal_handlers(previous: dict[int, Any]) -> None:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-def image_grid(images: torch.Tensor, columns: int) -> Image.Image:
-    """A PIL grid of images (N, 3, S, S) with values in [0, 1], ``columns`` per row."""
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"images: expected (N, 3, S, S), got {tuple(images.shape)}")
-    n, _, height, width = images.shape
-    rows = math.ceil(n / columns)
-    canvas = torch.ones(3, rows * height, columns * width)
-    for index, image in enumerate(images.detach().float().cpu().clamp(0, 1)):
-        r, c = divmod(index, columns)
-        canvas[:, r * height : (r + 1) * height, c * width : (c + 1) * width] = image
-    array = (canvas.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # (H, W, 3)
-    return Image.fromarray(array)
-
-
-def save_png(image: Image.Image, path: Path) -> Path:
-    """Write a PNG atomically (temp file + rename)."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
 
 
 def load_dataset(spec: dict[str, Any], image_size: int) -> Dataset:

@@ -47,10 +47,11 @@ from openhart.training.adversarial import (
     generator_adversarial_loss,
 )
 from openhart.training.checkpoint import flatten_optimizer_state, unflatten_optimizer_state
-from openhart.training.distributed import all_reduce_sum_, broadcast_, step_generator
-from openhart.training.loop import SAMPLES_DIR, Batch, Trainer, image_grid, save_png
+from openhart.training.loop import SAMPLES_DIR, Batch, Trainer
 from openhart.training.recipe import TokenizerRecipe
 from openhart.utils.config import read_json, write_json
+from openhart.utils.distributed import all_reduce_sum_, broadcast_, step_generator
+from openhart.utils.images import save_png, tensor_grid
 from openhart.utils.random import rand_tensor, randn_tensor
 from openhart.utils.weights import load_weights, save_weights
 
@@ -460,7 +461,7 @@ class TokenizerTrainer(Trainer):
         result = self.evaluate()
         originals = self.sample_images()
         rows = [originals, result["discrete"].cpu(), result["hybrid"].cpu()]  # each (n, 3, S, S) in [-1, 1]
-        grid = image_grid((torch.cat(rows) + 1) / 2, columns=originals.shape[0])
+        grid = tensor_grid((torch.cat(rows) + 1) / 2, columns=originals.shape[0])
         path = self.out_dir / SAMPLES_DIR / f"step-{step:07d}.png"
         save_png(grid, path)
         logger.info(
