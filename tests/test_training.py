@@ -426,7 +426,7 @@ def test_shipped_recipes_parse():
         ({"run": {"precision": "fp8"}}, "run.precision"),
         ({"run": {"device": "tpu"}}, "run.device"),
         ({"preset": "huge"}, "preset"),
-        ({"tokenizer": {"codebook_size": 0}}, "tokenizer: codebook_size"),
+        ({"tokenizer": {"codebook_size": 0}}, "tokenizer: TokenizerConfig.codebook_size"),
         ({"kind": "generator"}, "tokenizer_from"),
         ({"optim": "fast"}, "optim: expected a mapping"),
     ],

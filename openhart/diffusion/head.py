@@ -19,49 +19,36 @@ import torch
 from torch import nn
 
 from openhart.diffusion.schedule import DiffusionSchedule, StepCallback
-from openhart.utils.config import Config
+from openhart.utils.config import Config, checked
 from openhart.utils.embeddings import TimestepEmbedder
 from openhart.utils.random import GeneratorSpec, randn_tensor
 
 
 @dataclass(frozen=True)
 class DiffusionHeadConfig(Config):
-    latent_channels: int  # Cz: channels of one latent token (the residual being sampled)
-    condition_dim: int  # C: width of the per-token condition (the transformer's width)
-    width: int = 1024  # W: hidden width of the MLP
-    depth: int = 6  # number of AdaLN residual blocks
-    learn_sigma: bool = True  # predict [eps | v] (learned-range variance) instead of eps only
-    num_train_timesteps: int = 1000
-    num_inference_steps: int = 8  # default respacing for sampling
+    field_prefix = "DiffusionHeadConfig."
+
+    # Cz: channels of one latent token (the residual being sampled).
+    latent_channels: int = checked(kind="int", ge=1)
+    # C: width of the per-token condition (the transformer's width).
+    condition_dim: int = checked(kind="int", ge=1)
+    width: int = checked(1024, kind="int", ge=1)  # W: hidden width of the MLP
+    depth: int = checked(6, kind="int", ge=1)  # number of AdaLN residual blocks
+    # Predict [eps | v] (learned-range variance) instead of eps only.
+    learn_sigma: bool = checked(True, kind="bool")
+    num_train_timesteps: int = checked(1000, kind="int", ge=1)
+    num_inference_steps: int = checked(8, kind="int", ge=1)  # default respacing for sampling
     # Residuals are sampled in units of 1/output_scale: the sample is multiplied by it and training
     # targets are divided by it (the official release uses 0.6, its "vae_scale").
-    output_scale: float = 1.0
+    output_scale: float = checked(1.0, kind="number", gt=0)
 
-    def __post_init__(self) -> None:
-        for name in ("latent_channels", "condition_dim", "width", "depth", "num_train_timesteps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: must be a positive int, got {value!r}")
-        if not isinstance(self.learn_sigma, bool):
-            raise ValueError(f"learn_sigma: must be a bool, got {self.learn_sigma!r}")
-        steps = self.num_inference_steps
-        if (
-            not isinstance(steps, int)
-            or isinstance(steps, bool)
-            or not 1 <= steps <= self.num_train_timesteps
-        ):
-            raise ValueError(
-                f"num_inference_steps: must be an int in [1, num_train_timesteps={self.num_train_timesteps}], "
-                f"got {steps!r}"
+    def validate(self) -> None:
+        if self.num_inference_steps > self.num_train_timesteps:
+            self.fail(
+                "num_inference_steps",
+                f"an int in [1, num_train_timesteps={self.num_train_timesteps}]",
+                self.num_inference_steps,
             )
-        scale = self.output_scale
-        if (
-            isinstance(scale, bool)
-            or not isinstance(scale, (int, float))
-            or not math.isfinite(scale)
-            or scale <= 0
-        ):
-            raise ValueError(f"output_scale: must be a positive finite number, got {scale!r}")
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
-from openhart.utils.config import Config, atomic_write_bytes, read_json, write_json
+from openhart.utils.config import Config, atomic_write_bytes, checked, read_json, write_json
 from openhart.utils.random import randn_tensor
 
 logger = logging.getLogger(__name__)
@@ -80,28 +80,20 @@ class TextEncoderConfig(Config):
         prompt's tokens attend to it). Truncated to ``max_length`` tokens, as the release does.
     """
 
-    kind: str
-    max_length: int
-    hidden_size: int
-    padding_side: str = "right"
-    model_path: str | None = None
-    tokenizer_path: str | None = None
-    seed: int = 0
-    vocab_size: int = 4096
-    lowercase: bool = False
-    system_prompt: str | None = None
+    field_prefix = "TextEncoderConfig."
 
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if not _is_int(self.max_length) or self.max_length < 1:
-            raise ValueError(f"max_length must be an int >= 1, got {self.max_length!r}")
-        if not _is_int(self.hidden_size) or self.hidden_size < 1:
-            raise ValueError(f"hidden_size must be an int >= 1, got {self.hidden_size!r}")
-        if self.padding_side not in PADDING_SIDES:
-            raise ValueError(f"padding_side must be one of {PADDING_SIDES}, got {self.padding_side!r}")
-        if self.model_path is not None and (not isinstance(self.model_path, str) or not self.model_path):
-            raise ValueError(f"model_path must be a non-empty str or None, got {self.model_path!r}")
+    kind: str = checked(kind="choice", choices=KINDS)
+    max_length: int = checked(kind="int", ge=1)
+    hidden_size: int = checked(kind="int", ge=1)
+    padding_side: str = checked("right", kind="choice", choices=PADDING_SIDES)
+    model_path: str | None = checked(None, kind="str", optional=True)
+    tokenizer_path: str | None = checked(None, kind="str", optional=True)
+    seed: int = checked(0, kind="int", ge=0, lt=2**63)
+    vocab_size: int = checked(4096, kind="int", ge=2, expect="an int >= 2 (BOS + words)")
+    lowercase: bool = checked(False, kind="bool")
+    system_prompt: str | None = None  # any text, the empty string included: checked in validate()
+
+    def validate(self) -> None:
         if self.kind == "transformers" and self.model_path is None:
             raise ValueError("model_path is required for kind 'transformers' (a local model folder)")
         if self.kind != "transformers" and self.model_path is not None:
@@ -109,28 +101,13 @@ class TextEncoderConfig(Config):
                 f"model_path must be None for kind {self.kind!r} "
                 "(only 'transformers' reads a folder; 'minilm' finds its package at load time)"
             )
-        if self.tokenizer_path is not None:
-            if not isinstance(self.tokenizer_path, str) or not self.tokenizer_path:
-                raise ValueError(
-                    f"tokenizer_path must be a non-empty str or None, got {self.tokenizer_path!r}"
-                )
-            if self.kind != "transformers":
-                raise ValueError(f"tokenizer_path must be None for kind {self.kind!r}")
+        if self.tokenizer_path is not None and self.kind != "transformers":
+            raise ValueError(f"tokenizer_path must be None for kind {self.kind!r}")
         if self.kind == "minilm" and self.hidden_size != MINILM_HIDDEN_SIZE:
-            raise ValueError(
-                f"hidden_size must be {MINILM_HIDDEN_SIZE} for kind 'minilm', got {self.hidden_size}"
-            )
-        if not _is_int(self.seed) or not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed must be an int in [0, 2**63), got {self.seed!r}")
-        if not _is_int(self.vocab_size) or self.vocab_size < 2:
-            raise ValueError(f"vocab_size must be an int >= 2 (BOS + words), got {self.vocab_size!r}")
-        if not isinstance(self.lowercase, bool):
-            raise ValueError(f"lowercase must be a bool, got {self.lowercase!r}")
+            self.fail("hidden_size", f"{MINILM_HIDDEN_SIZE} for kind 'minilm'", self.hidden_size)
         if self.system_prompt is not None:
             if not isinstance(self.system_prompt, str):
-                raise ValueError(
-                    f"system_prompt must be a str or None, got {type(self.system_prompt).__name__}"
-                )
+                self.fail("system_prompt", "a str or null", self.system_prompt)
             if self.kind == "hash":
                 # Hash tokens never see each other, so a system prompt would silently do nothing.
                 raise ValueError("system_prompt is not supported by kind 'hash' (it would have no effect)")

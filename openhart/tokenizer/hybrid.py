@@ -21,7 +21,7 @@ from torch import nn
 
 from openhart.tokenizer.autoencoder import GROUPNORM_GROUPS, Decoder, Encoder
 from openhart.tokenizer.quantizer import MultiScaleQuantizer, phi_indices
-from openhart.utils.config import Config
+from openhart.utils.config import Config, checked
 
 RELEASE_PATCH_NUMS = (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64)
 
@@ -30,64 +30,38 @@ RELEASE_PATCH_NUMS = (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64)
 class TokenizerConfig(Config):
     """Sizes of the hybrid tokenizer. Defaults are the released 1024 px tokenizer."""
 
-    in_channels: int = 3
-    ch: int = 160  # width of the first level; must be a multiple of 32 (GroupNorm with 32 groups)
-    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)  # width multiplier per level; 2^(levels−1) downsampling
-    num_res_blocks: int = 2  # per encoder level; the decoder uses num_res_blocks + 1 (as VQGAN)
-    latent_channels: int = 32  # Cz
-    codebook_size: int = 4096  # V
-    patch_nums: tuple[int, ...] = RELEASE_PATCH_NUMS  # side of each scale; the last is the latent side
-    quant_conv_kernel: int = 3  # kernel of quant_conv / post_quant_conv (1×1 in plain VQGAN)
-    phi_ratio: float = 0.5  # Φ(h) = (1 − r)·h + r·conv3×3(h); 0.5 mixes the conv half-and-half
-    num_phi_convs: int = 4  # Φ convs shared by all scales, picked by relative scale
-    dropout: float = 0.0
-    commitment_beta: float = 0.25  # weight of the commitment term of the VQ training loss
+    field_prefix = "TokenizerConfig."
 
-    def __post_init__(self) -> None:
-        # Accept lists (e.g. from keyword arguments) but store tuples so the config stays hashable.
-        for name in ("ch_mult", "patch_nums"):
-            value = getattr(self, name)
-            if isinstance(value, list):
-                object.__setattr__(self, name, tuple(value))
-        for name in (
-            "in_channels",
-            "ch",
-            "num_res_blocks",
-            "latent_channels",
-            "codebook_size",
-            "quant_conv_kernel",
-            "num_phi_convs",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
-        if self.ch % GROUPNORM_GROUPS != 0:
-            raise ValueError(
-                f"ch: must be a multiple of {GROUPNORM_GROUPS} (GroupNorm groups), got {self.ch}"
-            )
+    in_channels: int = checked(3, kind="int", ge=1)
+    # Width of the first level: GroupNorm's 32 groups must divide it.
+    ch: int = checked(160, kind="int", ge=GROUPNORM_GROUPS, multiple_of=GROUPNORM_GROUPS)
+    # Width multiplier per level; 2^(levels−1) downsampling.
+    ch_mult: tuple[int, ...] = checked((1, 1, 2, 2, 4), kind="ints", ge=1)
+    # Per encoder level; the decoder uses num_res_blocks + 1 (as VQGAN).
+    num_res_blocks: int = checked(2, kind="int", ge=1)
+    latent_channels: int = checked(32, kind="int", ge=1)  # Cz
+    codebook_size: int = checked(4096, kind="int", ge=1)  # V
+    # Side of each scale; the last is the latent side.
+    patch_nums: tuple[int, ...] = checked(RELEASE_PATCH_NUMS, kind="ints", ge=1)
+    # Kernel of quant_conv / post_quant_conv (1×1 in plain VQGAN); odd, so the conv keeps the size.
+    quant_conv_kernel: int = checked(3, kind="int", ge=1)
+    # Φ(h) = (1 − r)·h + r·conv3×3(h); 0.5 mixes the conv half-and-half.
+    phi_ratio: float = checked(0.5, kind="number", ge=0, le=1)
+    num_phi_convs: int = checked(
+        4, kind="int", ge=1
+    )  # Φ convs shared by all scales, picked by relative scale
+    dropout: float = checked(0.0, kind="number", ge=0, lt=1)
+    # Weight of the commitment term of the VQ training loss.
+    commitment_beta: float = checked(0.25, kind="number", ge=0)
+
+    def validate(self) -> None:
         if self.quant_conv_kernel % 2 != 1:
-            raise ValueError(f"quant_conv_kernel: must be odd (same-size conv), got {self.quant_conv_kernel}")
-        if (
-            not isinstance(self.ch_mult, tuple)
-            or not self.ch_mult
-            or not all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in self.ch_mult)
-        ):
-            raise ValueError(f"ch_mult: expected a non-empty tuple of positive ints, got {self.ch_mult!r}")
+            self.fail("quant_conv_kernel", "an odd int (a same-size conv)", self.quant_conv_kernel)
+        if not self.ch_mult:
+            self.fail("ch_mult", "at least one level", self.ch_mult)
         pn = self.patch_nums
-        if not isinstance(pn, tuple) or not all(isinstance(p, int) and not isinstance(p, bool) for p in pn):
-            raise ValueError(f"patch_nums: expected a tuple of ints, got {pn!r}")
-        if len(pn) < 2:
-            raise ValueError(f"patch_nums: need at least 2 scales, got {pn!r}")
-        if pn[0] != 1:
-            raise ValueError(f"patch_nums: the first scale must be 1 (one token), got {pn!r}")
-        if any(b <= a for a, b in itertools.pairwise(pn)):
-            raise ValueError(f"patch_nums: must be strictly increasing, got {pn!r}")
-        if not isinstance(self.phi_ratio, (int, float)) or not 0.0 <= self.phi_ratio <= 1.0:
-            raise ValueError(f"phi_ratio: expected a number in [0, 1], got {self.phi_ratio!r}")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout: expected a number in [0, 1), got {self.dropout!r}")
-        if not isinstance(self.commitment_beta, (int, float)) or self.commitment_beta < 0:
-            raise ValueError(f"commitment_beta: expected a non-negative number, got {self.commitment_beta!r}")
+        if len(pn) < 2 or pn[0] != 1 or any(b <= a for a, b in itertools.pairwise(pn)):
+            self.fail("patch_nums", "at least 2 strictly increasing sides starting at 1", pn)
 
     @property
     def downsample_factor(self) -> int:

@@ -14,7 +14,6 @@ in a recipe are relative to the working directory the command runs in.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 import types
@@ -26,7 +25,7 @@ from typing import Any
 from openhart.presets import PRESETS, preset_configs
 from openhart.tokenizer import TokenizerConfig
 from openhart.training.adversarial import LOSS_KINDS
-from openhart.utils.config import Config
+from openhart.utils.config import Config, checked
 
 RECIPE_KINDS = ("tokenizer", "generator", "diffusion")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -37,176 +36,96 @@ class RecipeError(ValueError):
     """A recipe file or override is malformed; the message names the field."""
 
 
-# ---------------------------------------------------------------------- field checks
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check(condition: bool, field: str, expected: str, value: Any) -> None:
-    if not condition:
-        raise RecipeError(f"{field}: expected {expected}, got {value!r}")
-
-
 # ---------------------------------------------------------------------- sections
+class Section(Config):
+    """A recipe section: its fields are named ``section.field`` in errors, which are RecipeErrors."""
+
+    error_type = RecipeError
+
+
 @dataclasses.dataclass(frozen=True)
-class DataRecipe(Config):
+class DataRecipe(Section):
     """Where the images come from and how they are batched."""
 
+    field_prefix = "data."
     # Handed as is to ``openhart.data.build_dataset(spec, image_size)`` (see the data module for
     # its keys, e.g. ``{kind: imagefolder, path: ...}``).
-    train: dict = dataclasses.field(default_factory=dict)
-    batch_size: int = 16  # per process: the global batch is batch_size × world size
-    num_workers: int = 0  # DataLoader worker processes per training process
-
-    def __post_init__(self) -> None:
-        _check(isinstance(self.train, dict), "data.train", "a mapping (dataset spec)", self.train)
-        _check(
-            _int(self.batch_size) and self.batch_size >= 1, "data.batch_size", "an int >= 1", self.batch_size
-        )
-        _check(
-            _int(self.num_workers) and self.num_workers >= 0,
-            "data.num_workers",
-            "an int >= 0",
-            self.num_workers,
-        )
+    train: dict = checked(kind="mapping", default_factory=dict, expect="a mapping (dataset spec)")
+    batch_size: int = checked(
+        16, kind="int", ge=1
+    )  # per process: the global batch is batch_size × world size
+    num_workers: int = checked(0, kind="int", ge=0)  # DataLoader worker processes per training process
 
 
 @dataclasses.dataclass(frozen=True)
-class OptimRecipe(Config):
+class OptimRecipe(Section):
     """AdamW with linear warmup then cosine decay; gradient clipping; optional EMA."""
 
-    lr: float = 3e-4  # peak learning rate (reached after warmup_steps)
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    weight_decay: float = 0.05  # applied to matrices only (not to norms, biases, embeddings' gains)
-    warmup_steps: int = 100  # linear warmup from 0
-    max_steps: int = 1000  # total optimiser steps; the cosine reaches its floor here
-    min_lr_ratio: float = 0.1  # the cosine floor, as a fraction of lr
-    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
-    ema_decay: float = 0.0  # 0 disables the EMA; e.g. 0.999 for about 1000 steps of memory
+    field_prefix = "optim."
+    lr: float = checked(3e-4, kind="number", gt=0)  # peak learning rate (reached after warmup_steps)
+    betas: tuple[float, float] = checked((0.9, 0.95), kind="numbers", length=2, ge=0, lt=1)
+    eps: float = checked(1e-8, kind="number", gt=0)
+    # Applied to matrices only (not to norms, biases, embeddings' gains).
+    weight_decay: float = checked(0.05, kind="number", ge=0)
+    warmup_steps: int = checked(100, kind="int", ge=0)  # linear warmup from 0
+    max_steps: int = checked(
+        1000, kind="int", ge=1
+    )  # total optimiser steps; the cosine reaches its floor here
+    min_lr_ratio: float = checked(0.1, kind="number", ge=0, le=1)  # the cosine floor, as a fraction of lr
+    grad_clip: float = checked(1.0, kind="number", ge=0)  # max global grad norm; 0 disables clipping
+    # 0 disables the EMA; e.g. 0.999 for about 1000 steps of memory.
+    ema_decay: float = checked(0.0, kind="number", ge=0, lt=1)
 
-    def __post_init__(self) -> None:
-        if isinstance(self.betas, list):
-            object.__setattr__(self, "betas", tuple(self.betas))
-        _check(_number(self.lr) and self.lr > 0, "optim.lr", "a positive number", self.lr)
-        _check(
-            isinstance(self.betas, tuple)
-            and len(self.betas) == 2
-            and all(_number(b) and 0 <= b < 1 for b in self.betas),
-            "optim.betas",
-            "two numbers in [0, 1)",
-            self.betas,
-        )
-        _check(_number(self.eps) and self.eps > 0, "optim.eps", "a positive number", self.eps)
-        _check(
-            _number(self.weight_decay) and self.weight_decay >= 0,
-            "optim.weight_decay",
-            "a number >= 0",
-            self.weight_decay,
-        )
-        _check(_int(self.max_steps) and self.max_steps >= 1, "optim.max_steps", "an int >= 1", self.max_steps)
-        _check(
-            _int(self.warmup_steps) and 0 <= self.warmup_steps <= self.max_steps,
-            "optim.warmup_steps",
-            f"an int in [0, optim.max_steps={self.max_steps}]",
-            self.warmup_steps,
-        )
-        _check(
-            _number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1,
-            "optim.min_lr_ratio",
-            "a number in [0, 1]",
-            self.min_lr_ratio,
-        )
-        _check(
-            _number(self.grad_clip) and self.grad_clip >= 0,
-            "optim.grad_clip",
-            "a number >= 0",
-            self.grad_clip,
-        )
-        _check(
-            _number(self.ema_decay) and 0 <= self.ema_decay < 1,
-            "optim.ema_decay",
-            "a number in [0, 1)",
-            self.ema_decay,
-        )
+    def validate(self) -> None:
+        if self.warmup_steps > self.max_steps:
+            self.fail("warmup_steps", f"an int in [0, optim.max_steps={self.max_steps}]", self.warmup_steps)
 
 
 @dataclasses.dataclass(frozen=True)
-class RunRecipe(Config):
+class RunRecipe(Section):
     """Output folder, device, precision and the cadence of logs, checkpoints and samples."""
 
-    out_dir: str = "runs/default"  # checkpoints/, final/, metrics.csv, samples/ go here
-    device: str = "auto"  # auto: this process's CUDA GPU, else MPS, else CPU
-    precision: str = "auto"  # auto: bf16 autocast on CUDA (if supported), fp32 elsewhere
-    deterministic: bool = False  # torch.use_deterministic_algorithms (exact resume on CPU)
-    log_every: int = 10  # steps between metric rows in metrics.csv (and the log)
-    checkpoint_every: int = 500  # steps between checkpoints; 0: only the final one
-    keep_checkpoints: int = 2  # older step-* checkpoints are deleted
-    sample_every: int = 500  # steps between sample grids; 0: never
-    tensorboard: bool = False  # also write TensorBoard scalars (needs the tensorboard package)
-    progress: bool = True  # tqdm bar on rank 0
+    field_prefix = "run."
+    # checkpoints/, final/, metrics.csv, samples/ go here.
+    out_dir: str = checked("runs/default", kind="str", expect="a non-empty path")
+    device: str = checked(
+        "auto", kind="choice", choices=DEVICES
+    )  # auto: this process's CUDA GPU, else MPS, else CPU
+    # auto: bf16 autocast on CUDA (if supported), fp32 elsewhere.
+    precision: str = checked("auto", kind="choice", choices=PRECISIONS)
+    deterministic: bool = checked(
+        False, kind="bool"
+    )  # torch.use_deterministic_algorithms (exact resume on CPU)
+    log_every: int = checked(10, kind="int", ge=1)  # steps between metric rows in metrics.csv (and the log)
+    checkpoint_every: int = checked(500, kind="int", ge=0)  # steps between checkpoints; 0: only the final one
+    keep_checkpoints: int = checked(2, kind="int", ge=1)  # older step-* checkpoints are deleted
+    sample_every: int = checked(500, kind="int", ge=0)  # steps between sample grids; 0: never
+    tensorboard: bool = checked(False, kind="bool")  # also write TensorBoard scalars (needs tensorboard)
+    progress: bool = checked(True, kind="bool")  # tqdm bar on rank 0
     # Convolution weights and image batches in channels-last memory order (oneDNN's and cuDNN's
     # preferred layout); the numbers are the same, only the speed changes. No effect on linears.
-    channels_last: bool = False
-
-    def __post_init__(self) -> None:
-        _check(
-            isinstance(self.out_dir, str) and bool(self.out_dir),
-            "run.out_dir",
-            "a non-empty path",
-            self.out_dir,
-        )
-        _check(self.device in DEVICES, "run.device", f"one of {DEVICES}", self.device)
-        _check(self.precision in PRECISIONS, "run.precision", f"one of {PRECISIONS}", self.precision)
-        for name in ("deterministic", "tensorboard", "progress", "channels_last"):
-            _check(isinstance(getattr(self, name), bool), f"run.{name}", "true or false", getattr(self, name))
-        _check(_int(self.log_every) and self.log_every >= 1, "run.log_every", "an int >= 1", self.log_every)
-        for name in ("checkpoint_every", "sample_every"):
-            value = getattr(self, name)
-            _check(_int(value) and value >= 0, f"run.{name}", "an int >= 0", value)
-        _check(
-            _int(self.keep_checkpoints) and self.keep_checkpoints >= 1,
-            "run.keep_checkpoints",
-            "an int >= 1",
-            self.keep_checkpoints,
-        )
+    channels_last: bool = checked(False, kind="bool")
 
 
 @dataclasses.dataclass(frozen=True)
-class TokenizerLossRecipe(Config):
+class TokenizerLossRecipe(Section):
     """Reconstruction + VQ loss weights, HART's alternating hybrid training, dead-code revival."""
 
-    l1_weight: float = 1.0
-    l2_weight: float = 1.0
-    vq_weight: float = 1.0  # × (codebook term + commitment_beta · commitment term), see the quantizer
+    field_prefix = "loss."
+    l1_weight: float = checked(1.0, kind="number", ge=0)
+    l2_weight: float = checked(1.0, kind="number", ge=0)
+    # × (codebook term + commitment_beta · commitment term), see the quantizer.
+    vq_weight: float = checked(1.0, kind="number", ge=0)
     # HART's alternating training: each step the decoder sees the discrete-only latent with this
     # probability and the full (discrete + residual) latent otherwise.
-    discrete_probability: float = 0.5
+    discrete_probability: float = checked(0.5, kind="number", ge=0, le=1)
     # Every revive_every steps, codes no rank used since the last check are re-initialised from
     # this step's encoder outputs (the per-scale residuals the codes are matched against). 0: off.
-    revive_every: int = 50
-    revive_noise: float = 0.01  # relative noise added to revived codes so duplicates can diverge
+    revive_every: int = checked(50, kind="int", ge=0)
+    # Relative noise added to revived codes so duplicates can diverge.
+    revive_noise: float = checked(0.01, kind="number", ge=0)
 
-    def __post_init__(self) -> None:
-        for name in ("l1_weight", "l2_weight", "vq_weight", "revive_noise"):
-            value = getattr(self, name)
-            _check(_number(value) and value >= 0, f"loss.{name}", "a number >= 0", value)
-        _check(
-            _number(self.discrete_probability) and 0 <= self.discrete_probability <= 1,
-            "loss.discrete_probability",
-            "a number in [0, 1]",
-            self.discrete_probability,
-        )
-        _check(
-            _int(self.revive_every) and self.revive_every >= 0,
-            "loss.revive_every",
-            "an int >= 0",
-            self.revive_every,
-        )
+    def validate(self) -> None:
         if self.l1_weight == 0 and self.l2_weight == 0:
             raise RecipeError(
                 "loss.l1_weight, loss.l2_weight: at least one reconstruction weight must be > 0"
@@ -214,7 +133,7 @@ class TokenizerLossRecipe(Config):
 
 
 @dataclasses.dataclass(frozen=True)
-class AdversarialRecipe(Config):
+class AdversarialRecipe(Section):
     """VQGAN-style PatchGAN loss for the tokenizer (``training/adversarial.py``); off when weight is 0.
 
     The reconstruction losses train alone for the first ``start_step`` steps (a discriminator
@@ -222,46 +141,19 @@ class AdversarialRecipe(Config):
     also minimises ``weight · adaptive · adversarial`` and the discriminator trains every step.
     """
 
-    weight: float = 0.0  # 0: no discriminator; VQGAN uses 0.8, VAR/HART 0.2 (with a perceptual loss)
-    start_step: int = 0  # optimiser step at which the adversarial phase begins
-    loss: str = "hinge"  # "hinge" or "non-saturating"
-    channels: int = 64  # width of the discriminator's first conv
-    layers: int = 3  # stride-2 convs; the patch each logit sees grows with them (70 px at 3)
-    lr: float = 1.0e-4  # the discriminator's AdamW learning rate (constant)
-    betas: tuple[float, float] = (0.5, 0.9)  # GAN-usual: a short first-moment memory
-    max_adaptive_weight: float = 1.0e4  # clamp of ‖∇ reconstruction‖ / ‖∇ adversarial‖
-
-    def __post_init__(self) -> None:
-        if isinstance(self.betas, list):
-            object.__setattr__(self, "betas", tuple(self.betas))
-        for name in ("weight", "max_adaptive_weight"):
-            value = getattr(self, name)
-            _check(_number(value) and value >= 0, f"adversarial.{name}", "a number >= 0", value)
-        _check(_number(self.lr) and self.lr > 0, "adversarial.lr", "a positive number", self.lr)
-        _check(
-            _int(self.start_step) and self.start_step >= 0,
-            "adversarial.start_step",
-            "an int >= 0",
-            self.start_step,
-        )
-        _check(self.loss in LOSS_KINDS, "adversarial.loss", f"one of {LOSS_KINDS}", self.loss)
-        _check(
-            _int(self.channels) and self.channels >= 16 and self.channels % 16 == 0,
-            "adversarial.channels",
-            "an int >= 16, a multiple of 16",
-            self.channels,
-        )
-        _check(
-            _int(self.layers) and 1 <= self.layers <= 5, "adversarial.layers", "an int in [1, 5]", self.layers
-        )
-        _check(
-            isinstance(self.betas, tuple)
-            and len(self.betas) == 2
-            and all(_number(b) and 0 <= b < 1 for b in self.betas),
-            "adversarial.betas",
-            "two numbers in [0, 1)",
-            self.betas,
-        )
+    field_prefix = "adversarial."
+    # 0: no discriminator; VQGAN uses 0.8, VAR/HART 0.2 (with a perceptual loss).
+    weight: float = checked(0.0, kind="number", ge=0)
+    start_step: int = checked(0, kind="int", ge=0)  # optimiser step at which the adversarial phase begins
+    loss: str = checked("hinge", kind="choice", choices=LOSS_KINDS)  # "hinge" or "non-saturating"
+    channels: int = checked(64, kind="int", ge=16, multiple_of=16)  # width of the discriminator's first conv
+    # Stride-2 convs; the patch each logit sees grows with them (70 px at 3).
+    layers: int = checked(3, kind="int", ge=1, le=5)
+    lr: float = checked(1.0e-4, kind="number", gt=0)  # the discriminator's AdamW learning rate (constant)
+    # GAN-usual: a short first-moment memory.
+    betas: tuple[float, float] = checked((0.5, 0.9), kind="numbers", length=2, ge=0, lt=1)
+    # Clamp of ‖∇ reconstruction‖ / ‖∇ adversarial‖.
+    max_adaptive_weight: float = checked(1.0e4, kind="number", ge=0)
 
     @property
     def enabled(self) -> bool:
@@ -269,171 +161,92 @@ class AdversarialRecipe(Config):
 
 
 @dataclasses.dataclass(frozen=True)
-class GeneratorLossRecipe(Config):
+class GeneratorLossRecipe(Section):
     """Token cross-entropy + residual diffusion loss, token subsampling, condition dropout."""
 
-    diffusion_weight: float = 1.0
-    diffusion_batch_mul: int = 4  # each last-scale row is seen with this many (t, noise) draws
-    label_smoothing: float = 0.0  # of the token cross-entropy
+    field_prefix = "loss."
+    diffusion_weight: float = checked(1.0, kind="number", ge=0)
+    # Each last-scale row is seen with this many (t, noise) draws.
+    diffusion_batch_mul: int = checked(4, kind="int", ge=1)
+    label_smoothing: float = checked(0.0, kind="number", ge=0, lt=1)  # of the token cross-entropy
     # HART's token subsampling of the last scale: drop a random fraction in [drop_min, drop_max]
     # of its tokens (one fraction per step, positions per image), keeping at least min_keep.
-    token_subsampling: bool = False
-    subsample_drop_min: float = 0.5
-    subsample_drop_max: float = 1.0
-    subsample_min_keep: int = 4
+    token_subsampling: bool = checked(False, kind="bool")
+    subsample_drop_min: float = checked(0.5, kind="number", ge=0, le=1)
+    subsample_drop_max: float = checked(1.0, kind="number", ge=0, le=1)
+    subsample_min_keep: int = checked(4, kind="int", ge=1)
     # Classifier-free guidance: each image's prompt is replaced by the unconditional (empty)
     # context with this probability.
-    condition_dropout: float = 0.1
+    condition_dropout: float = checked(0.1, kind="number", ge=0, lt=1)
 
-    def __post_init__(self) -> None:
-        _check(
-            _number(self.diffusion_weight) and self.diffusion_weight >= 0,
-            "loss.diffusion_weight",
-            "a number >= 0",
-            self.diffusion_weight,
-        )
-        _check(
-            _int(self.diffusion_batch_mul) and self.diffusion_batch_mul >= 1,
-            "loss.diffusion_batch_mul",
-            "an int >= 1",
-            self.diffusion_batch_mul,
-        )
-        _check(
-            _number(self.label_smoothing) and 0 <= self.label_smoothing < 1,
-            "loss.label_smoothing",
-            "a number in [0, 1)",
-            self.label_smoothing,
-        )
-        _check(
-            isinstance(self.token_subsampling, bool),
-            "loss.token_subsampling",
-            "true or false",
-            self.token_subsampling,
-        )
-        _check(
-            _number(self.subsample_drop_min) and 0 <= self.subsample_drop_min <= 1,
-            "loss.subsample_drop_min",
-            "a number in [0, 1]",
-            self.subsample_drop_min,
-        )
-        _check(
-            _number(self.subsample_drop_max) and self.subsample_drop_min <= self.subsample_drop_max <= 1,
-            "loss.subsample_drop_max",
-            f"a number in [loss.subsample_drop_min={self.subsample_drop_min}, 1]",
-            self.subsample_drop_max,
-        )
-        _check(
-            _int(self.subsample_min_keep) and self.subsample_min_keep >= 1,
-            "loss.subsample_min_keep",
-            "an int >= 1",
-            self.subsample_min_keep,
-        )
-        _check(
-            _number(self.condition_dropout) and 0 <= self.condition_dropout < 1,
-            "loss.condition_dropout",
-            "a number in [0, 1)",
-            self.condition_dropout,
-        )
+    def validate(self) -> None:
+        if self.subsample_drop_max < self.subsample_drop_min:
+            self.fail(
+                "subsample_drop_max",
+                f"a number in [loss.subsample_drop_min={self.subsample_drop_min}, 1]",
+                self.subsample_drop_max,
+            )
 
 
 @dataclasses.dataclass(frozen=True)
-class SamplingRecipe(Config):
+class SamplingRecipe(Section):
     """The fixed prompts of the generator's sample grids (written every run.sample_every steps)."""
 
-    prompts: tuple[str, ...] = ("a red apple", "a smiling face", "a blue car", "a green tree")
-    guidance_scale: float = 4.5
-    num_inference_steps: int | None = None  # residual diffusion steps (None: the head's default)
-    seed: int = 0  # image i of the grid uses seed + i, the same at every step
-
-    def __post_init__(self) -> None:
-        if isinstance(self.prompts, list):
-            object.__setattr__(self, "prompts", tuple(self.prompts))
-        _check(
-            isinstance(self.prompts, tuple) and all(isinstance(p, str) for p in self.prompts),
-            "sampling.prompts",
-            "a list of strings",
-            self.prompts,
-        )
-        _check(
-            _number(self.guidance_scale) and self.guidance_scale >= 0,
-            "sampling.guidance_scale",
-            "a number >= 0",
-            self.guidance_scale,
-        )
-        _check(
-            self.num_inference_steps is None
-            or (_int(self.num_inference_steps) and self.num_inference_steps >= 1),
-            "sampling.num_inference_steps",
-            "an int >= 1 or null",
-            self.num_inference_steps,
-        )
-        _check(_int(self.seed) and self.seed >= 0, "sampling.seed", "an int >= 0", self.seed)
+    field_prefix = "sampling."
+    prompts: tuple[str, ...] = checked(
+        ("a red apple", "a smiling face", "a blue car", "a green tree"), kind="strings"
+    )
+    guidance_scale: float = checked(4.5, kind="number", ge=0)
+    # Residual diffusion steps (None: the head's default).
+    num_inference_steps: int | None = checked(None, kind="int", ge=1, optional=True)
+    seed: int = checked(0, kind="int", ge=0)  # image i of the grid uses seed + i, the same at every step
 
 
 # ---------------------------------------------------------------------- recipes
-def _check_common(recipe: Any) -> None:
-    _check(recipe.preset in PRESETS, "preset", f"one of {sorted(PRESETS)}", recipe.preset)
-    _check(_int(recipe.seed) and recipe.seed >= 0, "seed", "an int >= 0", recipe.seed)
+PRESET_NAMES = tuple(sorted(PRESETS))
+PATH = {"kind": "str", "optional": True, "expect": "a path"}
+OVERRIDES = {"kind": "mapping", "default_factory": dict, "expect": "a mapping of config fields"}
 
 
-def _check_frozen_sources(recipe: Any, start_from: str, overrides: tuple[str, ...]) -> None:
-    """Checks the generator and diffusion recipes share: where the frozen parts come from, the
-    override mappings, the caching/EMA flags. ``start_from`` names what ``pipeline`` continues."""
-    for name in ("tokenizer_from", "pipeline", "text_features"):
-        value = getattr(recipe, name)
-        _check(value is None or (isinstance(value, str) and value), name, "a path or null", value)
+def _check_frozen_sources(recipe: Any, start_from: str) -> None:
+    """What the generator and diffusion recipes share: where the frozen parts come from, and the
+    EMA they save. ``start_from`` names what ``pipeline`` continues."""
     if recipe.tokenizer_from is None and recipe.pipeline is None:
         raise RecipeError(
             f"tokenizer_from: a {recipe.kind} recipe needs a trained tokenizer (a tokenizer or pipeline "
             f"folder), or `pipeline` to start from {start_from}"
         )
-    for name in overrides:
-        _check(
-            isinstance(getattr(recipe, name), dict), name, "a mapping of config fields", getattr(recipe, name)
-        )
-    for name in ("cache_text_features", "cache_latents", "save_ema"):
-        _check(isinstance(getattr(recipe, name), bool), name, "true or false", getattr(recipe, name))
     if recipe.save_ema and recipe.optim.ema_decay == 0:
         raise RecipeError("save_ema: true needs optim.ema_decay > 0 (or set save_ema: false)")
 
 
 @dataclasses.dataclass(frozen=True)
-class TokenizerRecipe(Config):
+class TokenizerRecipe(Section):
     """``openhart train tokenizer``: the hybrid tokenizer of a preset, trained from scratch or a folder."""
 
-    preset: str  # model sizes come from this preset's tokenizer config ...
-    tokenizer: dict = dataclasses.field(default_factory=dict)  # ... with these fields replaced
-    init: str | None = None  # optional tokenizer folder (config.json + model.safetensors) to start from
+    # Model sizes come from this preset's tokenizer config ...
+    preset: str = checked(kind="choice", choices=PRESET_NAMES)
+    # ... with these fields replaced.
+    tokenizer: dict = checked(
+        kind="mapping", default_factory=dict, expect="a mapping of TokenizerConfig fields"
+    )
+    # Optional tokenizer folder (config.json + model.safetensors) to start from.
+    init: str | None = checked(None, kind="str", optional=True, expect="a folder path")
     # Train only post_quant_conv and the decoder; the encoder, quant_conv and quantizer (codebook,
     # Φ) stay those of `init`, so token ids and residuals do not change and a generator trained on
     # `init`'s tokens stays valid with the new decoder (decoder fine-tuning, e.g. adversarial).
-    decoder_only: bool = False
-    seed: int = 0
-    num_sample_images: int = 8  # reconstructions shown in the sample grid (and its PSNR)
+    decoder_only: bool = checked(False, kind="bool")
+    seed: int = checked(0, kind="int", ge=0)
+    # Reconstructions shown in the sample grid (and its PSNR).
+    num_sample_images: int = checked(8, kind="int", ge=1)
     data: DataRecipe = dataclasses.field(default_factory=DataRecipe)
     optim: OptimRecipe = dataclasses.field(default_factory=OptimRecipe)
     loss: TokenizerLossRecipe = dataclasses.field(default_factory=TokenizerLossRecipe)
     adversarial: AdversarialRecipe = dataclasses.field(default_factory=AdversarialRecipe)
     run: RunRecipe = dataclasses.field(default_factory=RunRecipe)
-    kind: str = "tokenizer"
+    kind: str = checked("tokenizer", kind="choice", choices=("tokenizer",), expect="'tokenizer'")
 
-    def __post_init__(self) -> None:
-        _check(self.kind == "tokenizer", "kind", "'tokenizer'", self.kind)
-        _check_common(self)
-        _check(
-            isinstance(self.tokenizer, dict),
-            "tokenizer",
-            "a mapping of TokenizerConfig fields",
-            self.tokenizer,
-        )
-        _check(self.init is None or isinstance(self.init, str), "init", "a folder path or null", self.init)
-        _check(
-            _int(self.num_sample_images) and self.num_sample_images >= 1,
-            "num_sample_images",
-            "an int >= 1",
-            self.num_sample_images,
-        )
-        _check(isinstance(self.decoder_only, bool), "decoder_only", "true or false", self.decoder_only)
+    def validate(self) -> None:
         if self.decoder_only and self.init is None:
             raise RecipeError("decoder_only: needs `init` (a trained tokenizer whose encoder stays frozen)")
         if self.decoder_only and self.loss.revive_every:
@@ -450,38 +263,38 @@ class TokenizerRecipe(Config):
 
 
 @dataclasses.dataclass(frozen=True)
-class GeneratorRecipe(Config):
+class GeneratorRecipe(Section):
     """``openhart train generator``: transformer + residual head on a frozen trained tokenizer."""
 
-    preset: str  # sizes of the text encoder, transformer and head (each may be overridden below)
+    # Sizes of the text encoder, transformer and head (each may be overridden below).
+    preset: str = checked(kind="choice", choices=PRESET_NAMES)
     # Where the frozen tokenizer comes from: a tokenizer folder (what `train tokenizer` writes) or
     # a pipeline folder. Required unless `pipeline` is given.
-    tokenizer_from: str | None = None
-    # Start from a saved pipeline (all four components; e.g. to continue training a model).
-    pipeline: str | None = None
-    text_encoder: dict = dataclasses.field(default_factory=dict)  # TextEncoderConfig overrides
-    transformer: dict = dataclasses.field(default_factory=dict)  # HartTransformerConfig overrides
-    diffusion_head: dict = dataclasses.field(default_factory=dict)  # DiffusionHeadConfig overrides
+    tokenizer_from: str | None = checked(None, **PATH)
+    # Start from a saved pipeline (all four components; e.g. to continue training a model): a
+    # folder or any name `openhart.load` takes.
+    pipeline: str | None = checked(None, **PATH)
+    text_encoder: dict = checked(**OVERRIDES)  # TextEncoderConfig overrides
+    transformer: dict = checked(**OVERRIDES)  # HartTransformerConfig overrides
+    diffusion_head: dict = checked(**OVERRIDES)  # DiffusionHeadConfig overrides
     # Optional file of precomputed text features (`openhart train text-features`): captions found
     # there are never encoded, and a text encoder that cannot be built here (e.g. a GPU machine
     # without its weights) is replaced by the file (sampling prompts are in it too).
-    text_features: str | None = None
-    cache_text_features: bool = True  # encode each distinct caption once per process
-    cache_latents: bool = True  # encode each image (by dataset key) once per process
-    save_ema: bool = True  # the saved model is the EMA (needs optim.ema_decay > 0)
-    seed: int = 0
+    text_features: str | None = checked(None, **PATH)
+    cache_text_features: bool = checked(True, kind="bool")  # encode each distinct caption once per process
+    cache_latents: bool = checked(True, kind="bool")  # encode each image (by dataset key) once per process
+    save_ema: bool = checked(True, kind="bool")  # the saved model is the EMA (needs optim.ema_decay > 0)
+    seed: int = checked(0, kind="int", ge=0)
     data: DataRecipe = dataclasses.field(default_factory=DataRecipe)
     optim: OptimRecipe = dataclasses.field(default_factory=lambda: OptimRecipe(ema_decay=0.999))
     loss: GeneratorLossRecipe = dataclasses.field(default_factory=GeneratorLossRecipe)
     sampling: SamplingRecipe = dataclasses.field(default_factory=SamplingRecipe)
     run: RunRecipe = dataclasses.field(default_factory=RunRecipe)
-    kind: str = "generator"
+    kind: str = checked("generator", kind="choice", choices=("generator",), expect="'generator'")
 
-    def __post_init__(self) -> None:
-        _check(self.kind == "generator", "kind", "'generator'", self.kind)
-        _check_common(self)
-        _check_frozen_sources(self, "a saved pipeline", ("text_encoder", "transformer", "diffusion_head"))
-        self.component_configs()
+    def validate(self) -> None:
+        _check_frozen_sources(self, "a saved pipeline")
+        self.component_configs()  # fail now, with the field named, rather than after loading data
 
     @property
     def var_only(self) -> bool:
@@ -501,7 +314,7 @@ class GeneratorRecipe(Config):
 
 
 @dataclasses.dataclass(frozen=True)
-class DiffusionRecipe(Config):
+class DiffusionRecipe(Section):
     """``openhart train diffusion``: the latent-diffusion baseline on a frozen trained tokenizer.
 
     The diffusion transformer (``model``: LatentDiffusionConfig fields over the preset's size in
@@ -510,33 +323,26 @@ class DiffusionRecipe(Config):
     the transformer + residual head swapped for a diffusion transformer.
     """
 
-    preset: str  # text encoder config and the baseline's size
-    tokenizer_from: str | None = None  # a tokenizer, pipeline or training-run folder
-    pipeline: str | None = None  # continue from a saved LatentDiffusionPipeline folder
-    text_encoder: dict = dataclasses.field(default_factory=dict)  # TextEncoderConfig overrides
-    model: dict = dataclasses.field(default_factory=dict)  # LatentDiffusionConfig overrides
-    text_features: str | None = None  # as in the generator recipe
-    cache_text_features: bool = True
-    cache_latents: bool = True
-    latent_statistics_images: int = 1024  # first N training images fit latent_shift / latent_scale
-    save_ema: bool = True
-    seed: int = 0
+    preset: str = checked(kind="choice", choices=PRESET_NAMES)  # text encoder config and the baseline's size
+    tokenizer_from: str | None = checked(None, **PATH)  # a tokenizer, pipeline or training-run folder
+    pipeline: str | None = checked(None, **PATH)  # continue from a saved LatentDiffusionPipeline folder
+    text_encoder: dict = checked(**OVERRIDES)  # TextEncoderConfig overrides
+    model: dict = checked(**OVERRIDES)  # LatentDiffusionConfig overrides
+    text_features: str | None = checked(None, **PATH)  # as in the generator recipe
+    cache_text_features: bool = checked(True, kind="bool")
+    cache_latents: bool = checked(True, kind="bool")
+    # The first N training images fit latent_shift / latent_scale.
+    latent_statistics_images: int = checked(1024, kind="int", ge=2)
+    save_ema: bool = checked(True, kind="bool")
+    seed: int = checked(0, kind="int", ge=0)
     data: DataRecipe = dataclasses.field(default_factory=DataRecipe)
     optim: OptimRecipe = dataclasses.field(default_factory=lambda: OptimRecipe(ema_decay=0.999))
     sampling: SamplingRecipe = dataclasses.field(default_factory=SamplingRecipe)
     run: RunRecipe = dataclasses.field(default_factory=RunRecipe)
-    kind: str = "diffusion"
+    kind: str = checked("diffusion", kind="choice", choices=("diffusion",), expect="'diffusion'")
 
-    def __post_init__(self) -> None:
-        _check(self.kind == "diffusion", "kind", "'diffusion'", self.kind)
-        _check_common(self)
-        _check_frozen_sources(self, "a saved LatentDiffusionPipeline", ("text_encoder", "model"))
-        _check(
-            _int(self.latent_statistics_images) and self.latent_statistics_images >= 2,
-            "latent_statistics_images",
-            "an int >= 2",
-            self.latent_statistics_images,
-        )
+    def validate(self) -> None:
+        _check_frozen_sources(self, "a saved LatentDiffusionPipeline")
         self.component_configs()
 
     def component_configs(self) -> dict[str, Config]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from openhart.utils.config import Config
+from openhart.utils.config import Config, checked
 
 ADALN_MODES = ("block", "table", "none")
 POOLING_MODES = ("max", "mean")
@@ -20,74 +20,53 @@ class HartTransformerConfig(Config):
     we recommend for new models.
     """
 
-    codebook_size: int  # V: the tokenizer's codebook, i.e. the logits' width
-    latent_channels: int  # Cz: channels of the tokenizer latent (input tokens are latent vectors)
-    patch_nums: tuple[int, ...]  # side of each scale's token map, coarse to fine; starts at 1
-    context_dim: int  # Dctx: width of the text encoder's hidden states
-    context_tokens: int  # T: prompt tokens the text encoder pads/truncates to
-    width: int = 512  # C
-    depth: int = 8
-    num_heads: int = 8
-    mlp_hidden: int | None = None  # None: round_up_256(int(C * mlp_ratio * 2/3)), Llama's SwiGLU rule
-    mlp_ratio: float = 4.0
-    norm_eps: float = 1e-6
+    field_prefix = "HartTransformerConfig."
+
+    codebook_size: int = checked(kind="int", ge=1)  # V: the tokenizer's codebook, i.e. the logits' width
+    # Cz: channels of the tokenizer latent (input tokens are latent vectors).
+    latent_channels: int = checked(kind="int", ge=1)
+    # Side of each scale's token map, coarse to fine; starts at 1.
+    patch_nums: tuple[int, ...] = checked(kind="ints", ge=1)
+    context_dim: int = checked(kind="int", ge=1)  # Dctx: width of the text encoder's hidden states
+    context_tokens: int = checked(kind="int", ge=1)  # T: prompt tokens the text encoder pads/truncates to
+    width: int = checked(512, kind="int", ge=1)  # C
+    depth: int = checked(8, kind="int", ge=1)
+    num_heads: int = checked(8, kind="int", ge=1)
+    # None: round_up_256(int(C * mlp_ratio * 2/3)), Llama's SwiGLU rule.
+    mlp_hidden: int | None = checked(None, kind="int", ge=1, optional=True)
+    mlp_ratio: float = checked(4.0, kind="number", gt=0)
+    norm_eps: float = checked(1e-6, kind="number", gt=0)
     # "block": per-block AdaLN, Linear(SiLU(pooled prompt)) → 6 vectors; "table": a learned (6, C) table per
     # block plus the pooled prompt (PixArt-style, the release's shared_aln); "none": plain pre-norm blocks.
-    adaln: str = "block"
-    block_pooling: str = "mean"  # how the prompt is pooled for block AdaLN: "mean" (masked) or "max"
-    head_pooling: str = "mean"  # same for the AdaLN before the logits head (the release uses "max")
-    level_embedding: str = "timestep"  # "timestep": sinusoid + MLP of the scale index; "table": nn.Embedding
-    context_norm: bool = True  # RMSNorm on the text hidden states before projecting them
-    attn_l2_norm: bool = False  # cosine attention: L2-normalised q, k with a learned per-head scale
-    attn_scale: float | None = (
-        None  # softmax scale; None = 1/sqrt(head_dim) (the release: 0.25/sqrt(head_dim))
-    )
-    rope_theta: float = 10000.0
-    rope_2d: str = "axial"  # "axial" (true 2-D rotation) or "hart" (the released layout; see rope.py)
-    mask_context_padding: bool = (
-        True  # hide padded prompt tokens from attention (the release attends to them)
-    )
+    adaln: str = checked("block", kind="choice", choices=ADALN_MODES)
+    # How the prompt is pooled for block AdaLN: "mean" (masked) or "max".
+    block_pooling: str = checked("mean", kind="choice", choices=POOLING_MODES)
+    # Same for the AdaLN before the logits head (the release uses "max").
+    head_pooling: str = checked("mean", kind="choice", choices=POOLING_MODES)
+    # "timestep": sinusoid + MLP of the scale index; "table": nn.Embedding.
+    level_embedding: str = checked("timestep", kind="choice", choices=LEVEL_EMBEDDINGS)
+    context_norm: bool = checked(
+        True, kind="bool"
+    )  # RMSNorm on the text hidden states before projecting them
+    # Cosine attention: L2-normalised q, k with a learned per-head scale.
+    attn_l2_norm: bool = checked(False, kind="bool")
+    # Softmax scale; None = 1/sqrt(head_dim) (the release: 0.25/sqrt(head_dim)).
+    attn_scale: float | None = checked(None, kind="number", gt=0, optional=True)
+    rope_theta: float = checked(10000.0, kind="number", gt=0)
+    # "axial" (true 2-D rotation) or "hart" (the released layout; see rope.py).
+    rope_2d: str = checked("axial", kind="choice", choices=ROPE_2D_LAYOUTS)
+    # Hide padded prompt tokens from attention (the release attends to them).
+    mask_context_padding: bool = checked(True, kind="bool")
 
-    def __post_init__(self) -> None:
-        positive = (
-            "codebook_size",
-            "latent_channels",
-            "context_dim",
-            "context_tokens",
-            "width",
-            "depth",
-            "num_heads",
-        )
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"HartTransformerConfig.{name} must be a positive int, got {value!r}")
+    def validate(self) -> None:
         if not self.patch_nums or self.patch_nums[0] != 1:
-            raise ValueError(f"HartTransformerConfig.patch_nums must start at 1, got {self.patch_nums!r}")
+            self.fail("patch_nums", "sides starting at 1", self.patch_nums)
         if any(b <= a for a, b in zip(self.patch_nums, self.patch_nums[1:], strict=False)):
-            raise ValueError(
-                f"HartTransformerConfig.patch_nums must increase strictly, got {self.patch_nums!r}"
-            )
+            self.fail("patch_nums", "strictly increasing sides", self.patch_nums)
         if self.width % self.num_heads:
-            raise ValueError(
-                f"HartTransformerConfig.width {self.width} is not divisible by num_heads {self.num_heads}"
-            )
+            self.fail("width", f"a multiple of num_heads={self.num_heads}", self.width)
         if self.head_dim % 4:
-            raise ValueError(
-                f"HartTransformerConfig: head_dim {self.head_dim} must be divisible by 4 for 2-D RoPE"
-            )
-        choices = {
-            "adaln": ADALN_MODES,
-            "block_pooling": POOLING_MODES,
-            "head_pooling": POOLING_MODES,
-            "level_embedding": LEVEL_EMBEDDINGS,
-            "rope_2d": ROPE_2D_LAYOUTS,
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(
-                    f"HartTransformerConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}"
-                )
+            self.fail("num_heads", "a divisor of width giving head_dim % 4 == 0 (2-D RoPE)", self.num_heads)
 
     @property
     def head_dim(self) -> int:

@@ -1,24 +1,180 @@
-"""Typed component configs that round-trip through ``config.json``.
+"""Typed configs that round-trip through ``config.json`` and check their own fields.
 
 Every component (tokenizer, transformer, diffusion head, text encoder) is built from one frozen
 dataclass. The dataclass is the single source of truth: ``save_pretrained`` writes it beside the
 weights and ``from_pretrained`` rebuilds the module from it alone.
+
+Fields declare what they accept with :func:`checked` (type, bounds, choices); :class:`Config`
+checks them all when an instance is made and raises the class's error naming the field::
+
+    width: int = checked(1024, kind="int", ge=1)
+    loss: str = checked("hinge", kind="choice", choices=("hinge", "non-saturating"))
+
+Checks that relate two fields go in the class's :meth:`Config.validate`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 T = TypeVar("T", bound="Config")
 
+KINDS = ("int", "number", "bool", "str", "choice", "mapping", "ints", "numbers", "strings")
+_SEQUENCE_KINDS = ("ints", "numbers", "strings")
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldCheck:
+    """What one config field accepts; ``describe()`` is the "expected ..." part of the error."""
+
+    kind: str
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple[Any, ...] | None = None
+    multiple_of: int | None = None
+    length: int | None = None  # sequences: exactly this many items
+    optional: bool = False  # None is accepted too
+    expect: str | None = None  # a description replacing the generated one
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.optional
+        if self.kind in _SEQUENCE_KINDS:
+            if not isinstance(value, tuple) or (self.length is not None and len(value) != self.length):
+                return False
+            item_kind = {"ints": "int", "numbers": "number", "strings": "str"}[self.kind]
+            return all(self._scalar_ok(item_kind, item) for item in value)
+        return self._scalar_ok(self.kind, value)
+
+    def _scalar_ok(self, kind: str, value: Any) -> bool:
+        if kind == "bool":
+            return isinstance(value, bool)
+        if kind == "str":
+            return isinstance(value, str) and (self.kind == "strings" or bool(value))
+        if kind == "choice":
+            return any(value == choice and type(value) is type(choice) for choice in self.choices or ())
+        if kind == "mapping":
+            return isinstance(value, dict)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False  # True is an int to Python, never to a config
+        if kind == "int" and not isinstance(value, int):
+            return False
+        if not math.isfinite(value):
+            return False
+        bounds = (
+            (self.ge, lambda v, b: v >= b),
+            (self.gt, lambda v, b: v > b),
+            (self.le, lambda v, b: v <= b),
+            (self.lt, lambda v, b: v < b),
+        )
+        if any(bound is not None and not holds(value, bound) for bound, holds in bounds):
+            return False
+        return self.multiple_of is None or value % self.multiple_of == 0
+
+    def describe(self) -> str:
+        if self.expect is not None:
+            text = self.expect
+        elif self.kind == "bool":
+            text = "true or false"
+        elif self.kind == "choice":
+            text = f"one of {self.choices}"
+        elif self.kind == "mapping":
+            text = "a mapping"
+        elif self.kind == "str":
+            text = "a non-empty string"
+        elif self.kind == "strings":
+            text = "a list of strings"
+        else:
+            noun = {"int": "an int", "number": "a number", "ints": "ints", "numbers": "numbers"}[self.kind]
+            if self.length is not None:
+                noun = f"{self.length} {noun}"
+            text = noun + self._describe_bounds()
+            if self.multiple_of is not None:
+                text += f", a multiple of {self.multiple_of}"
+        return text + (" or null" if self.optional else "")
+
+    def _describe_bounds(self) -> str:
+        low = (
+            f"[{_fmt(self.ge)}"
+            if self.ge is not None
+            else f"({_fmt(self.gt)}"
+            if self.gt is not None
+            else None
+        )
+        high = (
+            f"{_fmt(self.le)}]"
+            if self.le is not None
+            else f"{_fmt(self.lt)})"
+            if self.lt is not None
+            else None
+        )
+        if low is not None and high is not None:
+            return f" in {low}, {high}"
+        if low is not None:
+            return f" >= {_fmt(self.ge)}" if self.ge is not None else f" > {_fmt(self.gt)}"
+        if high is not None:
+            return f" <= {_fmt(self.le)}" if self.le is not None else f" < {_fmt(self.lt)}"
+        return ""
+
+
+def _fmt(bound: float) -> str:
+    return str(int(bound)) if float(bound).is_integer() else str(bound)
+
+
+def checked(
+    default: Any = dataclasses.MISSING,
+    *,
+    kind: str,
+    default_factory: Any = dataclasses.MISSING,
+    **rules: Any,
+) -> Any:
+    """A dataclass field whose value :class:`Config` checks (rules: :class:`FieldCheck`'s fields)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    check = FieldCheck(kind=kind, **rules)
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={"check": check})
+
 
 class Config:
-    """Mixin for frozen dataclass configs: JSON (de)serialisation with unknown-field checks."""
+    """Mixin for frozen dataclass configs: field checks, JSON (de)serialisation with unknown-field checks.
+
+    ``field_prefix`` names the fields in errors (a recipe section's ``"optim."``, a component's
+    ``"HartTransformerConfig."``); ``error_type`` is what a bad field raises.
+    """
+
+    field_prefix: ClassVar[str] = ""
+    error_type: ClassVar[type[Exception]] = ValueError
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):  # type: ignore[arg-type]
+            check = field.metadata.get("check")
+            if check is None:
+                continue
+            value = getattr(self, field.name)
+            if check.kind in _SEQUENCE_KINDS and isinstance(value, list):
+                value = tuple(value)  # YAML and JSON have lists; configs stay hashable
+                object.__setattr__(self, field.name, value)
+            if not check.accepts(value):
+                self.fail(field.name, check.describe(), value)
+        self.validate()
+
+    def validate(self) -> None:
+        """Checks that relate several fields (each field's own rules are checked before this)."""
+
+    def fail(self, name: str, expected: str, value: Any) -> None:
+        """Raise ``error_type`` for field ``name``: what was expected, what was given."""
+        shown = repr(value)
+        if len(shown) > 200:  # a config may hold a long string; the error stays one readable line
+            shown = shown[:200] + "..."
+        raise self.error_type(f"{self.field_prefix}{name}: expected {expected}, got {shown}")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
