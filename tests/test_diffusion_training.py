@@ -112,8 +112,8 @@ def test_diffusion_resume_ends_with_the_same_weights_and_ema(tmp_path, tokenizer
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"model": {"num_layers": 0}}, "model: num_layers"),
-        ({"model": {"sampler": "heun"}}, "model: sampler"),
+        ({"model": {"num_layers": 0}}, "model: LatentDiffusionConfig.num_layers"),
+        ({"model": {"sampler": "heun"}}, "model: LatentDiffusionConfig.sampler"),
         ({"tokenizer_from": None}, "tokenizer_from"),
         ({"latent_statistics_images": 1}, "latent_statistics_images"),
         ({"preset": "huge"}, "preset"),

@@ -53,7 +53,7 @@ from openhart.models.hart import (
 )
 from openhart.text import TextEncoder, load_text_encoder
 from openhart.tokenizer import HybridTokenizer, TokenizerConfig
-from openhart.utils.config import Config, read_json, write_json
+from openhart.utils.config import Config, checked, read_json, write_json
 from openhart.utils.random import GeneratorSpec, rand_tensor, randn_tensor
 from openhart.utils.weights import load_component, save_component
 
@@ -74,49 +74,29 @@ class LatentDiffusionConfig(Config):
     tokenizer and text encoder it is built on, so they are not repeated here.
     """
 
-    num_layers: int = 4  # PixArt blocks (self-attention, cross-attention, MLP ×4)
-    num_attention_heads: int = 4
-    attention_head_dim: int = 16  # width = heads × head_dim
-    patch_size: int = 1  # latent pixels per token side; 1 on an 8×8 latent gives HART's 64 last-scale tokens
-    dropout: float = 0.0
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "squaredcos_cap_v2"  # cosine, as HART's residual head
-    prediction_type: str = "epsilon"  # what the network predicts: the noise, or v (Salimans & Ho)
-    sampler: str = "dpmsolver++"  # default sampler; any of SAMPLERS can be picked per call
-    num_inference_steps: int = 20  # the usual 20–50 of latent diffusion
-    condition_dropout: float = 0.1  # training: share of prompts replaced by the empty context (CFG)
+    field_prefix = "LatentDiffusionConfig."
+
+    num_layers: int = checked(4, kind="int", ge=1)  # PixArt blocks (self-attention, cross-attention, MLP ×4)
+    num_attention_heads: int = checked(4, kind="int", ge=1)
+    attention_head_dim: int = checked(16, kind="int", ge=1)  # width = heads × head_dim
+    # Latent pixels per token side; 1 on an 8×8 latent gives HART's 64 last-scale tokens.
+    patch_size: int = checked(1, kind="int", ge=1)
+    dropout: float = checked(0.0, kind="number", ge=0, lt=1)
+    num_train_timesteps: int = checked(1000, kind="int", ge=2)
+    beta_schedule: str = checked(
+        "squaredcos_cap_v2", kind="choice", choices=BETA_SCHEDULES
+    )  # cosine, as HART's head
+    # What the network predicts: the noise, or v (Salimans & Ho).
+    prediction_type: str = checked("epsilon", kind="choice", choices=PREDICTION_TYPES)
+    # Default sampler; any of SAMPLERS can be picked per call.
+    sampler: str = checked("dpmsolver++", kind="choice", choices=SAMPLERS)
+    num_inference_steps: int = checked(20, kind="int", ge=1)  # the usual 20–50 of latent diffusion
+    # Training: share of prompts replaced by the empty context (CFG).
+    condition_dropout: float = checked(0.1, kind="number", ge=0, lt=1)
     # The tokenizer's latent is normalised to z = (latent − shift) / scale before diffusion, so the
     # noise schedule sees unit variance (Stable Diffusion's scaling_factor); fit_latent_statistics sets them.
-    latent_shift: float = 0.0
-    latent_scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        for name in ("num_layers", "num_attention_heads", "attention_head_dim", "patch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
-        if not isinstance(self.num_train_timesteps, int) or self.num_train_timesteps < 2:
-            raise ValueError(f"num_train_timesteps: expected an int ≥ 2, got {self.num_train_timesteps!r}")
-        if not isinstance(self.num_inference_steps, int) or self.num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps: expected an int ≥ 1, got {self.num_inference_steps!r}")
-        if self.beta_schedule not in BETA_SCHEDULES:
-            raise ValueError(f"beta_schedule: expected one of {BETA_SCHEDULES}, got {self.beta_schedule!r}")
-        if self.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(
-                f"prediction_type: expected one of {PREDICTION_TYPES}, got {self.prediction_type!r}"
-            )
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler: expected one of {SAMPLERS}, got {self.sampler!r}")
-        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout: expected a number in [0, 1), got {self.dropout!r}")
-        if not isinstance(self.condition_dropout, (int, float)) or not 0 <= self.condition_dropout < 1:
-            raise ValueError(
-                f"condition_dropout: expected a number in [0, 1), got {self.condition_dropout!r}"
-            )
-        if not isinstance(self.latent_shift, (int, float)):
-            raise ValueError(f"latent_shift: expected a number, got {self.latent_shift!r}")
-        if not isinstance(self.latent_scale, (int, float)) or not self.latent_scale > 0:
-            raise ValueError(f"latent_scale: expected a positive number, got {self.latent_scale!r}")
+    latent_shift: float = checked(0.0, kind="number")
+    latent_scale: float = checked(1.0, kind="number", gt=0)
 
     @property
     def width(self) -> int:

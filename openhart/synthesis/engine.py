@@ -39,7 +39,7 @@ from openhart.synthesis.writers import (
     write_png,
     write_shard,
 )
-from openhart.utils.config import atomic_write_bytes
+from openhart.utils.config import Config, atomic_write_bytes, checked
 from openhart.utils.distributed import DistributedContext, gather_objects
 
 logger = logging.getLogger(__name__)
@@ -58,26 +58,22 @@ class SynthesisError(ValueError):
 
 
 @dataclass(frozen=True)
-class SynthesisJob:
+class SynthesisJob(Config):
     """What to make and where; the CLI's options."""
+
+    error_type = SynthesisError
 
     prompts: Path
     out: Path
     model: str  # model folder or preset name, recorded so that a rerun cannot mix models
-    images_per_prompt: int = 1
-    batch_size: int = 8
-    seed: int = 0
-    output_format: str = "folder"
-    shard_size: int = 1000
-    guidance_scale: float = 4.5
-    num_inference_steps: int | None = None
-    max_images: int | None = None  # only the plan's first N images
-
-    def __post_init__(self) -> None:
-        if self.output_format not in FORMATS:
-            raise SynthesisError(f"format must be one of {FORMATS}, got {self.output_format!r}")
-        if self.max_images is not None and self.max_images < 1:
-            raise SynthesisError(f"max_images must be >= 1, got {self.max_images}")
+    images_per_prompt: int = checked(1, kind="int", ge=1)
+    batch_size: int = checked(8, kind="int", ge=1)
+    seed: int = checked(0, kind="int", ge=0)
+    output_format: str = checked("folder", kind="choice", choices=FORMATS)
+    shard_size: int = checked(1000, kind="int", ge=1)
+    guidance_scale: float = checked(4.5, kind="number", ge=0)
+    num_inference_steps: int | None = checked(None, kind="int", ge=1, optional=True)
+    max_images: int | None = checked(None, kind="int", ge=1, optional=True)  # only the plan's first N images
 
     def fingerprint(self, prompts_sha256: str) -> dict[str, Any]:
         return {
