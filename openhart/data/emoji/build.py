@@ -10,7 +10,6 @@ Dimensions: S image side (``image_size``).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from openhart.data.emoji.images import enumerate_images
 from openhart.data.emoji.licences import write_licenses
 from openhart.data.emoji.sets import DEFAULT_PACKAGES, EMOJI_SETS
 from openhart.utils.config import atomic_write_bytes
+from openhart.utils.images import save_png
 
 logger = logging.getLogger(__name__)
 
@@ -81,12 +81,6 @@ def ambiguous_drawings(rows: dict[str, dict[str, Any]], drawings: dict[str, byte
         if len({rows[k]["concept_id"] for k in members}) > MAX_CONCEPTS_PER_DRAWING:
             dropped.update(members)
     return dropped
-
-
-def _encode_png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False)
-    return buffer.getvalue()
 
 
 def build_emoji_dataset(
@@ -158,7 +152,7 @@ def build_emoji_dataset(
             else:
                 image = item.render(image_size)
                 pixels = image.tobytes()
-                atomic_write_bytes(path, _encode_png(image))
+                save_png(image, path)
                 report.rendered += 1
         except Exception as error:  # a bad drawing must not end a 20k-image build
             report.failed += 1
