@@ -2,8 +2,8 @@
 
 ``ImageFolderDataset`` and ``WebDatasetShards`` yield ``{"image": (3, S, S) in [-1, 1],
 "caption": str, "key": str}``; ``build_dataset(spec, image_size)`` builds either from a recipe's
-config entry. ``openhart.data.emoji.build_emoji_dataset`` writes the emoji dataset
-(``openhart data emoji``, sub-app ``openhart.data.cli.data_app``).
+config entry. The subpackage ``openhart.data.emoji`` builds the emoji dataset
+(``build_emoji_dataset``; ``openhart data emoji``, sub-app ``openhart.data.cli.data_app``).
 """
 
 from openhart.data.datasets import (
