@@ -17,7 +17,6 @@ seeded from the caller's ``seed`` and the epoch, drawn through ``openhart.utils.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -38,6 +37,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from openhart.utils.hashing import mix_seed
 from openhart.utils.random import rand_tensor
 
 logger = logging.getLogger(__name__)
@@ -395,12 +395,6 @@ def assign_shards(
     return list(shards[rank::world_size][worker_id::num_workers])
 
 
-def _mix_seed(*parts: int) -> int:
-    """A stable 63-bit seed from several ints (Python's ``hash`` is salted per process)."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
 class _UniformStream:
     """Uniform [0, 1) numbers from one seeded generator, drawn in blocks (one call per 1024)."""
 
@@ -505,7 +499,7 @@ class WebDatasetShards(IterableDataset):
     def shard_order(self, epoch: int) -> list[str]:
         if not self.shuffle_shards:
             return list(self.shards)
-        generator = torch.Generator().manual_seed(_mix_seed(self.seed, epoch))
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
         order = torch.argsort(rand_tensor((len(self.shards),), generator), stable=True)
         return [self.shards[i] for i in order.tolist()]
 
@@ -577,7 +571,7 @@ class WebDatasetShards(IterableDataset):
                 rank, worker_id, len(self.shards), world_size * num_workers,
             )  # fmt: skip
             return
-        uniforms = _UniformStream(_mix_seed(self.seed, epoch, rank, worker_id))
+        uniforms = _UniformStream(mix_seed(self.seed, epoch, rank, worker_id))
         buffer: list[dict[str, bytes]] = []
         for raw in self._raw_samples(shards):
             if len(buffer) < self.shuffle_buffer:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from openhart.synthesis.prompts import PromptLine
-from openhart.utils.distributed import derive_seed
+from openhart.utils.hashing import derive_seed
 
 FORMATS = ("folder", "webdataset")
 # Lines per image sub-folder: keeps folders small when a job writes millions of images.

@@ -66,11 +66,11 @@ from openhart.utils.distributed import (
     DistributedContext,
     all_reduce_sum_,
     barrier,
-    derive_seed,
     gather_objects,
     init_distributed,
     seed_everything,
 )
+from openhart.utils.hashing import derive_seed
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ derived from ``seed + rank`` (:func:`seed_everything`) or from (seed, rank, step
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import random
@@ -24,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from openhart.utils.hashing import derive_seed
 
 logger = logging.getLogger(__name__)
 
@@ -136,12 +137,6 @@ def seed_everything(seed: int, rank: int = 0) -> int:
     np.random.seed(process_seed % 2**32)
     torch.manual_seed(process_seed)  # also seeds every CUDA device
     return process_seed
-
-
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed from any tuple of values, the same in every process and Python version."""
-    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def step_generator(seed: int, step: int, stream: str, rank: int | None = None) -> torch.Generator:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from openhart.data.emoji.catalogue import EmojiInfo, dedupe_keywords, stable_hash
+from openhart.data.emoji.catalogue import EmojiInfo, dedupe_keywords
 from openhart.data.emoji.sets import EmojiSet
+from openhart.utils.hashing import stable_hash
 
 # {tone} is ", light skin tone" and {with_tone} " with light skin tone" (both empty without tones).
 CAPTION_TEMPLATES = (

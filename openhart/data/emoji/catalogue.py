@@ -7,13 +7,13 @@ annotations) and emoji-datasource's ``emoji.json``, looked up by codepoints.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from openhart.data.emoji.fetch import EmojiPackage
+from openhart.utils.hashing import stable_hash
 
 SKIN_TONES = {
     "1F3FB": "light skin tone",
@@ -35,11 +35,6 @@ OPENMOJI_GROUPS = {
     "flags": "flags",
     "component": "component",
 }
-
-
-def stable_hash(text: str) -> int:
-    """A 64-bit hash that is the same in every process and on every machine."""
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
 def normalize_codepoints(sequence: str) -> str:
