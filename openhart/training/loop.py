@@ -136,11 +136,6 @@ class BatchStream:
                     f"batch_size {batch_size} × world size {ctx.world_size}"
                 )
 
-    def batches_per_epoch(self) -> int | None:
-        if self.iterable:
-            return None
-        return (len(self.dataset) // self.ctx.world_size) // self.batch_size
-
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
         """Batches of ``epoch`` from batch ``skip`` on (the first ``skip`` were consumed before)."""
         # Worker seeds (for datasets that draw random numbers) depend only on (seed, epoch, rank).

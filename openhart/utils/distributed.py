@@ -158,15 +158,6 @@ def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` over ranks (a copy; the input is left alone)."""
-    out = values.detach().clone()
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        out /= dist.get_world_size()
-    return out
-
-
 def broadcast_(tensor: torch.Tensor, source: int = 0) -> torch.Tensor:
     """Overwrite ``tensor`` on every rank with rank ``source``'s values (no-op alone)."""
     if dist.is_available() and dist.is_initialized():
