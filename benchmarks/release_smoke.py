@@ -46,7 +46,9 @@ def main() -> None:
     loaded.to(args.device, getattr(torch, args.dtype))
     settings = official_sampler_settings(loaded.transformer.config.num_scales)
     start = time.perf_counter()
-    image = loaded("a red fox in the snow", generator=torch.Generator().manual_seed(0), **settings).images[0]
+    image = loaded(
+        "a red fox in the snow", generator=torch.Generator().manual_seed(0), sampler=settings
+    ).images[0]
     timings["generate_s"] = time.perf_counter() - start
     image.save(args.out / "release-smoke.png")
     report = {

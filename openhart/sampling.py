@@ -20,6 +20,7 @@ import torch
 from openhart.tokenizer import MultiScaleQuantizer
 from openhart.transformer import HartTransformer
 from openhart.transformer.graphs import CUDAGraphGenerator
+from openhart.utils.config import Config, checked
 from openhart.utils.random import GeneratorSpec, exponential_tensor, sample_categorical
 
 GUIDANCE_RAMPS = ("linear", "hart", "constant")
@@ -39,6 +40,16 @@ def guidance_per_scale(guidance_scale: float, num_scales: int, ramp: str = "line
         return [float(guidance_scale)] * num_scales
     steps = [min(k, num_scales - 2) if ramp == "hart" else k for k in range(num_scales)]
     return [guidance_scale * k / (num_scales - 1) for k in steps]
+
+
+def sampler_batch_rows(
+    batch_size: int, guidance_scale: float, guidance_ramp: str, num_scales: int, unguided_last_scales: int = 0
+) -> int:
+    """Rows the scale passes run: 2B with CFG (prompt rows, then unconditional ones), B when no
+    scale before the unguided last ones is guided (the unconditional half is then skipped)."""
+    guidance = guidance_per_scale(guidance_scale, num_scales, guidance_ramp)
+    guided = any(t != 0 for t in guidance[: num_scales - unguided_last_scales])
+    return 2 * batch_size if guided else batch_size
 
 
 def soft_input_temperature(scale_index: int, num_scales: int, ramp: str) -> tuple[float, float]:
@@ -92,6 +103,62 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, -math.inf)
     return logits
+
+
+SAMPLER_SETTINGS_NAME = "sampler.json"
+
+
+@dataclass(frozen=True)
+class SamplerSettings(Config):
+    """How a pipeline call draws its tokens and its residual: one value, checked once.
+
+    A model may ship its own defaults (``sampler.json`` in its folder, see
+    :meth:`HartPipeline.save_pretrained`); a call's ``sampler=`` and keyword arguments override
+    them. :func:`openhart.compat.official_sampler_settings` returns the released sampler's.
+    """
+
+    field_prefix = "sampler."
+
+    # CFG strength g ≥ 0 in HART's convention (0 = conditional only); the scales get a ramp of it.
+    guidance_scale: float = checked(4.5, kind="number", ge=0)
+    # "linear", "hart" (the release's) or "constant"; see guidance_per_scale.
+    guidance_ramp: str = checked("linear", kind="choice", choices=GUIDANCE_RAMPS)
+    # Keep the k most likely codes per token (None or 0: all); one value or one per scale.
+    top_k: int | tuple[int | None, ...] | None = None
+    # Nucleus filter in (0, 1] (None: off); one value or one per scale.
+    top_p: float | tuple[float | None, ...] | None = None
+    temperature: float = checked(1.0, kind="number", gt=0)  # divides the token logits
+    # Gumbel-softmax soft embeddings as next-scale inputs (the release's ``more_smooth``).
+    smooth_inputs: bool = checked(False, kind="bool")
+    residual_temperature: float = checked(1.0, kind="number", ge=0)  # × the residual head's step noise
+    # Denoising steps of the residual head (None: the head's config).
+    num_inference_steps: int | None = checked(None, kind="int", ge=1, optional=True)
+
+    def validate(self) -> None:
+        for name, integer in (("top_k", True), ("top_p", False)):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                value = tuple(value)
+                object.__setattr__(self, name, value)
+            for item in value if isinstance(value, tuple) else (value,):
+                if item is not None and not _filter_value_ok(item, integer):
+                    expected = "an int >= 0 (0: no filter)" if integer else "a number in (0, 1]"
+                    self.fail(name, f"{expected} or null, or one such value per scale", value)
+
+    def check_scales(self, num_scales: int) -> None:
+        """Per-scale ``top_k`` / ``top_p`` need one entry per scale of the model they sample."""
+        for name in ("top_k", "top_p"):
+            value = getattr(self, name)
+            if isinstance(value, tuple) and len(value) != num_scales:
+                self.fail(name, f"one value per scale ({num_scales} entries)", value)
+
+
+def _filter_value_ok(value: object, integer: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if integer:
+        return isinstance(value, int) and value >= 0
+    return math.isfinite(value) and 0 < value <= 1
 
 
 @dataclass
@@ -181,7 +248,8 @@ def sample_token_pyramid(
         raise ValueError(f"forced_tokens: expected ids of {S} scales for {B} images")
     first_unguided = S - unguided_last_scales  # scales k >= this run the prompt rows only
     guidance = [0.0 if k >= first_unguided else t for k, t in enumerate(guidance)]
-    guided = not (skip_unguided_branch and all(t == 0 for t in guidance))
+    rows = sampler_batch_rows(B, guidance_scale, guidance_ramp, S, unguided_last_scales)
+    guided = not skip_unguided_branch or rows == 2 * B
 
     # CFG doubles the batch: rows [0, B) see the prompt, rows [B, 2B) the unconditional context.
     if guided:

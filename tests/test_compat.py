@@ -126,8 +126,8 @@ def test_convert_command_writes_a_pickle_free_openhart_model(tmp_path):
     assert not list((tmp_path / "converted").rglob("*.bin"))
     loaded = load(tmp_path / "converted")
     settings = official_sampler_settings(loaded.transformer.config.num_scales)
-    a = pipe(["a red cat"], generator=generators(0), output_type="pt", **settings).images
-    b = loaded(["a red cat"], generator=generators(0), output_type="pt", **settings).images
+    a = pipe(["a red cat"], generator=generators(0), output_type="pt", sampler=settings).images
+    b = loaded(["a red cat"], generator=generators(0), output_type="pt", sampler=settings).images
     assert torch.equal(a, b)
 
 
@@ -146,8 +146,8 @@ def test_unsupported_official_fields_are_named():
 
 def test_official_sampler_settings_and_system_prompt():
     settings = official_sampler_settings(14)
-    assert settings["top_k"] == [600] * 7 + [300] * 7
-    assert settings["guidance_ramp"] == "hart" and settings["smooth_inputs"] is True
+    assert settings.top_k == (600,) * 7 + (300,) * 7
+    assert settings.guidance_ramp == "hart" and settings.smooth_inputs is True
     assert OFFICIAL_SYSTEM_PROMPT.startswith("Given a user prompt") and OFFICIAL_SYSTEM_PROMPT.endswith(
         "User Prompt:\n"
     )

@@ -14,6 +14,7 @@ import torch
 
 import openhart.models.hart as pipeline_module
 from openhart.diffusion.graphs import CUDAGraphResidualSampler, draw_residual_noise
+from openhart.sampling import SamplerSettings
 from tests.conftest import generators, make_tiny_pipeline
 
 
@@ -318,10 +319,11 @@ def test_graphs_are_rebuilt_when_the_cache_size_setting_changes(monkeypatch):
 
     monkeypatch.setattr(pipeline_module, "CUDAGraphGenerator", StateOnly)
     pipeline = make_tiny_pipeline()
-    first = pipeline._graph_generator(1, 4.5, "constant", use_cuda_graphs=True)
-    assert pipeline._graph_generator(1, 4.5, "constant", use_cuda_graphs=True) is first
+    settings = SamplerSettings(guidance_ramp="constant")
+    first = pipeline._graph_generator(1, settings, use_cuda_graphs=True)
+    assert pipeline._graph_generator(1, settings, use_cuda_graphs=True) is first
     pipeline.transformer.store_last_scale_keys = True  # a bigger cache: the captured graphs can't serve
-    stored = pipeline._graph_generator(1, 4.5, "constant", use_cuda_graphs=True)
+    stored = pipeline._graph_generator(1, settings, use_cuda_graphs=True)
     assert stored is not first and stored.state.cache.max_length == pipeline.transformer.cache_room()
     assert stored.state.cache.max_length > first.state.cache.max_length
     assert len(pipeline._graph_generators) == 1  # replaced, not kept beside the old one

@@ -14,6 +14,7 @@ model folder stores only its config), and ``model_index.json`` naming the compon
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -30,17 +31,19 @@ from openhart.diffusion import DiffusionHeadConfig, ResidualDiffusionHead
 from openhart.diffusion.graphs import CUDAGraphResidualSampler
 from openhart.models.base import INDEX_NAME, PipelineBase
 from openhart.sampling import (
-    GUIDANCE_RAMPS,
+    SAMPLER_SETTINGS_NAME,
     ForcedTokens,
+    SamplerSettings,
     check_unguided_last_scales,
-    guidance_per_scale,
     residual_rows_to_latent,
     sample_token_pyramid,
+    sampler_batch_rows,
 )
 from openhart.text import TextEncoder, load_text_encoder
 from openhart.tokenizer import HybridTokenizer, TokenizerConfig
 from openhart.transformer import HartTransformer, HartTransformerConfig
 from openhart.transformer.graphs import CUDAGraphGenerator
+from openhart.utils.config import read_json, write_json
 from openhart.utils.random import GeneratorSpec
 from openhart.utils.weights import load_component, save_component
 
@@ -84,6 +87,8 @@ class HartPipeline(PipelineBase):
         # 1.3x in float32 (the weights are reordered inside the convolution, same numbers as
         # converted ones), so channels-last there.
         self.decoder_memory_format: torch.memory_format | None = None
+        # How calls sample unless told otherwise: the model's own defaults (sampler.json when saved).
+        self.sampler_settings = SamplerSettings()
         # enable_text_encoder_offload(): the encoder's weights live only while prompts are encoded.
         self._offload_text_encoder = False
         self._text_encoder_quantized = False
@@ -163,6 +168,7 @@ class HartPipeline(PipelineBase):
         self.text_encoder.save_pretrained(root / "text_encoder")
         for name in ("tokenizer", "transformer", "diffusion_head"):
             save_component(self.components[name], root / name)
+        write_json(root / SAMPLER_SETTINGS_NAME, self.sampler_settings.to_dict())
         self._write_index(root)
 
     @classmethod
@@ -198,6 +204,8 @@ class HartPipeline(PipelineBase):
             load_component(HartTransformer, HartTransformerConfig, root / "transformer"),
             load_component(ResidualDiffusionHead, DiffusionHeadConfig, root / "diffusion_head"),
         )
+        if (root / SAMPLER_SETTINGS_NAME).is_file():  # folders saved before it existed have none
+            pipeline.sampler_settings = SamplerSettings.from_dict(read_json(root / SAMPLER_SETTINGS_NAME))
         return pipeline.to(device=device, dtype=dtype)
 
     def __call__(
@@ -205,24 +213,20 @@ class HartPipeline(PipelineBase):
         prompt: str | Sequence[str],
         negative_prompt: str | Sequence[str] | None = None,
         *,
-        guidance_scale: float = 4.5,
+        guidance_scale: float | None = None,
         num_inference_steps: int | None = None,
         num_images_per_prompt: int = 1,
         generator: GeneratorSpec = None,
         output_type: str = "pil",
         return_dict: bool = True,
-        top_k: int | Sequence[int | None] | None = None,
-        top_p: float | Sequence[float | None] | None = None,
-        temperature: float = 1.0,
-        guidance_ramp: str = "linear",
-        smooth_inputs: bool = False,
-        residual_temperature: float = 1.0,
+        sampler: SamplerSettings | None = None,
         sample_residual: bool = True,
         progress: bool = False,
         stage_callback: Callable[[str], None] | None = None,
         use_cuda_graphs: bool | None = None,
         unguided_last_scales: int = 0,
         forced_tokens: ForcedTokens | None = None,
+        **sampler_options: Any,
     ) -> HartPipelineOutput | Any:
         """Generate images for ``prompt``.
 
@@ -231,22 +235,19 @@ class HartPipeline(PipelineBase):
             negative_prompt: prompt(s) for the unconditional branch of CFG; by default that branch
                 sees an empty (all-zero, one-token) context, as in the released HART.
             guidance_scale: CFG strength g ≥ 0 in HART's convention (0 = conditional only); the
-                scales get a ramp of it (``guidance_ramp``) and the residual head the last value.
-            num_inference_steps: denoising steps of the residual head (default: the head's config, 8).
+                scales get a ramp of it and the residual head the last value (default: the
+                sampler settings', 4.5 unless the model ships others).
+            num_inference_steps: denoising steps of the residual head (default: the sampler
+                settings', else the head's config, 8).
             num_images_per_prompt: images per prompt (consecutive in the output).
             generator: a ``torch.Generator`` for the whole batch, or a list with one per image
                 (then image i is exactly what a single call with generator i gives).
             output_type: "pil" (list of images), "np" ((B, H, W, 3) in [0, 1]) or "pt" ((B, 3, H, W)).
             return_dict: return :class:`HartPipelineOutput` (else the bare images).
-            top_k: keep the k most likely codes per token (None/0: all); one value or one per scale.
-                The released sampler uses 600 for scales < 7 and 300 after.
-            top_p: nucleus filter (None: off); one value or one per scale.
-            temperature: divides the token logits (> 0).
-            guidance_ramp: "linear" (default), "hart" (the release's) or "constant"; see
-                :func:`openhart.sampling.guidance_per_scale`.
-            smooth_inputs: Gumbel-softmax soft embeddings as next-scale inputs (the release's
-                ``more_smooth``, on in its CLI).
-            residual_temperature: multiplies the residual head's per-step noise.
+            sampler: how tokens and the residual are drawn (:class:`~openhart.sampling.SamplerSettings`;
+                default: :attr:`sampler_settings`, the model's own). ``sampler_options`` are
+                fields of it that override the ones given (``top_k``, ``top_p``,
+                ``temperature``, ``guidance_ramp``, ``smooth_inputs``, ``residual_temperature``).
             sample_residual: False decodes the discrete-only latent (a VAR-style baseline).
             progress: show a progress bar over scales.
             stage_callback: called with a stage name when it finishes: "text_encoder",
@@ -259,7 +260,8 @@ class HartPipeline(PipelineBase):
             forced_tokens: editing's teacher-forced ids and residual (one row per image); built by
                 :meth:`edit`, which is the way to use it.
         """
-        # 1. Check inputs.
+        # 1. Check inputs; the sampler settings are one value, checked when made.
+        settings = self._sampler_settings(sampler, guidance_scale, num_inference_steps, sampler_options)
         prompts = _check_prompt_list(prompt, "prompt")
         _check_positive_int(num_images_per_prompt, "num_images_per_prompt")
         negatives = None
@@ -271,17 +273,8 @@ class HartPipeline(PipelineBase):
                 raise ValueError(
                     f"negative_prompt: got {len(negatives)} negative prompts for {len(prompts)} prompts"
                 )
-        _check_guidance(guidance_scale)
-        if num_inference_steps is not None:
-            _check_positive_int(num_inference_steps, "num_inference_steps")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if guidance_ramp not in GUIDANCE_RAMPS:
-            raise ValueError(f"guidance_ramp must be one of {GUIDANCE_RAMPS}, got {guidance_ramp!r}")
-        _check_filter(top_k, "top_k", self.transformer.config.num_scales, integer=True)
-        _check_filter(top_p, "top_p", self.transformer.config.num_scales, integer=False)
-        _check_positive_float(temperature, "temperature")
-        _check_non_negative_float(residual_temperature, "residual_temperature")
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         if negatives is not None:
             negatives = [p for p in negatives for _ in range(num_images_per_prompt)]
@@ -304,9 +297,7 @@ class HartPipeline(PipelineBase):
         num_scales = self.transformer.config.num_scales
         bar = tqdm(total=num_scales, desc="scales", disable=not progress, leave=False)
         check_unguided_last_scales(unguided_last_scales, num_scales)
-        graphs = self._graph_generator(
-            batch_size, guidance_scale, guidance_ramp, use_cuda_graphs, unguided_last_scales
-        )
+        graphs = self._graph_generator(batch_size, settings, use_cuda_graphs, unguided_last_scales)
         with graphs.lock if graphs is not None else contextlib.nullcontext():
             pyramid = sample_token_pyramid(
                 self.transformer,
@@ -315,12 +306,12 @@ class HartPipeline(PipelineBase):
                 context_mask,
                 uncond_context,
                 uncond_mask,
-                guidance_scale=float(guidance_scale),
-                guidance_ramp=guidance_ramp,
-                top_k=top_k,
-                top_p=top_p,
-                temperature=float(temperature),
-                smooth_inputs=smooth_inputs,
+                guidance_scale=float(settings.guidance_scale),
+                guidance_ramp=settings.guidance_ramp,
+                top_k=settings.top_k,
+                top_p=settings.top_p,
+                temperature=float(settings.temperature),
+                smooth_inputs=settings.smooth_inputs,
                 generator=generator,
                 on_scale=lambda k, _logits: (bar.update(1), notify(f"scale_{k}")),
                 graphs=graphs,
@@ -338,8 +329,8 @@ class HartPipeline(PipelineBase):
                     pyramid.condition,
                     pyramid.uncond_condition,
                     pyramid.residual_guidance,
-                    num_inference_steps,
-                    float(residual_temperature),
+                    settings.num_inference_steps,
+                    float(settings.residual_temperature),
                 )
             if residual_graph is not None:
                 residual_rows = residual_graph.sample(pyramid.condition, pyramid.uncond_condition, generator)
@@ -348,9 +339,9 @@ class HartPipeline(PipelineBase):
                     pyramid.condition,
                     uncond_condition=pyramid.uncond_condition,
                     guidance_scale=pyramid.residual_guidance,
-                    num_inference_steps=num_inference_steps,
+                    num_inference_steps=settings.num_inference_steps,
                     generator=generator,
-                    temperature=float(residual_temperature),
+                    temperature=float(settings.residual_temperature),
                 )  # (B·P², Cz)
             side = self.transformer.config.patch_nums[-1]
             residual = residual_rows_to_latent(residual_rows, batch_size, side).to(latent.dtype)
@@ -364,6 +355,30 @@ class HartPipeline(PipelineBase):
         notify("decode")
         output = _to_output_type(images.clamp(0, 1), output_type)
         return HartPipelineOutput(images=output) if return_dict else output
+
+    def _sampler_settings(
+        self,
+        sampler: SamplerSettings | None,
+        guidance_scale: float | None,
+        num_inference_steps: int | None,
+        options: dict[str, Any],
+    ) -> SamplerSettings:
+        """The call's settings: ``sampler`` (or the model's), with the call's keyword overrides."""
+        if sampler is not None and not isinstance(sampler, SamplerSettings):
+            raise TypeError(f"sampler must be a SamplerSettings, got {type(sampler).__name__}")
+        fields = {field.name for field in dataclasses.fields(SamplerSettings)}
+        unknown = sorted(set(options) - fields)
+        if unknown:
+            raise TypeError(f"unexpected keyword argument(s) {unknown}; sampler settings: {sorted(fields)}")
+        overrides = dict(options)
+        if guidance_scale is not None:
+            overrides["guidance_scale"] = guidance_scale
+        if num_inference_steps is not None:
+            overrides["num_inference_steps"] = num_inference_steps
+        settings = sampler or self.sampler_settings
+        settings = settings.replace(**overrides) if overrides else settings
+        settings.check_scales(self.transformer.config.num_scales)
+        return settings
 
     def edit(self, prompt: str | Sequence[str], image: Any, mask_image: Any = None, **kwargs: Any) -> Any:
         """Inpainting, outpainting and variations of ``image``: see :class:`openhart.models.editing.HartEditPipeline`."""
@@ -463,8 +478,7 @@ class HartPipeline(PipelineBase):
     def _graph_generator(
         self,
         batch_size: int,
-        guidance_scale: float,
-        guidance_ramp: str,
+        settings: SamplerSettings,
         use_cuda_graphs: bool | None,
         unguided_last_scales: int = 0,
     ) -> CUDAGraphGenerator | None:
@@ -472,10 +486,13 @@ class HartPipeline(PipelineBase):
             use_cuda_graphs = self.device.type == "cuda"
         if not use_cuda_graphs:
             return None
-        num_scales = self.transformer.config.num_scales
-        guided_scales = guidance_per_scale(float(guidance_scale), num_scales, guidance_ramp)
-        unguided = all(t == 0 for t in guided_scales[: num_scales - unguided_last_scales])
-        rows = batch_size if unguided else 2 * batch_size  # the sampler doubles the batch for CFG
+        rows = sampler_batch_rows(
+            batch_size,
+            settings.guidance_scale,
+            settings.guidance_ramp,
+            self.transformer.config.num_scales,
+            unguided_last_scales,
+        )
         key = (rows, self.dtype)
         generator = self._graph_generators.get(key)
         # Rebuilt when the cache's size changed since the capture (transformer.store_last_scale_keys).
@@ -536,39 +553,6 @@ def _check_guidance(value: object) -> None:
         raise TypeError(f"guidance_scale must be a number, got {type(value).__name__}")
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"guidance_scale must be finite and ≥ 0 (0 = conditional only), got {value}")
-
-
-def _check_positive_float(value: object, name: str) -> None:
-    if not _is_number(value):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be finite and > 0, got {value}")
-
-
-def _check_non_negative_float(value: object, name: str) -> None:
-    if not _is_number(value):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be finite and ≥ 0, got {value}")
-
-
-def _check_filter(value: object, name: str, num_scales: int, integer: bool) -> None:
-    values = value if isinstance(value, (list, tuple)) else [value]
-    if isinstance(value, (list, tuple)) and len(value) != num_scales:
-        raise ValueError(f"{name}: a per-scale list needs {num_scales} entries, got {len(value)}")
-    for item in values:
-        if item is None:
-            continue
-        if integer:
-            if not isinstance(item, int) or isinstance(item, bool):
-                raise TypeError(f"{name} must be an int (or None), got {type(item).__name__}")
-            if item < 0:
-                raise ValueError(f"{name} must be ≥ 0 (0 = no filter), got {item}")
-        else:
-            if not _is_number(item):
-                raise TypeError(f"{name} must be a number (or None), got {type(item).__name__}")
-            if not 0 < item <= 1:
-                raise ValueError(f"{name} must be in (0, 1], got {item}")
 
 
 def _check_generator(generator: GeneratorSpec, batch_size: int) -> None:

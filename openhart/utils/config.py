@@ -23,6 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from openhart.errors import ConfigError
+
 T = TypeVar("T", bound="Config")
 
 KINDS = ("int", "number", "bool", "str", "choice", "mapping", "ints", "numbers", "strings")
@@ -147,11 +149,11 @@ class Config:
     """Mixin for frozen dataclass configs: field checks, JSON (de)serialisation with unknown-field checks.
 
     ``field_prefix`` names the fields in errors (a recipe section's ``"optim."``, a component's
-    ``"HartTransformerConfig."``); ``error_type`` is what a bad field raises.
+    ``"HartTransformerConfig."``); ``error_type`` is what a bad field raises (a ValueError).
     """
 
     field_prefix: ClassVar[str] = ""
-    error_type: ClassVar[type[Exception]] = ValueError
+    error_type: ClassVar[type[Exception]] = ConfigError
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):  # type: ignore[arg-type]
