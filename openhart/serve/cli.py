@@ -138,6 +138,7 @@ def serve(
 
         from openhart.runtime import compile_and_warm_up, load_model, resolve_device, resolve_dtype
         from openhart.serve.app import build_model_card, create_app
+        from openhart.serve.guard import MAX_HEADER_BYTES
         from openhart.serve.protocol import ConnectionLimits, GuardedH11Protocol
         from openhart.serve.queue import GenerationQueue
         from openhart.serve.safety import build_safety_checker
@@ -204,7 +205,7 @@ def serve(
         http=functools.partial(GuardedH11Protocol, limits=connection_limits),  # type: ignore[arg-type]
         ws="none",
         timeout_keep_alive=connection_limits.keep_alive_s,  # type: ignore[arg-type]
-        h11_max_incomplete_event_size=connection_limits.max_header_bytes,
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,  # headers still arriving; the guard checks whole ones
     )
     server = uvicorn.Server(config)
     _keep_signals_from_killing_us()

@@ -2,6 +2,8 @@
 
 In order, each check answering with a bounded JSON error (:mod:`openhart.serve.errors`):
 
+0. the request line and headers fit :data:`MAX_HEADER_BYTES`, else 431 (h11 bounds headers that
+   are still arriving; headers that arrive whole in one read are checked here);
 1. the method is one the server speaks (GET, HEAD, POST, OPTIONS), else 405 — TRACE, PUT,
    made-up methods ... never reach a route;
 2. the ``Host`` header names an allowed host when ``--allowed-hosts`` is set, else 400 (a page
@@ -32,6 +34,7 @@ ASGIApp = Callable[
 ]
 
 ALLOWED_METHODS = ("GET", "HEAD", "POST", "OPTIONS")  # OPTIONS: CORS preflights
+MAX_HEADER_BYTES = 16 * 1024  # request line + headers; the page and the API need well under 2 KiB
 BODY_METHODS = ("POST", "PUT", "PATCH")
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -138,6 +141,12 @@ class RequestGuard:
         async def answer(response: ErrorJSONResponse) -> None:
             await response(scope, receive, send_with_headers)
 
+        header_bytes = len(scope.get("raw_path", b"")) + len(scope.get("query_string", b""))
+        header_bytes += sum(len(name) + len(value) + 4 for name, value in scope.get("headers", []))
+        if header_bytes > MAX_HEADER_BYTES:
+            detail = f"headers: larger than the limit of {MAX_HEADER_BYTES} bytes"
+            await answer(error_response(431, detail, "headers", "headers_too_large"))
+            return
         method = scope["method"]
         if method not in ALLOWED_METHODS:
             allow = {"Allow": ", ".join(ALLOWED_METHODS)}

@@ -38,24 +38,21 @@ class ConnectionLimits:
     body_timeout_s: from complete headers to the body's last byte.
     keep_alive_s: an idle connection is closed after this long without a byte (uvicorn's timer).
     max_connections: open connections at once; one more gets 503 and is closed.
-    max_header_bytes: largest request line + headers (h11 answers 400 beyond).
     """
 
     header_timeout_s: float = 10.0
     body_timeout_s: float = 60.0
     keep_alive_s: float = 5.0
     max_connections: int = 128
-    max_header_bytes: int = 16 * 1024
 
     def __post_init__(self) -> None:
         for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-        for name in ("max_connections", "max_header_bytes"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        value = self.max_connections
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"max_connections must be an int >= 1, got {value!r}")
 
 
 class GuardedH11Protocol(H11Protocol):
