@@ -4,6 +4,7 @@
   or a chunked body announcing 2**64 bytes, one byte at a time; reports when the server closed each.
 - :data:`HOSTILE_REQUESTS`: complete requests that must each get a small JSON 4xx, none quoting
   the :data:`MARKER` planted in their values.
+- :data:`FUZZ_BODIES`, :data:`CONTENT_TYPES`: Hypothesis strategies of request bodies and types.
 - :func:`exchange`: one raw request → (status, headers, body), the server's answer as sent.
 - :func:`rss_bytes`, :func:`open_sockets`: a process's resident memory and socket count (/proc).
 """
@@ -17,6 +18,10 @@ import select
 import socket
 import time
 from dataclasses import dataclass
+
+from hypothesis import strategies as st
+
+from openhart.serve.schema import MAX_SEED
 
 MARKER = "QZXJ7MARKER"  # planted in request values; an error body that contains it echoed the input
 
@@ -222,6 +227,58 @@ HOSTILE_REQUESTS: dict[str, bytes] = {
         b"Transfer-Encoding: chunked\r\n\r\nZZZ\r\n"
     ),
 }
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+FIELDS = {
+    "prompt": st.text(max_size=30) | JSON_VALUES,
+    "negative_prompt": st.none() | st.text(max_size=20) | JSON_VALUES,
+    "seed": st.none() | st.integers(min_value=-2, max_value=2**33) | JSON_VALUES,
+    "guidance_scale": st.floats(min_value=-1, max_value=30) | JSON_VALUES,
+    "steps": st.none() | st.integers(min_value=-1, max_value=3) | JSON_VALUES,
+    "num_images": st.integers(min_value=-1, max_value=5) | JSON_VALUES,
+    "format": st.sampled_from(["base64", "png", "jpeg", "gif", ""]) | JSON_VALUES,
+    "image": st.text(max_size=40) | JSON_VALUES,
+    "mask": st.none() | st.text(max_size=40),
+    "strength": st.floats(min_value=-1, max_value=2) | JSON_VALUES,
+    "paste_back": st.booleans() | JSON_VALUES,
+}
+# Request bodies for a property-based fuzz (Hypothesis): JSON of any shape, fields of any type,
+# raw bytes; and valid bodies (a few with one field from FIELDS instead), so that the fuzz also reaches the model.
+VALID_BODIES = st.fixed_dictionaries(
+    {
+        "prompt": st.text(min_size=1, max_size=30).filter(str.strip),
+        "steps": st.integers(min_value=1, max_value=2),
+    },
+    optional={
+        "negative_prompt": st.none() | st.text(max_size=20),
+        "seed": st.none() | st.integers(min_value=0, max_value=MAX_SEED),
+        "guidance_scale": st.floats(min_value=0, max_value=20),
+        "num_images": st.integers(min_value=1, max_value=4),
+    },
+)
+FUZZ_BODIES = (
+    VALID_BODIES.map(lambda body: json.dumps(body).encode())
+    | st.tuples(VALID_BODIES, st.sampled_from(sorted(FIELDS)), JSON_VALUES).map(
+        lambda case: json.dumps({**case[0], case[1]: case[2]}).encode()
+    )
+    | st.fixed_dictionaries({}, optional=FIELDS).map(lambda body: json.dumps(body).encode())
+    | st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=5).map(
+        lambda body: json.dumps(body).encode()
+    )
+    | JSON_VALUES.map(lambda value: json.dumps(value).encode())
+    | st.binary(max_size=100)
+)
+CONTENT_TYPES = st.sampled_from(
+    ["application/json"] * 6
+    + ["application/json; charset=utf-8", "application/json; charset=latin-1", "text/plain"]
+)
 
 
 def rss_bytes(pid: int) -> int:

@@ -33,6 +33,8 @@ from openhart.serve.guard import host_allowed
 from openhart.serve.queue import GenerationQueue, GenerationRequest, QueueFull
 from openhart.serve.schema import MAX_SEED, ServeLimits
 from tests.hostile_clients import (
+    CONTENT_TYPES,
+    FUZZ_BODIES,
     HOSTILE_REQUESTS,
     MARKER,
     exchange,
@@ -149,57 +151,6 @@ def test_the_reviewers_findings_get_the_statuses_they_should(server):
 
 
 # ---------------------------------------------------------------------- fuzz: no 5xx
-JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
-    max_leaves=12,
-)
-FIELDS = {
-    "prompt": st.text(max_size=30) | JSON_VALUES,
-    "negative_prompt": st.none() | st.text(max_size=20) | JSON_VALUES,
-    "seed": st.none() | st.integers(min_value=-2, max_value=2**33) | JSON_VALUES,
-    "guidance_scale": st.floats(min_value=-1, max_value=30) | JSON_VALUES,
-    "steps": st.none() | st.integers(min_value=-1, max_value=3) | JSON_VALUES,
-    "num_images": st.integers(min_value=-1, max_value=5) | JSON_VALUES,
-    "format": st.sampled_from(["base64", "png", "jpeg", "gif", ""]) | JSON_VALUES,
-    "image": st.text(max_size=40) | JSON_VALUES,
-    "mask": st.none() | st.text(max_size=40),
-    "strength": st.floats(min_value=-1, max_value=2) | JSON_VALUES,
-    "paste_back": st.booleans() | JSON_VALUES,
-}
-# Valid bodies (a few with one field from FIELDS instead), so that the fuzz also reaches the model.
-VALID_BODIES = st.fixed_dictionaries(
-    {
-        "prompt": st.text(min_size=1, max_size=30).filter(str.strip),
-        "steps": st.integers(min_value=1, max_value=2),
-    },
-    optional={
-        "negative_prompt": st.none() | st.text(max_size=20),
-        "seed": st.none() | st.integers(min_value=0, max_value=MAX_SEED),
-        "guidance_scale": st.floats(min_value=0, max_value=20),
-        "num_images": st.integers(min_value=1, max_value=4),
-    },
-)
-BODIES = (
-    VALID_BODIES.map(lambda body: json.dumps(body).encode())
-    | st.tuples(VALID_BODIES, st.sampled_from(sorted(FIELDS)), JSON_VALUES).map(
-        lambda case: json.dumps({**case[0], case[1]: case[2]}).encode()
-    )
-    | st.fixed_dictionaries({}, optional=FIELDS).map(lambda body: json.dumps(body).encode())
-    | st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=5).map(
-        lambda body: json.dumps(body).encode()
-    )
-    | JSON_VALUES.map(lambda value: json.dumps(value).encode())
-    | st.binary(max_size=100)
-)
-CONTENT_TYPES = st.sampled_from(
-    ["application/json"] * 6
-    + ["application/json; charset=utf-8", "application/json; charset=latin-1", "text/plain"]
-)
-
-
 def test_fuzzed_requests_never_get_a_5xx(server):
     answers: list[tuple[int, int]] = []
     client = httpx.Client(base_url=server.url, timeout=60)
@@ -214,7 +165,7 @@ def test_fuzzed_requests_never_get_a_5xx(server):
     @given(
         path=st.sampled_from(["/api/generate", "/api/edit"]),
         method=st.sampled_from(["POST"] * 8 + ["GET", "PUT"]),
-        body=BODIES,
+        body=FUZZ_BODIES,
         content_type=CONTENT_TYPES,
     )
     def one_request(path: str, method: str, body: bytes, content_type: str) -> None:
