@@ -2,7 +2,7 @@
 
 python benchmarks/serve_hostile.py --json benchmarks/results/serve_hostile_cpu_2026-11-29.json
 python benchmarks/serve_hostile.py --server-root /path/to/other/checkout --no-server-options \\
-    --requests 200 --fuzz 200     # the same clients against another version of the server
+    --server-args=--random-weights --requests 200   # the same clients against another version
 
 Starts ``python -m openhart.serve.cli --model tiny`` on a free 127.0.0.1 port (from
 ``--server-root``, this checkout by default) and measures, in order:
@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import socket
 import subprocess
 import sys
@@ -182,8 +183,8 @@ def measure_memory(process: subprocess.Popen, port: int, requests: int) -> dict:
     }
 
 
-def measure_retry_after(root: Path, log_path: Path) -> dict:
-    process, port = start_server(root, ["--queue-size", "16"], log_path)
+def measure_retry_after(root: Path, options: list[str], log_path: Path) -> dict:
+    process, port = start_server(root, ["--queue-size", "16", *options], log_path)
     try:
         body = {"prompt": "a red fox", "seed": 0}
         with ThreadPoolExecutor(48) as pool, httpx.Client(timeout=120) as client:
@@ -212,6 +213,7 @@ def main() -> None:
     parser.add_argument(
         "--no-server-options", action="store_true", help="Start it without the options below."
     )
+    parser.add_argument("--server-args", default="", help="More server options, e.g. '--random-weights'.")
     parser.add_argument("--deadline", type=float, default=2.0, help="--header-timeout and --body-timeout.")
     parser.add_argument("--max-connections", type=int, default=600)
     parser.add_argument("--slow-clients", type=int, default=500)
@@ -227,6 +229,7 @@ def main() -> None:
         "--body-timeout", str(args.deadline),
         "--max-connections", str(args.max_connections),
     ]  # fmt: skip
+    options += shlex.split(args.server_args)
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / "serve_hostile_server.log"
     results: dict[str, Any] = {
         "date": datetime.date.today().isoformat(),
@@ -253,7 +256,9 @@ def main() -> None:
     finally:
         process.terminate()
         process.wait(timeout=60)
-    results["retry_after_cold"] = measure_retry_after(args.server_root, log_path)
+    results["retry_after_cold"] = measure_retry_after(
+        args.server_root, shlex.split(args.server_args), log_path
+    )
     logger.info("retry-after on a cold server: %s", results["retry_after_cold"])
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
