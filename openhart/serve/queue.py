@@ -42,13 +42,14 @@ logger = logging.getLogger(__name__)
 
 # Pillow's encoder names for the formats the API offers.
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG"}
-# Retry-After: the median of this many recent batch durations (one slow first call, or a big
-# request, does not set the estimate for long) ...
+# Retry-After: the median of this many recent batch durations (a big request does not set the
+# estimate for long). The queue's first batch is not among them: it pays one-time costs (lazy
+# initialisation, kernel selection; 0.8 s where the next take 0.2 s), and as the only sample it
+# would make every estimate 4x too long.
 RECENT_BATCHES = 9
-# ... and, before any batch has finished, at least this many seconds per batch, or the running
-# batch's age when that is longer. Too short only costs a client one more cheap 503, whose
-# Retry-After is then computed from real timings; too long (a fixed 1 s guess times 17 batches)
-# sent clients away for 17 s from a server whose batches take 0.04 s.
+# Before a batch has been measured: this many seconds per batch. Too short only costs a client one
+# more cheap 503, whose Retry-After then comes from real timings; too long (a fixed 1 s guess times
+# 17 batches) sent clients away for 17 s from a server whose batches take 0.04 s.
 COLD_SECONDS_PER_BATCH = 0.1
 
 
@@ -165,7 +166,7 @@ class GenerationQueue:
         self._completed = 0
         self._rejected = 0
         self._batch_seconds: collections.deque[float] = collections.deque(maxlen=RECENT_BATCHES)
-        self._batch_started: dict[int, float] = {}  # worker thread id → start of its running batch
+        self._first_batch_done = False
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -254,11 +255,7 @@ class GenerationQueue:
             return self._seconds_per_batch_locked()
 
     def _seconds_per_batch_locked(self) -> float:
-        if self._batch_seconds:
-            return statistics.median(self._batch_seconds)
-        now = time.perf_counter()
-        running = max((now - started for started in self._batch_started.values()), default=0.0)
-        return max(COLD_SECONDS_PER_BATCH, running)
+        return statistics.median(self._batch_seconds) if self._batch_seconds else COLD_SECONDS_PER_BATCH
 
     def _retry_after_locked(self) -> int:
         # Batches needed to drain the waiting jobs (as if each asked for one image) plus the running
@@ -282,14 +279,12 @@ class GenerationQueue:
                     return
                 batch = self._take_batch_locked()
                 self._running += len(batch)
-                self._batch_started[threading.get_ident()] = time.perf_counter()
             try:
                 if batch:
                     self._run(batch)
             finally:
                 with self._lock:
                     self._running -= len(batch)
-                    del self._batch_started[threading.get_ident()]
 
     def _take_batch_locked(self) -> list[GenerationJob]:
         """The oldest startable job plus compatible ones behind it, up to ``max_batch_images`` images."""
@@ -377,4 +372,6 @@ class GenerationQueue:
             return
         with self._lock:
             self._completed += len(batch)
-            self._batch_seconds.append(inference_s)
+            if self._first_batch_done:
+                self._batch_seconds.append(inference_s)
+            self._first_batch_done = True
