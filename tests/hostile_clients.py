@@ -31,7 +31,7 @@ class SlowClientReport:
     clients: int
     closed_by_server: int
     held_past_deadline: int  # still open when the deadline + grace had passed
-    longest_open_s: float  # of the sockets the server closed
+    longest_open_s: float  # connect → the server's answer or close, over the sockets it closed
     answers: dict[str, int]  # first line of the server's answer → count ("" = closed silently)
 
 
@@ -72,6 +72,7 @@ def slowloris(
         pending.append(rest)
         opened.append(time.monotonic())
     closed_at: dict[int, float] = {}
+    answered_at: dict[int, float] = {}
     answers: dict[int, bytes] = {}
     stop = opened[-1] + deadline_s + grace_s
     while time.monotonic() < stop and len(closed_at) < clients:
@@ -79,20 +80,22 @@ def slowloris(
             if index in closed_at:
                 continue
             try:
-                readable, _, _ = select.select([sock], [], [], 0)
-                if readable:
-                    data = sock.recv(65536)
-                    answers[index] = answers.get(index, b"") + data
-                    if not data:
-                        closed_at[index] = time.monotonic()
-                        continue
+                if _drain(sock, index, answers):
+                    closed_at[index] = answered_at.get(index, time.monotonic())
+                    continue
+                if index in answers and index not in answered_at:
+                    answered_at[index] = time.monotonic()
                 if pending[index]:
                     sent = sock.send(pending[index][:1])
                     pending[index] = pending[index][sent:]
             except OSError:  # reset or broken pipe: the server closed it
                 closed_at[index] = time.monotonic()
         time.sleep(byte_every_s)
-    for sock in sockets:
+    for index, sock in enumerate(sockets):  # the sweep loop is slow with hundreds: a last look now
+        if index not in closed_at:
+            with contextlib.suppress(OSError):
+                if _drain(sock, index, answers):
+                    closed_at[index] = answered_at.get(index, time.monotonic())
         sock.close()
     first_lines: dict[str, int] = {}
     for index in range(clients):
@@ -105,6 +108,16 @@ def slowloris(
         longest_open_s=max((closed_at[i] - opened[i] for i in closed_at), default=0.0),
         answers=first_lines,
     )
+
+
+def _drain(sock: socket.socket, index: int, answers: dict[int, bytes]) -> bool:
+    """Read what ``sock`` has into ``answers[index]``; True once the server has closed it."""
+    while select.select([sock], [], [], 0)[0]:
+        data = sock.recv(65536)
+        if not data:
+            return True
+        answers[index] = answers.get(index, b"") + data
+    return False
 
 
 def exchange(port: int, request: bytes, timeout_s: float = 30.0) -> tuple[int, dict[str, str], bytes]:
