@@ -78,8 +78,9 @@ class ServerProcess:
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
+                log = self.log()  # before stop() closes the file
                 self.stop()
-                raise RuntimeError(f"server not ready after 90 s:\n{self.log()}")
+                raise RuntimeError(f"server not ready after 90 s:\n{log}")
             time.sleep(0.1)
 
     def log(self) -> str:

@@ -11,13 +11,16 @@ Routes::
     GET  /health           liveness + queue depth
     GET  /openapi.json     the OpenAPI schema (no /docs page: it would load scripts from a CDN)
 
-Every error is JSON ``{"detail": "<field>: <what is wrong>", "errors": [...]}``: 400 malformed
-JSON, 404/405 unknown route or method, 413 body too large, 415 not ``application/json``, 422 a
-field out of bounds, of the wrong type, unknown, or refused by the safety hook (and for an edit:
-an image that is not PNG/JPEG/WebP by content, truncated, animated, CMYK, or a mask of another
-size), 413 also for an image over ``max_image_bytes`` or ``max_image_pixels``, 503 queue full
-(with Retry-After) or shutting down, 504 past the per-request timeout. Clients never name files:
-the page and its script are read once at start-up and served from memory.
+Every error is JSON ``{"detail": "<field>: <what is wrong>", "errors": [...]}``, at most 4 KiB and
+never quoting the input's values (errors.py): 400 malformed JSON or HTTP, a key twice in one
+object, or a Host not allowed; 404 unknown route; 405 unknown method; 408 headers or body too slow
+(protocol.py); 413 body too large; 415 not ``application/json`` in UTF-8; 422 a field out of
+bounds, of the wrong type, unknown, or refused by the safety hook (and for an edit: an image that
+is not PNG/JPEG/WebP by content, truncated, animated, CMYK, or a mask of another size), 413 also
+for an image over ``max_image_bytes`` or ``max_image_pixels``; 503 queue full or too many
+connections (with Retry-After) or shutting down; 504 past the per-request timeout. The checks
+made before a route runs live in guard.py. Clients never name files: the page and its script are
+read once at start-up and served from memory.
 
 This module has no ``from __future__ import annotations``: the generate route's body type is
 built per server, and FastAPI must see it as a class, not a string.
@@ -29,7 +32,6 @@ import binascii
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,8 @@ from openhart.models.editing import (
     image_to_tensor,
     mask_to_tensor,
 )
+from openhart.serve.errors import ErrorJSONResponse, error_response, short_field
+from openhart.serve.guard import RequestGuard
 from openhart.serve.queue import (
     EditInputs,
     GenerationQueue,
@@ -77,6 +81,7 @@ from openhart.serve.schema import (
     build_edit_request_model,
     build_request_model,
     edit_body_bytes,
+    image_seed,
 )
 from openhart.version import __version__
 
@@ -93,25 +98,8 @@ PAGE_CSP = (
     "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self'; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
-SECURITY_HEADERS = [
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"x-frame-options", b"DENY"),
-]
 # Random seeds stay below 2**31 like the CLI's, well inside the accepted [0, MAX_SEED].
 RANDOM_SEED_BOUND = min(2**31, MAX_SEED + 1)
-
-ASGIApp = Callable[
-    [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
-    Awaitable[None],
-]
-
-
-def error_response(
-    status: int, detail: str, field: str = "", kind: str = "", headers: dict[str, str] | None = None
-) -> JSONResponse:
-    errors = [{"field": field, "message": detail, "type": kind}] if field or kind else []
-    return JSONResponse(status_code=status, content={"detail": detail, "errors": errors}, headers=headers)
 
 
 def build_model_card(
@@ -145,98 +133,13 @@ def build_model_card(
     )
 
 
-class RequestGuard:
-    """ASGI middleware in front of every route: body-size and content-type checks, security headers.
-
-    The body is read here, up to ``max_body_bytes``, before any JSON parsing, so a huge or endless
-    body costs at most that much memory and gets 413; then it is replayed to the app.
-    """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        max_body_bytes: int,
-        refuse_if_full: Callable[[], QueueFull | None] | None = None,
-        path_body_bytes: dict[str, int] | None = None,
-    ) -> None:
-        self.app = app
-        self.max_body_bytes = max_body_bytes
-        self.refuse_if_full = refuse_if_full
-        self.path_body_bytes = path_body_bytes or {}  # routes allowed a larger body (the edit's images)
-
-    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: MutableMapping[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
-            await send(message)
-
-        if scope["method"] not in ("POST", "PUT", "PATCH"):
-            await self.app(scope, receive, send_with_headers)
-            return
-        headers = {key.lower(): value for key, value in scope.get("headers", [])}
-        if scope["path"].startswith("/api/"):
-            media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-            if media_type != b"application/json":
-                shown = media_type.decode("latin-1") or "none"
-                response = error_response(
-                    415, f"content-type: expected application/json, got {shown}", "content-type", "media_type"
-                )
-                await response(scope, receive, send_with_headers)
-                return
-        if scope["path"] in ("/api/generate", "/api/edit") and self.refuse_if_full is not None:
-            full = self.refuse_if_full()
-            if full is not None:  # 503 before the body is read or validated: cheap under a flood
-                response = _queue_full_response(full)
-                await response(scope, receive, send_with_headers)
-                return
-        limit = self.path_body_bytes.get(scope["path"], self.max_body_bytes)
-        declared = headers.get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            await self._too_large(scope, receive, send_with_headers, limit)
-            return
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                await self._too_large(scope, receive, send_with_headers, limit)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> MutableMapping[str, Any]:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send_with_headers)
-
-    async def _too_large(self, scope: Any, receive: Any, send: Any, limit: int) -> None:
-        response = error_response(
-            413, f"body: larger than the limit of {limit} bytes", "body", "body_too_large"
-        )
-        await response(scope, receive, send)
-
-
-def _queue_full_response(full: QueueFull) -> JSONResponse:
+def _queue_full_response(full: QueueFull) -> ErrorJSONResponse:
     return error_response(503, str(full), kind="queue_full", headers={"Retry-After": str(full.retry_after_s)})
 
 
 def _describe_validation_error(error: dict[str, Any]) -> tuple[str, str, str]:
     """(field, message naming the field, type) of one pydantic/FastAPI validation error."""
-    location = [str(part) for part in error.get("loc", ()) if part != "body"]
+    location = [short_field(str(part)) for part in error.get("loc", ()) if part != "body"]
     kind = str(error.get("type", "invalid"))
     if kind == "json_invalid":
         reason = (error.get("ctx") or {}).get("error", "invalid JSON")
@@ -247,6 +150,7 @@ def _describe_validation_error(error: dict[str, Any]) -> tuple[str, str, str]:
         return field, f"{field}: unknown field (see GET /openapi.json for the accepted fields)", kind
     if kind == "missing":
         return field, f"{field}: required", kind
+    # pydantic's messages state the rule ("Input should be a valid string"), never the input itself.
     message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
     return field, f"{field}: {message}", kind
 
@@ -295,8 +199,12 @@ def create_app(
     limits: ServeLimits,
     safety: SafetyChecker | None = None,
     cors_origins: tuple[str, ...] = (),
+    allowed_hosts: tuple[str, ...] = (),
 ) -> FastAPI:
-    """The app for one loaded model. The queue's workers start and stop with the app's lifespan."""
+    """The app for one loaded model. The queue's workers start and stop with the app's lifespan.
+
+    ``allowed_hosts``: the Host header values accepted ("*.example.com" patterns); empty: any.
+    """
     default_steps = int(card.defaults["steps"])
     request_model = build_request_model(limits, default_steps)
     edit_request_model = build_edit_request_model(limits, default_steps)
@@ -324,51 +232,54 @@ def create_app(
         redoc_url=None,
         openapi_url="/openapi.json",
         lifespan=lifespan,
+        # Starlette answers /api/generate/ with a 307 to the same path without the slash, built
+        # from the client's Host header: a redirect to any site the client names. Exact paths only.
+        redirect_slashes=False,
     )
 
     @app.exception_handler(RequestValidationError)
-    async def on_invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def on_invalid_request(request: Request, exc: RequestValidationError) -> ErrorJSONResponse:
         described = [_describe_validation_error(error) for error in exc.errors()]
         status = 400 if any(kind == "json_invalid" for _, _, kind in described) else 422
-        return JSONResponse(
-            status_code=status,
-            content={
-                "detail": "; ".join(message for _, message, _ in described),
-                "errors": [{"field": f, "message": m, "type": k} for f, m, k in described],
-            },
+        return ErrorJSONResponse(
+            status,
+            "; ".join(message for _, message, _ in described[:3]),
+            [{"field": f, "message": m, "type": k} for f, m, k in described],
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> ErrorJSONResponse:
         cause = exc.__cause__
         if exc.status_code == 400 and cause is not None:
-            # FastAPI's "error parsing the body": bytes that are not UTF-8, JSON nested too deep for
-            # the parser, or a number with too many digits for Python's int.
-            detail = f"body: cannot be parsed as JSON ({type(cause).__name__}: {str(cause)[:200]})"
+            # FastAPI's "error parsing the body" (the guard parses API bodies first, so this is a
+            # fallback): the exception's type only, since its text may quote the body.
+            detail = f"body: cannot be parsed as JSON ({type(cause).__name__})"
             return error_response(400, detail, "body", "body_unparsable")
         return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
-    async def on_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    async def on_unexpected_error(request: Request, exc: Exception) -> ErrorJSONResponse:
         logger.exception("unexpected error on %s %s", request.method, request.url.path)
         return error_response(500, "internal server error (see the server log)", kind="internal")
 
     error_responses: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorResponse, "description": description}
         for code, description in (
-            (400, "Malformed JSON."),
+            (400, "Malformed JSON, a key twice in one object, or a Host not allowed."),
+            (405, "A method the server does not speak (only GET, HEAD, POST, OPTIONS)."),
+            (408, "Headers or body not received within the server's timeouts."),
             (413, "Body larger than max_body_bytes."),
-            (415, "Content-Type is not application/json."),
+            (415, "Content-Type is not application/json, or its charset is not utf-8."),
             (
                 422,
                 "A field is missing, unknown, of the wrong type, out of bounds, or refused by the safety hook.",
             ),
-            (503, "Queue full (see Retry-After) or shutting down."),
+            (503, "Queue full or too many connections (see Retry-After), or shutting down."),
             (504, "Not finished within request_timeout_s (queue wait included)."),
         )
     }
 
-    async def refuse_prompt(prompt: str) -> JSONResponse | None:
+    async def refuse_prompt(prompt: str) -> ErrorJSONResponse | None:
         """The safety hook's 422 (or 500 when it fails) for ``prompt``; None when it may be drawn."""
         if safety is None:
             return None
@@ -383,7 +294,7 @@ def create_app(
             )
         return None
 
-    async def run_job(request: GenerationRequest) -> GenerationResult | JSONResponse:
+    async def run_job(request: GenerationRequest) -> GenerationResult | ErrorJSONResponse:
         """Queue ``request`` and wait for it within the timeout; the error response otherwise."""
         try:
             job = queue.submit(request)
@@ -438,7 +349,7 @@ def create_app(
             image_format="jpeg" if body.format == "jpeg" else "png",
         )
         result = await run_job(request)
-        if isinstance(result, JSONResponse):
+        if isinstance(result, ErrorJSONResponse):
             return result
         used = UsedParameters(
             prompt=request.prompt,
@@ -498,7 +409,7 @@ def create_app(
             edit=inputs,
         )
         result = await run_job(request)
-        if isinstance(result, JSONResponse):
+        if isinstance(result, ErrorJSONResponse):
             return result
         used = EditParameters(
             prompt=request.prompt,
@@ -552,7 +463,13 @@ def create_app(
         RequestGuard,
         max_body_bytes=limits.max_body_bytes,
         refuse_if_full=queue.refuse_if_full,
+        full_response=_queue_full_response,
         path_body_bytes={"/api/edit": edit_body_bytes(limits)},
+        path_fields={
+            "/api/generate": frozenset(request_model.model_fields),
+            "/api/edit": frozenset(edit_request_model.model_fields),
+        },
+        allowed_hosts=allowed_hosts,
     )
     if cors_origins:
         # Off unless the operator names origins: browsers then let those sites call the API. Added
@@ -567,10 +484,10 @@ def create_app(
 
 
 def _png_images(result: Any, seed: int) -> list[GeneratedImage]:
-    """A queue result's PNGs as response items; image i carries seed + i."""
+    """A queue result's PNGs as response items; image i carries its own seed (schema.image_seed)."""
     return [
         GeneratedImage(
-            seed=seed + i,
+            seed=image_seed(seed, i),
             width=result.width,
             height=result.height,
             media_type="image/png",

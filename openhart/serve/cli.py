@@ -12,6 +12,7 @@ bounded by ``--timeout``), then the workers stop and the process exits with stat
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import os
@@ -82,6 +83,31 @@ def serve(
     max_image_pixels: Annotated[
         int, typer.Option(min=1, help="Most pixels of a decoded edit image or mask (413 beyond).")
     ] = 4096 * 4096,
+    header_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1, help="Seconds for a request's headers to arrive, however slowly (then 408, closed)."
+        ),
+    ] = 10.0,
+    body_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1, help="Seconds for a request's body to arrive after its headers (then 408, closed)."
+        ),
+    ] = 60.0,
+    keep_alive: Annotated[
+        float, typer.Option(min=0.1, help="Seconds an idle connection stays open between requests.")
+    ] = 5.0,
+    max_connections: Annotated[
+        int, typer.Option(min=1, help="Open connections at once; one more gets 503 and is closed.")
+    ] = 128,
+    allowed_hosts: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated Host names the server answers (e.g. 'localhost,127.0.0.1,*.lan'); "
+            "others get 400. Empty: any host."
+        ),
+    ] = "",
     cors_origin: Annotated[
         list[str] | None,
         typer.Option(help="Allow browser calls from this origin (repeatable). Off by default."),
@@ -113,6 +139,8 @@ def serve(
 
         from openhart.runtime import compile_and_warm_up, load_model, resolve_device, resolve_dtype
         from openhart.serve.app import build_model_card, create_app
+        from openhart.serve.guard import MAX_HEADER_BYTES
+        from openhart.serve.protocol import ConnectionLimits, GuardedH11Protocol
         from openhart.serve.queue import GenerationQueue
         from openhart.serve.safety import build_safety_checker
         from openhart.serve.schema import ServeLimits
@@ -138,6 +166,12 @@ def serve(
             max_image_bytes=max_image_bytes,
             max_image_pixels=max_image_pixels,
         )
+        connection_limits = ConnectionLimits(
+            header_timeout_s=header_timeout,
+            body_timeout_s=body_timeout,
+            keep_alive_s=keep_alive,
+            max_connections=max_connections,
+        )
         labels = [label.strip() for label in safety_labels.split(",") if label.strip()]
         safety = build_safety_checker(safety_checker, safety_model, labels, safety_threshold)
     except (ValueError, FileNotFoundError) as error:
@@ -158,7 +192,10 @@ def serve(
         max_batch_images=max_batch_images,
         torch_threads=threads or _auto_threads(torch_device.type, workers),
     )
-    app = create_app(queue, card, limits, safety=safety, cors_origins=tuple(cors_origin or ()))
+    hosts = tuple(name.strip() for name in allowed_hosts.split(",") if name.strip())
+    app = create_app(
+        queue, card, limits, safety=safety, cors_origins=tuple(cors_origin or ()), allowed_hosts=hosts
+    )
 
     config = uvicorn.Config(
         app,
@@ -167,6 +204,11 @@ def serve(
         log_level=log_level.lower(),
         timeout_graceful_shutdown=int(timeout + SHUTDOWN_GRACE_S),
         server_header=False,
+        # h11 with deadlines and a connection cap (protocol.py); no WebSocket upgrades (none served).
+        http=functools.partial(GuardedH11Protocol, limits=connection_limits),  # type: ignore[arg-type]
+        ws="none",
+        timeout_keep_alive=connection_limits.keep_alive_s,  # type: ignore[arg-type]
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,  # headers still arriving; the guard checks whole ones
     )
     server = uvicorn.Server(config)
     _keep_signals_from_killing_us()

@@ -7,7 +7,8 @@ At most ``capacity`` jobs wait; one more gets :class:`QueueFull` (the API answer
 Retry-After), so memory stays bounded however many clients there are. Each worker takes the
 oldest waiting job and, when ``max_batch_images`` > 1, the compatible jobs behind it (same
 guidance, steps and kind of negative prompt), and runs them as one pipeline call with one
-generator per image, so image i of job j gets the same seed (``seed + i``) as it would alone.
+generator per image, so image i of job j gets the same seed (``(seed + i) mod 2**32``,
+:func:`~openhart.serve.schema.image_seed`) as it would alone.
 
 Batching changes the floating-point reduction order of a few kernels, so a batched image can
 differ from the lone one by one level in a few pixels; that is why it is off by default and
@@ -26,6 +27,7 @@ import dataclasses
 import io
 import logging
 import math
+import statistics
 import threading
 import time
 from concurrent.futures import Future
@@ -34,10 +36,21 @@ from typing import Any
 import torch
 from PIL import Image
 
+from openhart.serve.schema import image_seed
+
 logger = logging.getLogger(__name__)
 
 # Pillow's encoder names for the formats the API offers.
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG"}
+# Retry-After: the median of this many recent batch durations (a big request does not set the
+# estimate for long). The queue's first batch is not among them: it pays one-time costs (lazy
+# initialisation, kernel selection; 0.8 s where the next take 0.2 s), and as the only sample it
+# would make every estimate 4x too long.
+RECENT_BATCHES = 9
+# Before a batch has been measured: this many seconds per batch. Too short only costs a client one
+# more cheap 503, whose Retry-After then comes from real timings; too long (a fixed 1 s guess times
+# 17 batches) sent clients away for 17 s from a server whose batches take 0.04 s.
+COLD_SECONDS_PER_BATCH = 0.1
 
 
 class QueueFull(RuntimeError):
@@ -152,7 +165,8 @@ class GenerationQueue:
         self._running = 0
         self._completed = 0
         self._rejected = 0
-        self._seconds_per_batch = 1.0  # running mean, for Retry-After; a guess until the first batch
+        self._batch_seconds: collections.deque[float] = collections.deque(maxlen=RECENT_BATCHES)
+        self._first_batch_done = False
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -235,12 +249,21 @@ class GenerationQueue:
                 "rejected": self._rejected,
             }
 
+    def seconds_per_batch(self) -> float:
+        """The batch duration Retry-After is estimated from (see RECENT_BATCHES)."""
+        with self._lock:
+            return self._seconds_per_batch_locked()
+
+    def _seconds_per_batch_locked(self) -> float:
+        return statistics.median(self._batch_seconds) if self._batch_seconds else COLD_SECONDS_PER_BATCH
+
     def _retry_after_locked(self) -> int:
         # Batches needed to drain the waiting jobs (as if each asked for one image) plus the running
-        # one, spread over the workers, times the mean batch duration; clamped to [1, 120] s so
+        # one, spread over the workers, times the recent batch duration; clamped to [1, 120] s so
         # clients neither hammer the server nor give up on it.
         batches = math.ceil(len(self._pending) / self.max_batch_images) + 1
-        return int(min(120, max(1, math.ceil(batches * self._seconds_per_batch / self.workers))))
+        seconds = batches * self._seconds_per_batch_locked() / self.workers
+        return int(min(120, max(1, math.ceil(seconds))))
 
     # ------------------------------------------------------------------ worker side
     def _work(self) -> None:
@@ -289,9 +312,9 @@ class GenerationQueue:
         negatives = None
         if first.negative_prompt is not None:
             negatives = [job.request.negative_prompt for job in batch for _ in range(job.request.num_images)]
-        # One CPU generator per image, seeded seed + i: the image does not depend on its batch-mates.
+        # One CPU generator per image with its own seed: the image does not depend on its batch-mates.
         generators = [
-            torch.Generator().manual_seed(job.request.seed + i)
+            torch.Generator().manual_seed(image_seed(job.request.seed, i))
             for job in batch
             for i in range(job.request.num_images)
         ]
@@ -349,5 +372,6 @@ class GenerationQueue:
             return
         with self._lock:
             self._completed += len(batch)
-            # Exponential running mean: follows load changes (e.g. bigger requests) within a few batches.
-            self._seconds_per_batch = 0.8 * self._seconds_per_batch + 0.2 * inference_s
+            if self._first_batch_done:
+                self._batch_seconds.append(inference_s)
+            self._first_batch_done = True

@@ -28,6 +28,15 @@ IMAGE_FORMATS = ("png", "jpeg", "base64")
 RAW_FORMATS = {"png": "image/png", "jpeg": "image/jpeg"}
 
 
+def image_seed(seed: int, index: int) -> int:
+    """The seed of image ``index`` of a request with ``seed``: (seed + index) mod 2**32.
+
+    Wrapping keeps every image's seed a seed the API accepts, so asking again with the seed an
+    image reports (and one image) draws that image again, even for a request near MAX_SEED.
+    """
+    return (seed + index) % (MAX_SEED + 1)
+
+
 @dataclasses.dataclass(frozen=True)
 class ServeLimits(Config):
     """What one request may ask for; anything beyond gets a 4xx naming the field.
@@ -82,7 +91,7 @@ def build_request_model(limits: ServeLimits, default_steps: int) -> type[BaseMod
     """The body of ``POST /api/generate`` with this server's ``limits`` as its bounds."""
 
     class GenerateRequest(BaseModel):
-        """One prompt → ``num_images`` images; image i is drawn with seed ``seed + i``."""
+        """One prompt → ``num_images`` images; image i is drawn with seed ``(seed + i) mod 2**32``."""
 
         model_config = ConfigDict(
             **_STRICT,
@@ -105,7 +114,8 @@ def build_request_model(limits: ServeLimits, default_steps: int) -> type[BaseMod
             default=None,
             ge=0,
             le=MAX_SEED,
-            description="Seed of image 0 (image i uses seed + i); null: a random seed, returned.",
+            description="Seed of image 0; image i uses (seed + i) mod 2**32, the seed each image "
+            "reports; null: a random seed, returned.",
         )
         guidance_scale: float = Field(
             default=DEFAULT_GUIDANCE_SCALE,
@@ -210,7 +220,7 @@ class UsedParameters(BaseModel):
 
     prompt: str
     negative_prompt: str | None
-    seed: int = Field(description="Seed of image 0; image i used seed + i.")
+    seed: int = Field(description="Seed of image 0; image i used (seed + i) mod 2**32.")
     guidance_scale: float
     steps: int
     num_images: int
