@@ -54,6 +54,7 @@ def server(tmp_path_factory) -> ServerProcess:
         [
             "--model",
             "tiny",
+            "--random-weights",
             "--header-timeout",
             str(DEADLINE_S),
             "--body-timeout",
