@@ -67,7 +67,16 @@ def free_port() -> int:
 
 def start_server(root: Path, options: list[str], log_path: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    command = [sys.executable, "-m", "openhart.serve.cli", "--model", "tiny", "--random-weights", "--device", "cpu"]
+    command = [
+        sys.executable,
+        "-m",
+        "openhart.serve.cli",
+        "--model",
+        "tiny",
+        "--random-weights",
+        "--device",
+        "cpu",
+    ]
     command += ["--port", str(port), "--log-level", "error", *options]
     env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"}
     log = open(log_path, "wb")  # noqa: SIM115 (the server writes to it until it stops)
