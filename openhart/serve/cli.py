@@ -21,7 +21,8 @@ from typing import Annotated
 
 import typer
 
-from openhart.runtime import DeviceChoice, DtypeChoice
+from openhart.lora_cli import LoraOption, apply_lora_options
+from openhart.runtime import DEFAULT_MODEL, DeviceChoice, DtypeChoice
 
 logger = logging.getLogger("openhart.serve")
 
@@ -105,6 +106,7 @@ def serve(
         ),
     ] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    lora: LoraOption = None,
 ) -> None:
     """Serve a browser UI and a JSON HTTP API for one model (127.0.0.1 only, unless --host says otherwise)."""
     try:
@@ -144,6 +146,9 @@ def serve(
 
     torch_device = resolve_device(device.value)
     pipeline = load_model(model, torch_device, resolve_dtype(dtype.value, torch_device, model))
+    if lora:
+        apply_lora_options(pipeline, lora, model or DEFAULT_MODEL)
+        pipeline.fuse_lora()  # a server samples many times: fused adapters cost nothing per call
     if compile_:
         compile_and_warm_up(pipeline)  # /health answers only once this is done
     name, weights = _describe_weights(model)
