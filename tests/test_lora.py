@@ -7,6 +7,7 @@ of eight 32-px images with same-name .txt captions.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -242,6 +243,12 @@ def test_generate_and_merge_commands_use_the_adapter(trained, base_dir, tmp_path
     make_tiny_pipeline(seed=1).save_pretrained(other)
     result = runner.invoke(app, [*args[:3], str(other), *args[4:], "--lora", str(trainer.out_dir)])
     assert result.exit_code == ModelLoadError.exit_code and str(other) in result.output
+    if importlib.util.find_spec("uvicorn") is not None:  # serve checks its adapters before serving
+        result = runner.invoke(app, ["serve", "--model", str(other), "--lora", str(trainer.out_dir)])
+        assert result.exit_code == ModelLoadError.exit_code and str(other) in result.output
+    train = ["train", "lora", "--model", str(base_dir), "--data", str(tmp_path), "--out", str(tmp_path / "x")]
+    result = runner.invoke(app, [*train, "--set", "lora.rank=0"])
+    assert result.exit_code == ConfigError.exit_code and "lora.rank" in result.output
 
 
 def test_the_contract_command_trains_in_a_subprocess(tmp_path, base_dir, data_dir):
