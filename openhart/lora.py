@@ -255,6 +255,8 @@ class PipelineAdapters:
         self.folders: dict[str, Path] = {}
         self.fused = False
         self._base_fingerprint: str | None = None
+        # PEFT freezes every base weight it wraps; unload gives each its own flag back.
+        self._requires_grad = {name: p.requires_grad for name, p in self.targets.named_parameters()}
 
     def base_fingerprint(self) -> str:
         """The fingerprint of the weights the first adapter was loaded on (computed once)."""
@@ -342,6 +344,8 @@ class PipelineAdapters:
         """Remove the LoRA layers; fused updates stay in the weights (as diffusers' ``unload_lora_weights``)."""
         if self.peft_model is not None:
             self.peft_model.base_model.unload()
+            for name, parameter in self.targets.named_parameters():
+                parameter.requires_grad_(self._requires_grad.get(name, parameter.requires_grad))
         self.peft_model = None
         self.scales.clear()
         self.folders.clear()

@@ -21,6 +21,8 @@ from typer.testing import CliRunner
 pytest.importorskip("peft")
 
 from conftest import generators, make_tiny_pipeline
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import load_file
 
 from openhart.cli import app
 from openhart.errors import ConfigError, InvalidInputError, ModelLoadError
@@ -134,6 +136,10 @@ def test_saved_adapter_reproduces_the_trained_model_exactly(trained, base_dir):
     pipeline = HartPipeline.from_pretrained(base_dir)
     pipeline.load_lora(trainer.out_dir)  # a training run's folder resolves to its final/
     assert torch.equal(images(pipeline), live)
+    saved = load_file(trainer.out_dir / "final" / ADAPTER_WEIGHTS)
+    trained_weights = get_peft_model_state_dict(trainer.model, save_embedding_layers=False)
+    assert saved.keys() == trained_weights.keys()
+    assert all(torch.equal(saved[k], trained_weights[k]) for k in saved)
 
 
 def test_scale_zero_is_the_base_fused_equals_unfused_and_unload_restores(trained, base_dir):
@@ -152,6 +158,7 @@ def test_scale_zero_is_the_base_fused_equals_unfused_and_unload_restores(trained
     pipeline.unload_lora()
     assert (images(pipeline) - base).abs().max() <= 1e-4
     assert not any("lora_" in n for n, _ in pipeline.transformer.named_parameters())
+    assert all(p.requires_grad for p in pipeline.transformer.parameters())  # as loaded, trainable again
 
 
 def test_resume_ends_with_the_same_adapter(tmp_path, base_dir, data_dir):

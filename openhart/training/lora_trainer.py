@@ -160,24 +160,25 @@ class LoraTrainer(GeneratorTrainer):
         return model
 
     def training_dataset(self) -> Dataset:
+        """The recipe's data, checked for at least one batch, with the trigger in its captions."""
         if self._dataset is None:
             spec = self.recipe.data.train
+            where = f"--data {spec.get('root', spec.get('urls'))}"
             try:
                 dataset = load_dataset(spec, self.image_size)
             except ValueError as error:
-                raise InvalidInputError(f"--data {spec.get('root', spec.get('urls'))}: {error}") from error
-            if hasattr(dataset, "__len__") and len(dataset) == 0:
+                raise InvalidInputError(f"{where}: {error}") from error
+            size = len(dataset) if hasattr(dataset, "__len__") else None  # streams have no length
+            if size == 0:
                 raise InvalidInputError(
-                    f"--data {spec.get('root', spec.get('urls'))}: no usable images (a folder needs "
-                    "images with same-name .txt captions, or a metadata.jsonl)"
+                    f"{where}: no usable images (a folder needs images with same-name .txt captions, "
+                    "or a metadata.jsonl)"
                 )
-            if (
-                hasattr(dataset, "__len__")
-                and len(dataset) < self.recipe.data.batch_size * self.ctx.world_size
-            ):
+            batch = self.recipe.data.batch_size * self.ctx.world_size
+            if size is not None and size < batch:
                 raise InvalidInputError(
-                    f"--data {spec.get('root', spec.get('urls'))}: {len(dataset)} images, fewer than one batch "
-                    f"(data.batch_size {self.recipe.data.batch_size}); lower --batch-size"
+                    f"{where}: {size} images, fewer than one batch (data.batch_size "
+                    f"{self.recipe.data.batch_size}); lower --batch-size"
                 )
             self._dataset = with_trigger(dataset, self.recipe.trigger)
         return self._dataset
