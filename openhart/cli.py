@@ -3,6 +3,7 @@
 openhart generate "a red fox in the snow" -o fox.png --model tiny --seed 0
 openhart edit "a red hat" --image in.png --mask mask.png -o out.png
 openhart info hart-0.7b-1024
+openhart generate "sks cat" --model emoji-64 --lora runs/my-lora:0.8 -o cat.png
 openhart bench --model hart-0.7b-512 --batch-size 1 --device cpu
 """
 
@@ -17,7 +18,8 @@ from typing import Annotated
 import torch
 import typer
 
-from openhart.loading import PACKAGED_WEIGHTS
+from openhart.loading import DEFAULT_MODEL, PACKAGED_WEIGHTS
+from openhart.lora_cli import LoraOption, apply_lora_options
 from openhart.presets import PRESETS, preset_configs
 from openhart.runtime import (
     DeviceChoice,
@@ -87,6 +89,7 @@ def generate(
             "--offload-text-encoder", help="Free the text encoder's weights once prompts are encoded."
         ),
     ] = False,
+    lora: LoraOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Generate images from prompts and write them as PNGs."""
@@ -100,6 +103,7 @@ def generate(
         revision=revision,
         text_encoder=text_encoder,
     )
+    apply_lora_options(pipeline, lora, model or DEFAULT_MODEL)  # before int8: adapters on float weights
     apply_memory_options(pipeline, quantize, offload_text_encoder)
     first_seed = seed if seed is not None else secrets.randbelow(2**31)
     total = len(prompts) * num_images
@@ -376,12 +380,14 @@ def _register_subcommands() -> None:
     from openhart.data.cli import data_app
     from openhart.edit_cli import edit
     from openhart.evaluation.cli import compare_command, eval_command
+    from openhart.lora_cli import lora_app
     from openhart.serve.cli import serve
     from openhart.synthesis.cli import synthesize
     from openhart.training.cli import train_app
 
     app.add_typer(data_app, name="data")
     app.add_typer(train_app, name="train")
+    app.add_typer(lora_app, name="lora")
     app.command()(serve)
     app.command()(synthesize)
     app.command()(edit)

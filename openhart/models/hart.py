@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -46,6 +46,9 @@ from openhart.transformer.graphs import CUDAGraphGenerator
 from openhart.utils.config import read_json, write_json
 from openhart.utils.random import GeneratorSpec
 from openhart.utils.weights import load_component, save_component
+
+if TYPE_CHECKING:
+    from openhart.models.lora import PipelineAdapters
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 
@@ -92,6 +95,8 @@ class HartPipeline(PipelineBase):
         # enable_text_encoder_offload(): the encoder's weights live only while prompts are encoded.
         self._offload_text_encoder = False
         self._text_encoder_quantized = False
+        # LoRA adapters on the transformer and head (openhart/models/lora.py), created by load_lora.
+        self._lora: PipelineAdapters | None = None
 
     # ------------------------------------------------------------------ components, devices
     @property
@@ -159,6 +164,62 @@ class HartPipeline(PipelineBase):
 
             quantize_linears_int8(encoder)
         self.text_encoder = encoder
+
+    # ------------------------------------------------------------------ LoRA adapters
+    def load_lora(
+        self,
+        path: str | os.PathLike[str],
+        scale: float = 1.0,
+        *,
+        check_base: bool = True,
+        base_name: str | None = None,
+    ) -> str:
+        """Add the LoRA adapter at ``path`` (PEFT's format) with ``scale``; returns its adapter name.
+
+        Several adapters can be loaded; all are active, each with its own scale (0: no effect).
+        The adapter's recorded base model must be this one (ModelLoadError naming both otherwise;
+        ``base_name`` is this model's name for that message). See :mod:`openhart.models.lora`.
+        """
+        from openhart.models.lora import PipelineAdapters
+
+        if self._lora is None:
+            self._lora = PipelineAdapters(self)
+        name = self._lora.load(path, scale, check_base=check_base, base_name=base_name)
+        self._drop_captured_graphs()  # they replay the layers as they were
+        return name
+
+    def set_lora_scale(self, adapter_name: str, scale: float) -> None:
+        """Change the scale of a loaded adapter."""
+        self._adapters().set_scale(adapter_name, scale)
+        self._drop_captured_graphs()
+
+    def fuse_lora(self) -> None:
+        """Add the adapters' scaled updates into the weights: base-model speed, same images up to rounding."""
+        self._adapters().fuse()
+        self._drop_captured_graphs()
+
+    def unfuse_lora(self) -> None:
+        """Take fused updates out of the weights again (up to float rounding)."""
+        self._adapters().unfuse()
+        self._drop_captured_graphs()
+
+    def unload_lora(self) -> None:
+        """Remove every adapter's layers; after :meth:`fuse_lora` the fused weights stay (a merged model)."""
+        if self._lora is not None:
+            self._lora.unload()
+            self._lora = None
+        self._drop_captured_graphs()
+
+    def _adapters(self) -> PipelineAdapters:
+        if self._lora is None:
+            from openhart.errors import InvalidInputError
+
+            raise InvalidInputError("no LoRA adapter is loaded (pipe.load_lora(path) first)")
+        return self._lora
+
+    def _drop_captured_graphs(self) -> None:
+        self._graph_generators.clear()
+        self._residual_graphs.clear()
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, save_directory: str | os.PathLike[str]) -> None:

@@ -22,6 +22,8 @@ from typing import Annotated
 
 import typer
 
+from openhart.loading import DEFAULT_MODEL
+from openhart.lora_cli import LoraOption, apply_lora_options
 from openhart.runtime import DeviceChoice, DtypeChoice, RandomWeightsOption
 
 logger = logging.getLogger("openhart.serve")
@@ -132,6 +134,7 @@ def serve(
         ),
     ] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    lora: LoraOption = None,
 ) -> None:
     """Serve a browser UI and a JSON HTTP API for one model (127.0.0.1 only, unless --host says otherwise)."""
     try:
@@ -181,6 +184,9 @@ def serve(
     pipeline = load_model(
         model, torch_device, resolve_dtype(dtype.value, torch_device, model), random_weights=random_weights
     )
+    if lora:
+        apply_lora_options(pipeline, lora, model or DEFAULT_MODEL)
+        pipeline.fuse_lora()  # a server samples many times: fused adapters cost nothing per call
     if compile_:
         compile_and_warm_up(pipeline)  # /health answers only once this is done
     name, weights = _describe_weights(model, random_weights)
@@ -228,7 +234,7 @@ def _auto_threads(device_type: str, workers: int) -> int | None:
 
 def _describe_weights(model: str | None, random_weights: bool = False) -> tuple[str, str]:
     """(name shown to clients, where the weights came from); a folder shows its name, not its path."""
-    from openhart.loading import DEFAULT_MODEL, PACKAGED_WEIGHTS
+    from openhart.loading import PACKAGED_WEIGHTS
     from openhart.presets import PRESETS
 
     name = model or DEFAULT_MODEL

@@ -6,7 +6,10 @@ form ``torchrun`` launches::
 
     torchrun --nproc_per_node 2 -m openhart.training.cli tokenizer --config configs/tiny-tokenizer.yaml
 
-Each command: ``--config PATH [--resume] [--out DIR] [--set KEY=VALUE ...] [--max-steps N]
+``lora`` (``openhart.training.lora_cli``) fine-tunes adapters from flags: ``--model BASE --data
+FOLDER --out DIR --max-steps N``.
+
+Each other command: ``--config PATH [--resume] [--out DIR] [--set KEY=VALUE ...] [--max-steps N]
 [--batch-size N] [--device D] [--stop-at-step N] [--time-limit SECONDS]``. A third command,
 ``text-features --config GENERATOR_RECIPE --out FILE``, precomputes the recipe's text features.
 """
@@ -238,6 +241,15 @@ def text_features(
     path = precompute_text_features(encoder, captions, out, batch_size=batch_size)
     typer.echo(f"wrote text features of {len(set(captions))} captions to {path}")
 
+
+def _register_lora() -> None:
+    # Its own module: a flag-driven command (--model --data --out) rather than a recipe file.
+    from openhart.training.lora_cli import train_lora
+
+    train_app.command("lora")(train_lora)
+
+
+_register_lora()
 
 if __name__ == "__main__":
     train_app()

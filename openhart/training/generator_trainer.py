@@ -375,6 +375,19 @@ class GeneratorTrainer(TextEncoderFromRecipe, Trainer):
                 torch.manual_seed(recipe.seed)
                 transformer = HartTransformer(configs["transformer"])
                 head = ResidualDiffusionHead(configs["diffusion_head"])
+        if recipe.var_only:
+            head.requires_grad_(False)  # untouched: DDP and the optimiser skip it
+        return self.setup_components(text_encoder, tokenizer, transformer, head)
+
+    def setup_components(
+        self,
+        text_encoder: TextEncoder,
+        tokenizer: HybridTokenizer,
+        transformer: HartTransformer,
+        head: ResidualDiffusionHead,
+    ) -> GeneratorModel:
+        """The live pipeline, frozen text encoder and tokenizer, caches; the loss module of the pair."""
+        recipe = self.recipe
         # The pipeline checks that the parts fit (codebook, latent channels, scales, widths).
         self.pipeline = HartPipeline(text_encoder, tokenizer, transformer, head).to(self.device)
         for frozen in (text_encoder, tokenizer):
@@ -388,8 +401,6 @@ class GeneratorTrainer(TextEncoderFromRecipe, Trainer):
             self._precomputed_features(text_encoder.config),
         )
         self.latent_cache: dict[str, torch.Tensor] | None = {} if recipe.cache_latents else None
-        if recipe.var_only:
-            head.requires_grad_(False)  # untouched: DDP and the optimiser skip it
         return GeneratorModel(transformer, head)
 
     @property

@@ -439,9 +439,17 @@ class Trainer:
         """The weights the saved model carries: the EMA when there is one, else the live weights."""
         return self.ema.module if self.ema is not None else self.model
 
+    def trained_weights(self) -> dict[str, torch.Tensor]:
+        """The weights a checkpoint stores for ``self.model`` (all of them; adapters store fewer)."""
+        return dict(self.model.state_dict())
+
+    def load_trained_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Put :meth:`trained_weights` of a checkpoint back into ``self.model``."""
+        self.model.load_state_dict(weights)
+
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint_weights(self) -> dict[str, torch.Tensor]:
-        weights = dict(self.model.state_dict())
+        weights = self.trained_weights()
         if self.ema is not None:
             weights.update({EMA_PREFIX + k: v for k, v in self.ema.state_dict().items()})
         return weights
@@ -480,7 +488,7 @@ class Trainer:
     def _load_checkpoint(self, folder: Path) -> None:
         state = load_training_state(folder)
         weights = load_checkpoint_weights(folder)
-        self.model.load_state_dict({k: v for k, v in weights.items() if not k.startswith(EMA_PREFIX)})
+        self.load_trained_weights({k: v for k, v in weights.items() if not k.startswith(EMA_PREFIX)})
         if self.ema is not None:
             ema_weights = split_weights(weights, EMA_PREFIX)
             if not ema_weights:

@@ -45,6 +45,19 @@ class SwiGLU(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+class QKVProjection(nn.Linear):
+    """The fused query/key/value projection; its bias comes with each call.
+
+    The bias is not the layer's own parameter: the released layout stores a query and a value
+    bias but no key bias, which ``Attention`` assembles. Taking it as an argument keeps one fused
+    ``F.linear`` (the same numbers as before) while the projection stays a module call, so
+    wrappers such as PEFT's LoRA layers, which add their term to the module's output, see it.
+    """
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return F.linear(x, self.weight, bias)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with a fused QKV projection, RoPE and an optional KV cache.
 
@@ -60,7 +73,7 @@ class Attention(nn.Module):
         self.l2_norm = config.attn_l2_norm
         self.axial_rope = config.rope_2d == "axial"
         width = config.width
-        self.qkv_proj = nn.Linear(width, 3 * width, bias=False)
+        self.qkv_proj = QKVProjection(width, 3 * width, bias=False)
         self.q_bias = nn.Parameter(torch.zeros(width))
         self.v_bias = nn.Parameter(torch.zeros(width))
         self.proj = nn.Linear(width, width)
@@ -84,7 +97,7 @@ class Attention(nn.Module):
         """x (B, L, C) → rotated queries, rotated keys and values, each (B, H, L, d)."""
         B, L, _ = x.shape
         bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
-        qkv = F.linear(x, self.qkv_proj.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
+        qkv = self.qkv_proj(x, bias).view(B, L, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, d)
         if self.l2_norm:
             # Normalise before RoPE: the rotation keeps unit length, the learned scale sets the temperature.

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from openhart.transformer.blocks import AdaLNBeforeHead, RMSNorm, TransformerBlock
 from openhart.transformer.cache import KVCache
@@ -94,6 +95,10 @@ class HartTransformer(nn.Module):
         # cache is 42% smaller without them at 1024 px), no copy of the cached prefix in the last
         # pass (transformer/cache.py). Read by new_generation_state.
         self.store_last_scale_keys = False
+        # Teacher-forced passes with autograd recompute each block's activations in the backward
+        # pass instead of keeping them: about one block's activations in memory instead of all,
+        # for one more forward pass of compute. Set by trainers (e.g. LoRA's gradient_checkpointing).
+        self.gradient_checkpointing = False
         self.reset_parameters()
 
     # ------------------------------------------------------------------ initialisation
@@ -259,8 +264,12 @@ class HartTransformer(nn.Module):
             key_valid = torch.cat((context_mask, context_mask.new_ones(B, num_image)), dim=1)
             attn_mask = attn_mask & key_valid.view(B, 1, 1, -1)
 
+        checkpointing = self.gradient_checkpointing and torch.is_grad_enabled()
         for block, modulation in zip(self.blocks, self._modulations(block_pooled), strict=True):
-            x = block(x, modulation, rope, attn_mask)
+            if checkpointing:
+                x = checkpoint(block, x, modulation, rope, attn_mask, use_reentrant=False)
+            else:
+                x = block(x, modulation, rope, attn_mask)
 
         logit_rows = x[:, T - 1 :]  # last prompt token predicts scale 0, then one row per image token
         logits = self.head(self.head_nm(logit_rows, head_pooled))
