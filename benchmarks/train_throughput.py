@@ -27,8 +27,9 @@ from pathlib import Path
 
 import torch
 
+from openhart.training.batches import Batch
 from openhart.training.generator_trainer import GeneratorTrainer
-from openhart.training.loop import Batch, Trainer
+from openhart.training.loop import Trainer
 from openhart.training.recipe import load_recipe
 from openhart.training.tokenizer_trainer import TokenizerTrainer
 

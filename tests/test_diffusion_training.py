@@ -12,9 +12,9 @@ pytest.importorskip("diffusers")
 
 from openhart.models import LatentDiffusionPipeline
 from openhart.presets import build_pipeline
+from openhart.training.batches import collate_samples
 from openhart.training.cli import train_app
 from openhart.training.diffusion_trainer import DiffusionTrainer
-from openhart.training.loop import collate_samples
 from openhart.training.recipe import RecipeError, recipe_from_dict
 from openhart.training.tokenizer_trainer import save_tokenizer
 from tests.test_training import SquaresDataset, _max_difference, _weights

@@ -28,8 +28,8 @@ from openhart.cli import app
 from openhart.errors import ConfigError, InvalidInputError, ModelLoadError
 from openhart.models.hart import HartPipeline
 from openhart.models.lora import ADAPTER_WEIGHTS, parse_lora_spec, weights_fingerprint
+from openhart.training.batches import collate_samples
 from openhart.training.checkpoint import latest_checkpoint
-from openhart.training.loop import collate_samples
 from openhart.training.lora_recipe import load_lora_recipe
 from openhart.training.lora_trainer import LoraTrainer
 from openhart.training.recipe import RecipeError

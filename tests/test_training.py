@@ -21,10 +21,10 @@ from typer.testing import CliRunner
 
 from openhart.models.hart import HartPipeline
 from openhart.presets import build_pipeline
+from openhart.training.batches import collate_samples
 from openhart.training.checkpoint import latest_checkpoint
 from openhart.training.cli import train_app
 from openhart.training.generator_trainer import GeneratorTrainer
-from openhart.training.loop import collate_samples
 from openhart.training.recipe import RecipeError, apply_overrides, load_recipe, recipe_from_dict
 from openhart.training.tokenizer_trainer import TokenizerTrainer, load_tokenizer, save_tokenizer
 

@@ -1,7 +1,7 @@
 """Training: the hybrid tokenizer and the generator (transformer + residual head), on torchrun.
 
 * :mod:`~openhart.training.recipe` — YAML recipes → typed dataclasses (``load_recipe``)
-* :mod:`~openhart.training.loop` — the shared loop: data, AdamW + warmup/cosine, metrics, checkpoints
+* :mod:`~openhart.training.loop` — the shared loop (step, checkpoints, resume), with :mod:`~openhart.training.batches`, :mod:`~openhart.training.optim` (AdamW groups, warmup + cosine) and :mod:`~openhart.training.metrics`
 * :mod:`~openhart.training.tokenizer_trainer` — ``TokenizerTrainer``
 * :mod:`~openhart.training.generator_trainer` — ``GeneratorTrainer``
 * :mod:`~openhart.training.checkpoint` — checkpoint layout, save / resume

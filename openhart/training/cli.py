@@ -223,8 +223,8 @@ def text_features(
     """
     from openhart.presets import preset_configs
     from openhart.text import build_text_encoder, load_text_encoder
+    from openhart.training.batches import load_dataset
     from openhart.training.generator_trainer import collect_captions, precompute_text_features
-    from openhart.training.loop import load_dataset
 
     setup_logging(0, verbose)
     try:

@@ -25,9 +25,10 @@ from torch.utils.data import IterableDataset
 
 from openhart.loading import load
 from openhart.models import LatentDiffusionPipeline, is_latent_diffusion_folder
+from openhart.training.batches import Batch
 from openhart.training.checkpoint import MODEL_DIR
 from openhart.training.generator_trainer import TextContexts, TextEncoderFromRecipe, write_sample_grid
-from openhart.training.loop import Batch, Trainer
+from openhart.training.loop import Trainer
 from openhart.training.recipe import DiffusionRecipe
 from openhart.training.tokenizer_trainer import load_tokenizer
 from openhart.utils.distributed import step_generator

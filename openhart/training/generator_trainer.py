@@ -40,8 +40,9 @@ from openhart.loading import load
 from openhart.models.hart import HartPipeline
 from openhart.text import TextEncoder, TextEncoderConfig, build_text_encoder
 from openhart.tokenizer import HybridTokenizer
+from openhart.training.batches import Batch
 from openhart.training.checkpoint import MODEL_DIR
-from openhart.training.loop import SAMPLES_DIR, Batch, Trainer
+from openhart.training.loop import SAMPLES_DIR, Trainer
 from openhart.training.recipe import GeneratorLossRecipe, GeneratorRecipe
 from openhart.training.tokenizer_trainer import load_tokenizer
 from openhart.transformer import HartTransformer

@@ -1,18 +1,15 @@
-"""The training loop both trainers share: data, optimiser, schedule, metrics, checkpoints, resume.
+"""The training loop every trainer shares: the step, checkpoints, resume, stopping.
 
 A :class:`Trainer` subclass says what the model is (``build_model``), what one step's loss is
 (``compute_loss``), how the model is written (``write_model``) and what a sample grid shows
-(``write_samples``); this module does the rest the same way for both:
+(``write_samples``); this module does the rest the same way for all, with its helpers one job
+each:
 
-* data: a map-style dataset is read in a per-epoch ``DistributedSampler`` order (every rank a
-  disjoint share, ``drop_last`` so all ranks take the same number of steps) and a resumed run
-  skips the batches of the epoch it already consumed, without loading them; an iterable dataset
-  (WebDataset shards, sharded by rank and worker itself) is re-iterated each epoch
-  (``set_epoch`` when it has one) and the consumed batches are read and skipped;
-* AdamW (no weight decay on biases, norms and embeddings), linear warmup + cosine decay,
-  gradient clipping, bf16 autocast where supported, an optional EMA of the weights;
+* data: :mod:`.batches` (each process's resumable share per epoch);
+* AdamW (no weight decay on biases, norms and embeddings), linear warmup + cosine decay, bf16
+  autocast where supported: :mod:`.optim`; gradient clipping and an optional EMA here;
 * metrics averaged over the log window and all ranks, appended to ``OUT/metrics.csv``
-  (optionally TensorBoard); a tqdm bar on rank 0;
+  (optionally TensorBoard): :mod:`.metrics`; a tqdm bar on rank 0;
 * checkpoints every N steps and at the end (see :mod:`openhart.training.checkpoint`); ``resume``
   continues from the newest one exactly where it stopped.
 
@@ -24,10 +21,7 @@ Dimension legend: B images per process, S image side.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
-import math
 import os
 import signal
 import threading
@@ -42,9 +36,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from openhart.training.batches import Batch, BatchStream, load_dataset
 from openhart.training.checkpoint import (
     EMA_PREFIX,
     MODEL_DIR,
@@ -61,244 +56,22 @@ from openhart.training.checkpoint import (
     write_model_folder,
 )
 from openhart.training.ema import EMA
+from openhart.training.metrics import MetricsWriter, MetricWindow
+from openhart.training.optim import WarmupCosine, autocast_dtype, parameter_groups
 from openhart.training.recipe import DataRecipe, OptimRecipe, Recipe, recipe_to_dict
 from openhart.utils.distributed import (
     DistributedContext,
-    all_reduce_sum_,
     barrier,
     gather_objects,
     init_distributed,
     seed_everything,
 )
-from openhart.utils.hashing import derive_seed
 
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.csv"
 FINAL_DIR = "final"
 SAMPLES_DIR = "samples"
-
-
-# ---------------------------------------------------------------------- batches
-@dataclass
-class Batch:
-    images: torch.Tensor  # (B, 3, S, S) in [-1, 1]
-    captions: list[str]
-    keys: list[str]
-
-    def pin_memory(self) -> Batch:  # called by DataLoader(pin_memory=True) on CUDA runs
-        return Batch(self.images.pin_memory(), self.captions, self.keys)
-
-
-def collate_samples(samples: list[dict[str, Any]]) -> Batch:
-    """Stack dataset samples ``dict(image=(3, S, S) float in [-1, 1], caption=str, key=str)``."""
-    for index, sample in enumerate(samples):
-        if not isinstance(sample, dict) or not {"image", "caption", "key"} <= set(sample):
-            found = sorted(sample) if isinstance(sample, dict) else type(sample).__name__
-            raise ValueError(
-                f"dataset sample {index}: expected a dict with 'image', 'caption' and 'key', got {found}"
-            )
-        image = sample["image"]
-        if not isinstance(image, torch.Tensor) or not image.is_floating_point() or image.dim() != 3:
-            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-            raise ValueError(f"dataset sample {index}: 'image' must be a float tensor (3, S, S), got {shape}")
-    shapes = {tuple(s["image"].shape) for s in samples}
-    if len(shapes) != 1:
-        raise ValueError(f"dataset samples in one batch have different image shapes: {sorted(shapes)}")
-    return Batch(
-        images=torch.stack([s["image"] for s in samples]),
-        captions=[str(s["caption"]) for s in samples],
-        keys=[str(s["key"]) for s in samples],
-    )
-
-
-class BatchStream:
-    """Per-epoch batches of this process's share of the data, resumable at a batch index."""
-
-    def __init__(
-        self, dataset: Dataset, batch_size: int, ctx: DistributedContext, seed: int, num_workers: int = 0
-    ) -> None:
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.ctx = ctx
-        self.seed = seed
-        self.num_workers = num_workers
-        self.iterable = isinstance(dataset, IterableDataset)
-        if not self.iterable:
-            if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
-                raise TypeError(
-                    f"dataset: expected a torch Dataset or IterableDataset, got {type(dataset).__name__}"
-                )
-            per_rank = len(dataset) // ctx.world_size
-            if per_rank < batch_size:
-                raise ValueError(
-                    f"data.batch_size: the dataset has {len(dataset)} samples, fewer than "
-                    f"batch_size {batch_size} × world size {ctx.world_size}"
-                )
-
-    def epoch(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
-        """Batches of ``epoch`` from batch ``skip`` on (the first ``skip`` were consumed before)."""
-        # Worker seeds (for datasets that draw random numbers) depend only on (seed, epoch, rank).
-        loader_generator = torch.Generator().manual_seed(
-            derive_seed(self.seed, epoch, self.ctx.rank, "loader")
-        )
-        common = {
-            "num_workers": self.num_workers,
-            "collate_fn": collate_samples,
-            "generator": loader_generator,
-            "pin_memory": self.ctx.device.type == "cuda",
-        }
-        if self.iterable:
-            if hasattr(self.dataset, "set_epoch"):
-                self.dataset.set_epoch(epoch)
-            loader = DataLoader(self.dataset, batch_size=self.batch_size, drop_last=True, **common)
-            for index, batch in enumerate(loader):
-                if index >= skip:
-                    yield batch
-            return
-        sampler = DistributedSampler(
-            self.dataset,
-            num_replicas=self.ctx.world_size,
-            rank=self.ctx.rank,
-            shuffle=True,
-            seed=self.seed,
-            drop_last=True,
-        )
-        sampler.set_epoch(epoch)
-        order = list(sampler)
-        count = len(order) // self.batch_size
-        batches = [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(skip, count)]
-        if batches:
-            yield from DataLoader(self.dataset, batch_sampler=batches, **common)
-
-
-# ---------------------------------------------------------------------- optimisation
-class WarmupCosine:
-    """LR factor of step n (1-based): n/warmup during warmup, then cosine from 1 to min_lr_ratio."""
-
-    def __init__(self, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> None:
-        self.warmup_steps = warmup_steps
-        self.max_steps = max_steps
-        self.min_lr_ratio = min_lr_ratio
-
-    def factor(self, step: int) -> float:
-        if self.warmup_steps > 0 and step <= self.warmup_steps:
-            return step / self.warmup_steps
-        span = max(1, self.max_steps - self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / span)
-        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "warmup_steps": self.warmup_steps,
-            "max_steps": self.max_steps,
-            "min_lr_ratio": self.min_lr_ratio,
-        }
-
-
-def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on weight matrices/kernels; none on biases, norms, embeddings, codebooks."""
-    no_decay_ids: set[int] = set()
-    for sub in module.modules():
-        if isinstance(sub, (nn.Embedding, nn.LayerNorm, nn.GroupNorm)) or "Norm" in type(sub).__name__:
-            no_decay_ids.update(id(p) for p in sub.parameters(recurse=False))
-    decay, no_decay = [], []
-    for parameter in module.parameters():
-        if not parameter.requires_grad:
-            continue
-        if parameter.ndim < 2 or id(parameter) in no_decay_ids:
-            no_decay.append(parameter)
-        else:
-            decay.append(parameter)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for a recipe's ``run.precision`` on ``device`` (None: plain fp32)."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    # auto: bf16 where it is fast and supported (CUDA); CPUs and MPS stay in fp32.
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
-# ---------------------------------------------------------------------- metrics
-class MetricsWriter:
-    """Rank 0: one CSV row per log step (append on resume, rows past the resumed step dropped)."""
-
-    def __init__(
-        self, path: Path, columns: list[str], resume_step: int | None, tensorboard_dir: Path | None
-    ) -> None:
-        self.path = path
-        self.columns = columns
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_step is not None and path.is_file():
-            self._truncate_after(resume_step)
-        else:
-            path.write_text(",".join(columns) + "\n", encoding="utf-8")
-        self.tensorboard = None
-        if tensorboard_dir is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tensorboard = SummaryWriter(str(tensorboard_dir))
-            except ImportError:
-                logger.warning("run.tensorboard: the tensorboard package is not installed; CSV only")
-
-    def _truncate_after(self, step: int) -> None:
-        with open(self.path, encoding="utf-8", newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=self.columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            if row.get("step") and int(row["step"]) <= step:
-                writer.writerow(row)
-        self.path.write_text(buffer.getvalue(), encoding="utf-8")
-
-    def write(self, row: dict[str, float]) -> None:
-        with open(self.path, "a", encoding="utf-8", newline="") as handle:
-            csv.DictWriter(handle, fieldnames=self.columns, extrasaction="ignore").writerow(
-                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
-            )
-        if self.tensorboard is not None:
-            for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
-                    self.tensorboard.add_scalar(key, value, int(row["step"]))
-
-    def close(self) -> None:
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-
-
-class MetricWindow:
-    """Sums and counts of named metrics over a log window, averaged over all ranks on read."""
-
-    def __init__(self, names: tuple[str, ...]) -> None:
-        self.names = names
-        self.sums = torch.zeros(len(names), dtype=torch.float64)
-        self.counts = torch.zeros(len(names), dtype=torch.float64)
-
-    def add(self, values: dict[str, float | torch.Tensor]) -> None:
-        for key, value in values.items():
-            index = self.names.index(key)  # a metric outside `names` is a bug in the trainer
-            self.sums[index] += float(value)
-            self.counts[index] += 1
-
-    def reduce(self, device: torch.device) -> dict[str, float]:
-        """Window means over every rank (a collective: all ranks call it at the same step)."""
-        packed = torch.cat([self.sums, self.counts]).to(device)
-        all_reduce_sum_(packed)
-        sums, counts = packed.cpu().chunk(2)
-        self.sums.zero_()
-        self.counts.zero_()
-        return {n: float(s / c) for n, s, c in zip(self.names, sums, counts, strict=True) if c > 0}
 
 
 @dataclass
@@ -679,17 +452,3 @@ class Trainer:
     def _restore_signal_handlers(previous: dict[int, Any]) -> None:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-def load_dataset(spec: dict[str, Any], image_size: int) -> Dataset:
-    """``openhart.data.build_dataset(spec, image_size)``, with a clear error when data is not set up."""
-    if not spec:
-        raise ValueError("data.train: the recipe names no dataset (e.g. {kind: imagefolder, path: DIR})")
-    try:
-        from openhart.data import build_dataset
-    except ImportError as error:
-        raise ImportError(
-            "openhart.data.build_dataset is not available in this installation; pass a dataset to the "
-            f"trainer directly ({error})"
-        ) from error
-    return build_dataset(spec, image_size)

@@ -38,8 +38,9 @@ from openhart.models.lora import (
     save_adapter,
     weights_fingerprint,
 )
+from openhart.training.batches import load_dataset
 from openhart.training.generator_trainer import GeneratorTrainer
-from openhart.training.loop import SAMPLES_DIR, load_dataset
+from openhart.training.loop import SAMPLES_DIR
 from openhart.training.lora_recipe import LoraRecipe
 from openhart.utils.images import save_png, tensor_grid
 

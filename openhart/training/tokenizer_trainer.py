@@ -46,8 +46,9 @@ from openhart.training.adversarial import (
     discriminator_loss,
     generator_adversarial_loss,
 )
+from openhart.training.batches import Batch
 from openhart.training.checkpoint import flatten_optimizer_state, unflatten_optimizer_state
-from openhart.training.loop import SAMPLES_DIR, Batch, Trainer
+from openhart.training.loop import SAMPLES_DIR, Trainer
 from openhart.training.recipe import TokenizerRecipe
 from openhart.utils.config import read_json, write_json
 from openhart.utils.distributed import all_reduce_sum_, broadcast_, step_generator

@@ -1,0 +1,64 @@
+"""The optimiser's side of training: AdamW parameter groups, warmup + cosine schedule, autocast dtype."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class WarmupCosine:
+    """LR factor of step n (1-based): n/warmup during warmup, then cosine from 1 to min_lr_ratio."""
+
+    def __init__(self, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> None:
+        self.warmup_steps = warmup_steps
+        self.max_steps = max_steps
+        self.min_lr_ratio = min_lr_ratio
+
+    def factor(self, step: int) -> float:
+        if self.warmup_steps > 0 and step <= self.warmup_steps:
+            return step / self.warmup_steps
+        span = max(1, self.max_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "warmup_steps": self.warmup_steps,
+            "max_steps": self.max_steps,
+            "min_lr_ratio": self.min_lr_ratio,
+        }
+
+
+def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on weight matrices/kernels; none on biases, norms, embeddings, codebooks."""
+    no_decay_ids: set[int] = set()
+    for sub in module.modules():
+        if isinstance(sub, (nn.Embedding, nn.LayerNorm, nn.GroupNorm)) or "Norm" in type(sub).__name__:
+            no_decay_ids.update(id(p) for p in sub.parameters(recurse=False))
+    decay, no_decay = [], []
+    for parameter in module.parameters():
+        if not parameter.requires_grad:
+            continue
+        if parameter.ndim < 2 or id(parameter) in no_decay_ids:
+            no_decay.append(parameter)
+        else:
+            decay.append(parameter)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a recipe's ``run.precision`` on ``device`` (None: plain fp32)."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    # auto: bf16 where it is fast and supported (CUDA); CPUs and MPS stay in fp32.
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
