@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from openhart.errors import InvalidInputError
 from openhart.sampling import ForcedTokens
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
 DEFAULT_MAX_PIXELS = 4096 * 4096  # decoded pixels allowed per image file (decompression bombs)
 
 
-class EditInputError(ValueError):
+class EditInputError(InvalidInputError):
     """An image, a mask or an editing option is unusable; ``field`` names the argument."""
 
     def __init__(self, field: str, message: str) -> None:

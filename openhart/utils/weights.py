@@ -9,12 +9,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from openhart.errors import ModelLoadError
 from openhart.utils.config import atomic_write_bytes
 
 WEIGHTS_NAME = "model.safetensors"
 
 
-class WeightsMismatchError(ValueError):
+class WeightsMismatchError(ModelLoadError):
     """A weights file does not fit the module built from its config (names the offending tensors)."""
 
 
