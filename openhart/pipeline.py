@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from openhart import __version__
 from openhart.diffusion import DiffusionHeadConfig, ResidualDiffusionHead
 from openhart.diffusion.graphs import CUDAGraphResidualSampler
+from openhart.errors import InvalidInputError
 from openhart.sampling import (
     GUIDANCE_RAMPS,
     ForcedTokens,
@@ -41,9 +42,10 @@ from openhart.text import TextEncoder, load_text_encoder
 from openhart.tokenizer import HybridTokenizer, TokenizerConfig
 from openhart.transformer import HartTransformer, HartTransformerConfig
 from openhart.transformer.graphs import CUDAGraphGenerator
-from openhart.utils.config import read_json, write_json
+from openhart.utils.config import load_config, write_json
 from openhart.utils.random import GeneratorSpec
-from openhart.utils.weights import load_weights, save_weights
+from openhart.utils.weights import ModelFilesMissingError, load_weights, save_weights
+from openhart.validation import InvalidTypeError, check_bool, check_device, check_encodable
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 INDEX_NAME = "model_index.json"
@@ -114,6 +116,10 @@ class HartPipeline:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> HartPipeline:
         """Move every component (and cast floating weights when ``dtype`` is given); returns self."""
+        if device is not None:
+            device = check_device(device)  # names the devices this machine has, before torch asserts
+        if dtype is not None and not isinstance(dtype, torch.dtype):
+            raise InvalidTypeError(f"dtype must be a torch.dtype, got {dtype!r}")
         for name, module in self.components.items():
             if name == "text_encoder" and self._text_encoder_is_offloaded():
                 continue  # reloaded on the pipeline's device and dtype at the next call
@@ -224,7 +230,7 @@ class HartPipeline:
                     device=device,
                     dtype=dtype,
                 )
-            raise FileNotFoundError(f"pretrained_directory: no such model folder: {root}")
+            raise ModelFilesMissingError(f"pretrained_directory: no such model folder: {root}")
         from openhart.compat import is_official_layout, load_official_pipeline  # compat imports this module
 
         if is_official_layout(root):
@@ -239,7 +245,7 @@ class HartPipeline:
                 root, text_encoder, prefer_ema=prefer_ema, device=device, dtype=dtype
             )
         if not (root / INDEX_NAME).is_file():
-            raise FileNotFoundError(
+            raise ModelFilesMissingError(
                 f"pretrained_directory: {root} has no {INDEX_NAME} (not a saved HartPipeline)"
             )
         if not isinstance(text_encoder, TextEncoder):
@@ -250,7 +256,7 @@ class HartPipeline:
             ("transformer", HartTransformer, HartTransformerConfig),
             ("diffusion_head", ResidualDiffusionHead, DiffusionHeadConfig),
         ):
-            config = config_cls.from_dict(read_json(root / name / "config.json"))
+            config = load_config(config_cls, root / name / "config.json")
             with torch.device("meta"):
                 module = module_cls(config)  # no time spent initialising weights that are overwritten
             module = module.to_empty(device="cpu")
@@ -329,20 +335,30 @@ class HartPipeline:
             if len(negatives) == 1:
                 negatives = negatives * len(prompts)
             if len(negatives) != len(prompts):
-                raise ValueError(
+                raise InvalidInputError(
                     f"negative_prompt: got {len(negatives)} negative prompts for {len(prompts)} prompts"
                 )
         _check_guidance(guidance_scale)
         if num_inference_steps is not None:
             _check_positive_int(num_inference_steps, "num_inference_steps")
         if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+            raise InvalidInputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if guidance_ramp not in GUIDANCE_RAMPS:
-            raise ValueError(f"guidance_ramp must be one of {GUIDANCE_RAMPS}, got {guidance_ramp!r}")
+            raise InvalidInputError(f"guidance_ramp must be one of {GUIDANCE_RAMPS}, got {guidance_ramp!r}")
         _check_filter(top_k, "top_k", self.transformer.config.num_scales, integer=True)
         _check_filter(top_p, "top_p", self.transformer.config.num_scales, integer=False)
         _check_positive_float(temperature, "temperature")
         _check_non_negative_float(residual_temperature, "residual_temperature")
+        # A string such as "no" is truthy: flags must be real bools, not whatever converts to one.
+        for flag_name, flag in (
+            ("return_dict", return_dict),
+            ("smooth_inputs", smooth_inputs),
+            ("sample_residual", sample_residual),
+            ("progress", progress),
+        ):
+            check_bool(flag, flag_name)
+        if use_cuda_graphs is not None:
+            check_bool(use_cuda_graphs, "use_cuda_graphs")
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         if negatives is not None:
             negatives = [p for p in negatives for _ in range(num_images_per_prompt)]
@@ -585,14 +601,15 @@ def _check_components_fit(
 
 def _check_prompt_list(value: object, name: str) -> list[str]:
     if isinstance(value, str):
-        return [value]
+        return [check_encodable(value, name)]
     if not isinstance(value, (list, tuple)):
-        raise TypeError(f"{name} must be a str or a list of str, got {type(value).__name__}")
+        raise InvalidTypeError(f"{name} must be a str or a list of str, got {type(value).__name__}")
     if not value:
-        raise ValueError(f"{name} must not be an empty list")
+        raise InvalidInputError(f"{name} must not be an empty list")
     for i, item in enumerate(value):
         if not isinstance(item, str):
-            raise TypeError(f"{name}[{i}] must be a str, got {type(item).__name__}")
+            raise InvalidTypeError(f"{name}[{i}] must be a str, got {type(item).__name__}")
+        check_encodable(item, f"{name}[{i}]")
     return list(value)
 
 
@@ -602,58 +619,58 @@ def _is_number(value: object) -> bool:
 
 def _check_positive_int(value: object, name: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        raise InvalidTypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < 1:
-        raise ValueError(f"{name} must be ≥ 1, got {value}")
+        raise InvalidInputError(f"{name} must be ≥ 1, got {value}")
 
 
 def _check_guidance(value: object) -> None:
     if not _is_number(value):
-        raise TypeError(f"guidance_scale must be a number, got {type(value).__name__}")
+        raise InvalidTypeError(f"guidance_scale must be a number, got {type(value).__name__}")
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"guidance_scale must be finite and ≥ 0 (0 = conditional only), got {value}")
+        raise InvalidInputError(f"guidance_scale must be finite and ≥ 0 (0 = conditional only), got {value}")
 
 
 def _check_positive_float(value: object, name: str) -> None:
     if not _is_number(value):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+        raise InvalidTypeError(f"{name} must be a number, got {type(value).__name__}")
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be finite and > 0, got {value}")
+        raise InvalidInputError(f"{name} must be finite and > 0, got {value}")
 
 
 def _check_non_negative_float(value: object, name: str) -> None:
     if not _is_number(value):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+        raise InvalidTypeError(f"{name} must be a number, got {type(value).__name__}")
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be finite and ≥ 0, got {value}")
+        raise InvalidInputError(f"{name} must be finite and ≥ 0, got {value}")
 
 
 def _check_filter(value: object, name: str, num_scales: int, integer: bool) -> None:
     values = value if isinstance(value, (list, tuple)) else [value]
     if isinstance(value, (list, tuple)) and len(value) != num_scales:
-        raise ValueError(f"{name}: a per-scale list needs {num_scales} entries, got {len(value)}")
+        raise InvalidInputError(f"{name}: a per-scale list needs {num_scales} entries, got {len(value)}")
     for item in values:
         if item is None:
             continue
         if integer:
             if not isinstance(item, int) or isinstance(item, bool):
-                raise TypeError(f"{name} must be an int (or None), got {type(item).__name__}")
+                raise InvalidTypeError(f"{name} must be an int (or None), got {type(item).__name__}")
             if item < 0:
-                raise ValueError(f"{name} must be ≥ 0 (0 = no filter), got {item}")
+                raise InvalidInputError(f"{name} must be ≥ 0 (0 = no filter), got {item}")
         else:
             if not _is_number(item):
-                raise TypeError(f"{name} must be a number (or None), got {type(item).__name__}")
+                raise InvalidTypeError(f"{name} must be a number (or None), got {type(item).__name__}")
             if not 0 < item <= 1:
-                raise ValueError(f"{name} must be in (0, 1], got {item}")
+                raise InvalidInputError(f"{name} must be in (0, 1], got {item}")
 
 
 def _check_generator(generator: GeneratorSpec, batch_size: int) -> None:
     if generator is None or isinstance(generator, torch.Generator):
         return
     if not isinstance(generator, (list, tuple)) or not all(isinstance(g, torch.Generator) for g in generator):
-        raise TypeError("generator must be a torch.Generator, a list of them, or None")
+        raise InvalidTypeError("generator must be a torch.Generator, a list of them, or None")
     if len(generator) != batch_size:
-        raise ValueError(f"generator: got {len(generator)} generators for {batch_size} images")
+        raise InvalidInputError(f"generator: got {len(generator)} generators for {batch_size} images")
 
 
 def _to_output_type(images: torch.Tensor, output_type: str) -> list[Image.Image] | np.ndarray | torch.Tensor:

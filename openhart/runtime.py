@@ -9,13 +9,15 @@ import logging
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import torch
 import typer
 
+from openhart.errors import InvalidInputError, ModelLoadError, OpenHARTError
 from openhart.pipeline import HartPipeline
 from openhart.presets import PRESETS, build_pipeline
+from openhart.validation import check_device
 
 logger = logging.getLogger("openhart")
 
@@ -63,16 +65,17 @@ QuantizeOption = Annotated[
 
 
 def apply_memory_options(pipeline: HartPipeline, quantize: str | None, offload_text_encoder: bool) -> None:
-    """``--quantize`` and ``--offload-text-encoder``; a missing torchao or a wrong value ends with one line."""
-    from openhart.quantization import QuantizationUnavailableError
-
+    """``--quantize`` and ``--offload-text-encoder``; a missing torchao is a DependencyError, a wrong value
+    an InvalidInputError (one line at the CLI's error boundary)."""
     try:
         if quantize is not None:
             pipeline.quantize(quantize)
         if offload_text_encoder:
             pipeline.enable_text_encoder_offload()
-    except (ValueError, QuantizationUnavailableError) as error:
-        fail(str(error))
+    except OpenHARTError:
+        raise
+    except ValueError as error:
+        raise InvalidInputError(f"--quantize/--offload-text-encoder: {error}") from error
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -82,11 +85,7 @@ def resolve_device(choice: str) -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise typer.BadParameter("CUDA is not available on this machine", param_hint="--device")
-    if choice == "mps" and not torch.backends.mps.is_available():
-        raise typer.BadParameter("Apple MPS is not available on this machine", param_hint="--device")
-    return torch.device(choice)
+    return check_device(choice, "--device")  # DependencyError naming what this machine has
 
 
 # Below this much weight data a model's CPU time goes to per-operation overheads, where bfloat16
@@ -150,52 +149,43 @@ def load_model(
 
     ``hart-0.7b-1024`` means the released checkpoint (cached or downloadable); random weights of a
     preset only with ``random_weights`` or, for presets without released weights, with a warning.
-    Hub failures end the command with one line and exit code 2.
+    Raises :class:`~openhart.errors.ModelLoadError` for a name that is none of these, and the
+    hub's :class:`~openhart.hub.HubError` (a NetworkError) when the Hub cannot deliver.
     """
     from openhart.hub import RELEASED_REPOS, HubError, looks_like_repo_id
 
     name = model or DEFAULT_MODEL
     path = Path(name)
-    try:
-        if path.is_dir():
-            return HartPipeline.from_pretrained(path, device=device, dtype=dtype, text_encoder=text_encoder)
-        if name in PRESETS:
-            shipped = PACKAGED_WEIGHTS / name
-            if shipped.is_dir() and not random_weights:
-                return HartPipeline.from_pretrained(shipped, device=device, dtype=dtype)
-            if name in RELEASED_REPOS and not random_weights:
-                try:
-                    return HartPipeline.from_pretrained(
-                        RELEASED_REPOS[name], device=device, dtype=dtype, text_encoder=text_encoder,
-                        revision=revision,
-                    )  # fmt: skip
-                except HubError as error:
-                    fail(f"{error} (or pass --random-weights for random weights of this architecture)")
-            if model is None:
-                raise typer.BadParameter(
-                    f"the embedded default model {DEFAULT_MODEL!r} is not trained and shipped yet; "
-                    "pass --model with a saved model folder or a preset name (random weights)",
-                    param_hint="--model",
-                )
-            logger.warning("preset %r: using RANDOM weights (seed %d)", name, seed)
-            return build_pipeline(name, seed=seed, device=device, dtype=dtype)
-        if looks_like_repo_id(name):
-            return HartPipeline.from_pretrained(
-                name, device=device, dtype=dtype, text_encoder=text_encoder, revision=revision
+    if path.is_dir():
+        return HartPipeline.from_pretrained(path, device=device, dtype=dtype, text_encoder=text_encoder)
+    if name in PRESETS:
+        shipped = PACKAGED_WEIGHTS / name
+        if shipped.is_dir() and not random_weights:
+            return HartPipeline.from_pretrained(shipped, device=device, dtype=dtype)
+        if name in RELEASED_REPOS and not random_weights:
+            try:
+                return HartPipeline.from_pretrained(
+                    RELEASED_REPOS[name], device=device, dtype=dtype, text_encoder=text_encoder,
+                    revision=revision,
+                )  # fmt: skip
+            except HubError as error:
+                hint = "(or pass --random-weights for random weights of this architecture)"
+                raise type(error)(f"{error} {hint}") from error
+        if model is None:
+            raise ModelLoadError(
+                f"--model: the embedded default model {DEFAULT_MODEL!r} is not trained and shipped yet; "
+                "pass --model with a saved model folder or a preset name (random weights)"
             )
-    except HubError as error:
-        fail(str(error))
-    raise typer.BadParameter(
-        f"{name!r} is neither a model folder nor a preset (presets: {', '.join(sorted(PRESETS))}) "
-        "nor a Hugging Face repo id (ORG/NAME)",
-        param_hint="--model",
+        logger.warning("preset %r: using RANDOM weights (seed %d)", name, seed)
+        return build_pipeline(name, seed=seed, device=device, dtype=dtype)
+    if looks_like_repo_id(name):
+        return HartPipeline.from_pretrained(
+            name, device=device, dtype=dtype, text_encoder=text_encoder, revision=revision
+        )
+    raise ModelLoadError(
+        f"--model: {name!r} is neither a model folder nor a preset (presets: {', '.join(sorted(PRESETS))}) "
+        "nor a Hugging Face repo id (ORG/NAME)"
     )
-
-
-def fail(message: str) -> NoReturn:
-    """End a command with one line on stderr and exit code 2 (no traceback, no usage box)."""
-    typer.echo(f"Error: {message}", err=True)
-    raise typer.Exit(2)
 
 
 def compile_and_warm_up(pipeline: HartPipeline) -> float:
