@@ -198,6 +198,8 @@ def info(
     """Print a model's components, parameter counts, scales and resolution."""
     from openhart.hub import looks_like_repo_id
 
+    if not model.strip():  # Path("") is the working folder
+        raise ModelLoadError("MODEL is empty: give a model folder, a preset name or a repo id")
     if Path(model).is_dir() or looks_like_repo_id(model):
         pipeline = load_model(model, torch.device("cpu"), torch.float32)
         configs = {name: module.config for name, module in pipeline.components.items()}

@@ -47,7 +47,7 @@ class _Boundary:
             if debug_requested(ctx):
                 raise
             typer.echo(error_line(error), err=True)
-            raise click.exceptions.Exit(error.exit_code) from error
+            raise typer.Exit(error.exit_code) from error
 
 
 class ErrorBoundaryGroup(_Boundary, TyperGroup):

@@ -154,6 +154,8 @@ def load_model(
     """
     from openhart.hub import RELEASED_REPOS, HubError, looks_like_repo_id
 
+    if model is not None and not model.strip():  # "" would otherwise mean the default model
+        raise ModelLoadError("--model is empty: give a model folder, a preset name or a repo id")
     name = model or DEFAULT_MODEL
     path = Path(name)
     if path.is_dir():

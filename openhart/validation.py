@@ -177,7 +177,7 @@ def png_output_paths(output: str, count: int, option: str, allow_folder: bool = 
         check_output_folder(path, option)
         return [path / f"image-{i:03d}.png" for i in range(count)]
     if path.suffix.lower() != ".png":
-        raise InvalidInputError(f"{option}: only .png output is supported, got {path.name!r}")
+        raise InvalidInputError(f"{option}: only .png output is supported, got {output!r}")
     paths = [path] if count == 1 else [path.with_name(f"{path.stem}-{i:03d}.png") for i in range(count)]
     for target in paths:
         check_output_file(target, option)

@@ -18,9 +18,12 @@ from typing import Annotated
 import typer
 
 from openhart.data.emoji import DEFAULT_PACKAGES, EMOJI_SETS, build_emoji_dataset, fetch_packages
+from openhart.error_boundary import ErrorBoundaryGroup
 from openhart.errors import InvalidInputError, NetworkError, OpenHARTError
 
-data_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build training datasets.")
+data_app = typer.Typer(
+    cls=ErrorBoundaryGroup, add_completion=False, no_args_is_help=True, help="Build training datasets."
+)
 logger = logging.getLogger(__name__)
 
 

@@ -18,13 +18,16 @@ from typing import Annotated
 
 import typer
 
+from openhart.error_boundary import ErrorBoundaryGroup
 from openhart.errors import OpenHARTError, StorageError
 from openhart.runtime import DeviceChoice, DtypeChoice
 from openhart.utils.config import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
-evaluation_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Evaluate and compare models.")
+evaluation_app = typer.Typer(
+    cls=ErrorBoundaryGroup, add_completion=False, no_args_is_help=True, help="Evaluate and compare models."
+)
 
 
 class VariantChoice(str, Enum):

@@ -21,6 +21,7 @@ from typing import Annotated
 
 import typer
 
+from openhart.error_boundary import ErrorBoundaryCommand
 from openhart.errors import DependencyError, InvalidInputError, OpenHARTError
 from openhart.runtime import DeviceChoice, DtypeChoice
 
@@ -226,7 +227,9 @@ def _keep_signals_from_killing_us() -> None:
 
 
 def main() -> None:
-    typer.run(serve)
+    app = typer.Typer(add_completion=False)
+    app.command(cls=ErrorBoundaryCommand)(serve)  # the same one-line errors as ``openhart serve``
+    app()
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from torch import nn
 
 from openhart.utils.config import Config, atomic_write_bytes, load_config, write_json
 from openhart.utils.random import randn_tensor
-from openhart.utils.weights import load_weights
+from openhart.utils.weights import ModelFilesMissingError, load_weights
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ class TextEncoder(nn.Module):
         """Rebuild an encoder from a folder written by :meth:`save_pretrained`."""
         directory = Path(pretrained_directory)
         if not directory.is_dir():
-            raise FileNotFoundError(f"text encoder folder not found: {directory}")
+            raise ModelFilesMissingError(f"text encoder folder not found: {directory}")
         config = load_config(TextEncoderConfig, directory / CONFIG_NAME)
         # A copied model sits inside the saved folder; relative paths keep that folder relocatable.
         for field in ("model_path", "tokenizer_path"):

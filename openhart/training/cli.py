@@ -19,11 +19,13 @@ from typing import Annotated
 
 import typer
 
+from openhart.error_boundary import ErrorBoundaryGroup
 from openhart.errors import ConfigError, InvalidInputError, OpenHARTError, StorageError
 from openhart.training.distributed import cleanup_distributed, init_distributed, setup_logging
-from openhart.training.recipe import DEVICES, Recipe, load_recipe
+from openhart.training.recipe import DEVICES, Recipe, RecipeError, load_recipe
 
 train_app = typer.Typer(
+    cls=ErrorBoundaryGroup,  # run alone (torchrun -m, tests) it keeps the one-line errors
     add_completion=False,
     no_args_is_help=True,
     help="Train the hybrid tokenizer or the generator (transformer + residual head) from a YAML recipe.",
@@ -82,9 +84,13 @@ def _overrides(
 
 
 def _load_recipe(config: Path, overrides: list[str], kind: str) -> Recipe:
-    """The recipe, or a ConfigError naming the file or field (RecipeError is one already)."""
+    """The recipe, or a ConfigError naming the file and the field."""
     try:
         return load_recipe(config, overrides, kind=kind)
+    except RecipeError as error:
+        if str(config) in str(error):
+            raise
+        raise RecipeError(f"{config}: {error}") from error
     except FileNotFoundError as error:
         if isinstance(error, OpenHARTError):
             raise
