@@ -18,6 +18,14 @@ from typing import Annotated
 import torch
 import typer
 
+from openhart.error_boundary import DEBUG_META_KEY, ErrorBoundaryGroup
+from openhart.errors import (
+    DependencyError,
+    InvalidInputError,
+    ModelLoadError,
+    OpenHARTError,
+    StorageError,
+)
 from openhart.loading import DEFAULT_MODEL, PACKAGED_WEIGHTS
 from openhart.lora_cli import LoraOption, apply_lora_options
 from openhart.presets import PRESETS, preset_configs
@@ -35,9 +43,36 @@ from openhart.runtime import (
 )
 from openhart.utils.config import atomic_write_bytes
 from openhart.utils.images import pil_grid, save_png
+from openhart.validation import (
+    check_encodable,
+    check_output_file,
+    check_output_folder,
+    check_prompt,
+    check_seed,
+    png_output_paths,
+)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="OpenHART: text-to-image with HART.")
+app = typer.Typer(
+    cls=ErrorBoundaryGroup,
+    add_completion=False,
+    no_args_is_help=True,
+    help="OpenHART: text-to-image with HART.",
+)
 logger = logging.getLogger("openhart")
+
+
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug", help="Show the traceback of an error instead of one line (or set OPENHART_DEBUG=1)."
+        ),
+    ] = False,
+) -> None:
+    """OpenHART: text-to-image with HART. Errors print one line and exit 3-8 (see README, Exit codes)."""
+    ctx.meta[DEBUG_META_KEY] = debug
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -50,7 +85,7 @@ def _setup_logging(verbose: bool) -> None:
 def generate(
     prompts: Annotated[list[str], typer.Argument(help="One or more prompts.")],
     output: Annotated[
-        Path, typer.Option("-o", "--output", help="PNG path (numbered when several images) or a folder.")
+        str, typer.Option("-o", "--output", help="PNG path (numbered when several images) or a folder.")
     ],
     model: Annotated[
         str | None,
@@ -60,7 +95,8 @@ def generate(
         str | None, typer.Option(help="Prompt for CFG's unconditional branch.")
     ] = None,
     seed: Annotated[
-        int | None, typer.Option(min=0, help="Seed of image 0; image i uses seed + i. Random when unset.")
+        int | None,
+        typer.Option(help="Seed of image 0; image i uses seed + i (0 <= seed < 2**63). Random when unset."),
     ] = None,
     guidance_scale: Annotated[float, typer.Option(min=0.0, help="CFG strength (0 = no guidance).")] = 4.5,
     steps: Annotated[
@@ -94,6 +130,15 @@ def generate(
 ) -> None:
     """Generate images from prompts and write them as PNGs."""
     _setup_logging(verbose)
+    # Everything the user typed is checked before the model loads (seconds to minutes).
+    for index, prompt in enumerate(prompts):
+        check_prompt(prompt, f"PROMPTS[{index}]")
+    if negative_prompt is not None:
+        check_encodable(negative_prompt, "--negative-prompt")
+    total = len(prompts) * num_images
+    if seed is not None:
+        check_seed(seed, total, "--seed")
+    paths = png_output_paths(output, total, "--output")
     torch_device = resolve_device(device.value)
     pipeline = load_model(
         model,
@@ -106,24 +151,19 @@ def generate(
     apply_lora_options(pipeline, lora, model or DEFAULT_MODEL)  # before int8: adapters on float weights
     apply_memory_options(pipeline, quantize, offload_text_encoder)
     first_seed = seed if seed is not None else secrets.randbelow(2**31)
-    total = len(prompts) * num_images
     generators = [torch.Generator().manual_seed(first_seed + i) for i in range(total)]
-    try:
-        result = pipeline(
-            prompts,
-            negative_prompt=negative_prompt,
-            guidance_scale=guidance_scale,
-            num_inference_steps=steps,
-            num_images_per_prompt=num_images,
-            generator=generators,
-            top_k=top_k,
-            top_p=top_p,
-            progress=torch_device.type == "cpu",
-        )
-    except (ValueError, TypeError) as error:
-        raise typer.BadParameter(str(error)) from error
+    result = pipeline(
+        prompts,
+        negative_prompt=negative_prompt,
+        guidance_scale=guidance_scale,
+        num_inference_steps=steps,
+        num_images_per_prompt=num_images,
+        generator=generators,
+        top_k=top_k,
+        top_p=top_p,
+        progress=torch_device.type == "cpu",
+    )
     images = result.images
-    paths = _output_paths(output, total)
     for index, (image, path) in enumerate(zip(images, paths, strict=True)):
         save_png(image, path)
         typer.echo(f"wrote {path}  (prompt {prompts[index // num_images]!r}, seed {first_seed + index})")
@@ -133,16 +173,6 @@ def generate(
         typer.echo(f"wrote {grid_path}  (grid of {total})")
 
 
-def _output_paths(output: Path, count: int) -> list[Path]:
-    if output.is_dir() or output.suffix == "":
-        return [output / f"image-{i:03d}.png" for i in range(count)]
-    if output.suffix.lower() != ".png":
-        raise typer.BadParameter(f"only .png output is supported, got {output.name!r}", param_hint="--output")
-    if count == 1:
-        return [output]
-    return [output.with_name(f"{output.stem}-{i:03d}.png") for i in range(count)]
-
-
 @app.command()
 def info(
     model: Annotated[str, typer.Argument(help="Model folder, Hugging Face repo id or preset name.")],
@@ -150,6 +180,8 @@ def info(
     """Print a model's components, parameter counts, scales and resolution."""
     from openhart.hub import looks_like_repo_id
 
+    if not model.strip():  # Path("") is the working folder
+        raise ModelLoadError("MODEL is empty: give a model folder, a preset name or a repo id")
     if Path(model).is_dir() or looks_like_repo_id(model):
         pipeline = load_model(model, torch.device("cpu"), torch.float32)
         configs = {name: module.config for name, module in pipeline.components.items()}
@@ -165,7 +197,10 @@ def info(
         counts = _count_parameters_without_allocating(model)
         typer.echo(f"preset {model}: {PRESETS[model].description}")
     else:
-        raise typer.BadParameter(f"{model!r} is neither a model folder nor a preset", param_hint="MODEL")
+        raise ModelLoadError(
+            f"MODEL: {model!r} is neither a model folder nor a preset (presets: {', '.join(sorted(PRESETS))}) "
+            "nor a Hugging Face repo id (ORG/NAME)"
+        )
     tokenizer, transformer = configs["tokenizer"], configs["transformer"]
     typer.echo(f"image size      {tokenizer.image_size} x {tokenizer.image_size}")
     typer.echo(f"scales          {len(transformer.patch_nums)}: {list(transformer.patch_nums)}")
@@ -275,6 +310,9 @@ def bench(
     logging.basicConfig(level=logging.ERROR)
     from openhart.hub import RELEASED_REPOS
 
+    if json_out is not None:
+        check_output_file(json_out, "--json")
+
     torch_device = resolve_device(device.value)
     # Speed does not depend on the weights: a preset without shipped weights is timed with random
     # weights of its architecture (offline, nothing downloaded); a repo id times the released weights.
@@ -287,11 +325,11 @@ def bench(
         released = f" (pass {RELEASED_REPOS[model]} for the released ones)" if model in RELEASED_REPOS else ""
         typer.echo(f"weights: random, the architecture of {model}{released}")
     if cuda_graphs and torch_device.type != "cuda":
-        raise typer.BadParameter("CUDA graphs need a CUDA device", param_hint="--cuda-graphs")
+        raise DependencyError("--cuda-graphs: CUDA graphs need a CUDA device")
     try:
         check_unguided_last_scales(unguided_last_scales, pipeline.transformer.config.num_scales)
     except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--unguided-last-scales") from error
+        raise InvalidInputError(f"--unguided-last-scales: {error}") from error
     if compile_:
         pipeline.compile()
     pipeline.transformer.store_last_scale_keys = store_last_scale_keys
@@ -308,7 +346,10 @@ def bench(
     )
     typer.echo(result.table())
     if json_out is not None:
-        atomic_write_bytes(json_out, (json.dumps(result.to_dict(), indent=2) + "\n").encode())
+        try:
+            atomic_write_bytes(json_out, (json.dumps(result.to_dict(), indent=2) + "\n").encode())
+        except OSError as error:
+            raise StorageError(f"--json: cannot write {json_out}: {error.strerror or error}") from error
         typer.echo(f"wrote {json_out}")
 
 
@@ -331,37 +372,41 @@ def convert(
     from openhart.compat import is_official_layout, load_official_pipeline
     from openhart.hub import (
         DEFAULT_TEXT_ENCODER_REPO,
-        HubError,
         download_released,
         looks_like_repo_id,
         resolve_snapshot,
         text_model_folder,
     )
-    from openhart.runtime import fail
 
+    check_output_folder(destination, "DESTINATION")  # before gigabytes are read and converted
+    folder = Path(source)
+    if not folder.is_dir() and looks_like_repo_id(source):
+        snapshot = resolve_snapshot(source, revision)
+        if snapshot.layout != "released":
+            raise InvalidInputError(f"{source} is already in the OpenHART layout: use it as --model {source}")
+        folder = download_released(snapshot, ema)
+    if not folder.is_dir():
+        raise ModelLoadError(f"SOURCE: no such folder: {source}")
+    if not is_official_layout(folder):
+        raise ModelLoadError(f"SOURCE: {source} has no llm/config.json and tokenizer/config.json")
     try:
-        folder = Path(source)
-        if not folder.is_dir() and looks_like_repo_id(source):
-            snapshot = resolve_snapshot(source, revision)
-            if snapshot.layout != "released":
-                fail(f"{source} is already in the OpenHART layout: use it as --model {source}")
-            folder = download_released(snapshot, ema)
-        if not is_official_layout(folder):
-            raise typer.BadParameter(
-                f"{source} has no llm/config.json and tokenizer/config.json", param_hint="SOURCE"
-            )
         encoder_folder = text_model_folder(text_encoder or DEFAULT_TEXT_ENCODER_REPO)
-    except HubError as error:
-        fail(str(error))
     except FileNotFoundError as error:
-        raise typer.BadParameter(str(error), param_hint="--text-encoder") from error
+        if isinstance(error, OpenHARTError):
+            raise
+        raise ModelLoadError(f"--text-encoder: {error}") from error
     try:
         pipeline = load_official_pipeline(
             folder, encoder_folder, prefer_ema=ema, use_system_prompt=system_prompt
         )
     except FileNotFoundError as error:  # offline with the configs cached but not the weights
-        fail(f"{source}: {error}")
-    pipeline.save_pretrained(destination)
+        if isinstance(error, OpenHARTError):
+            raise
+        raise ModelLoadError(f"{source}: {error}") from error
+    try:
+        pipeline.save_pretrained(destination)
+    except OSError as error:
+        raise StorageError(f"DESTINATION: cannot write {destination}: {error.strerror or error}") from error
     typer.echo(f"wrote {destination} ({sum(pipeline.num_parameters().values()) / 1e6:.1f} M parameters)")
 
 

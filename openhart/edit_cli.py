@@ -18,6 +18,7 @@ from typing import Annotated
 import torch
 import typer
 
+from openhart.errors import InvalidInputError, StorageError
 from openhart.models.editing import DEFAULT_MAX_PIXELS, EditInputError, decode_image_bytes, outpaint_canvas
 from openhart.runtime import (
     DeviceChoice,
@@ -28,6 +29,7 @@ from openhart.runtime import (
     resolve_dtype,
 )
 from openhart.utils.images import save_png
+from openhart.validation import check_prompt, check_seed, png_output_paths
 
 logger = logging.getLogger("openhart")
 
@@ -45,39 +47,41 @@ OPTION_OF_FIELD = {
 
 
 def parse_outpaint(spec: str) -> dict[str, int]:
-    """Parse ``left=64,right=32`` into {"left": 64, "right": 32}; typer.BadParameter naming --outpaint otherwise."""
+    """Parse ``left=64,right=32`` into {"left": 64, "right": 32}; InvalidInputError naming --outpaint otherwise."""
     sides: dict[str, int] = {}
     for part in spec.split(","):
         name, _, value = part.strip().partition("=")
         if name not in OUTPAINT_SIDES or not value.strip().isdigit():
-            raise typer.BadParameter(
-                f"expected SIDE=PIXELS[,SIDE=PIXELS...] with SIDE in {', '.join(OUTPAINT_SIDES)}, got {part!r}",
-                param_hint="--outpaint",
+            raise InvalidInputError(
+                f"--outpaint: expected SIDE=PIXELS[,SIDE=PIXELS...] with SIDE in {', '.join(OUTPAINT_SIDES)}, "
+                f"got {part!r}"
             )
         if name in sides:
-            raise typer.BadParameter(f"{name} is given twice", param_hint="--outpaint")
+            raise InvalidInputError(f"--outpaint: {name} is given twice")
         sides[name] = int(value)
     return sides
 
 
 def read_image_file(path: Path, option: str, max_pixels: int = DEFAULT_MAX_PIXELS):
-    """Read and decode an image file; typer.BadParameter naming ``option`` when it is unusable."""
+    """Read and decode an image file; an OpenHARTError naming ``option`` and the file when it is unusable."""
     if not path.is_file():
-        raise typer.BadParameter(f"no such file: {path}", param_hint=option)
+        raise StorageError(f"{option}: no such file: {path}")
     if path.stat().st_size > MAX_FILE_BYTES:
-        raise typer.BadParameter(f"{path} is over {MAX_FILE_BYTES} bytes", param_hint=option)
+        raise InvalidInputError(f"{option}: {path} is over {MAX_FILE_BYTES} bytes")
     try:
-        return decode_image_bytes(path.read_bytes(), option, max_pixels=max_pixels)
+        data = path.read_bytes()
+    except OSError as error:
+        raise StorageError(f"{option}: cannot read {path} ({error.strerror or error})") from error
+    try:
+        return decode_image_bytes(data, option, max_pixels=max_pixels)
     except EditInputError as error:
-        raise typer.BadParameter(
-            f"{path}: {str(error).removeprefix(option + ': ')}", param_hint=option
-        ) from error
+        raise InvalidInputError(f"{option}: {path}: {str(error).removeprefix(option + ': ')}") from error
 
 
 def edit(
     prompt: Annotated[str, typer.Argument(help="What the edited image (or its masked part) should show.")],
     image: Annotated[Path, typer.Option(help="Input image: PNG, JPEG or WebP.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="PNG path (numbered when several images).")],
+    output: Annotated[str, typer.Option("-o", "--output", help="PNG path (numbered when several images).")],
     mask: Annotated[
         Path | None, typer.Option(help="Mask image of the input's size: white = repaint, black = keep.")
     ] = None,
@@ -106,7 +110,8 @@ def edit(
         str | None, typer.Option(help="Model folder or preset name (default: the embedded model).")
     ] = None,
     seed: Annotated[
-        int | None, typer.Option(min=0, help="Seed of image 0; image i uses seed + i. Random when unset.")
+        int | None,
+        typer.Option(help="Seed of image 0; image i uses seed + i (0 <= seed < 2**63). Random when unset."),
     ] = None,
     guidance_scale: Annotated[float, typer.Option(min=0.0, help="CFG strength (0 = no guidance).")] = 4.5,
     num_images: Annotated[int, typer.Option(min=1, max=64, help="Edits to make.")] = 1,
@@ -122,17 +127,20 @@ def edit(
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
-    if output.suffix.lower() != ".png":
-        raise typer.BadParameter(f"only .png output is supported, got {output.name!r}", param_hint="--output")
+    # Everything the user typed is checked before the model loads.
+    check_prompt(prompt, "PROMPT")
+    if seed is not None:
+        check_seed(seed, num_images, "--seed")
+    paths = png_output_paths(output, num_images, "--output", allow_folder=False)
     if mask is not None and outpaint is not None:
-        raise typer.BadParameter("give --mask or --outpaint, not both", param_hint="--outpaint")
+        raise InvalidInputError("--outpaint: give --mask or --outpaint, not both")
     picture = read_image_file(image, "--image")
     mask_picture = read_image_file(mask, "--mask") if mask is not None else None
     if outpaint is not None:
         try:
             picture, mask_picture = outpaint_canvas(picture, **parse_outpaint(outpaint))
         except EditInputError as error:
-            raise typer.BadParameter(str(error), param_hint="--outpaint") from error
+            raise InvalidInputError(f"--outpaint: {error}") from error
     torch_device = resolve_device(device.value)
     pipeline = load_model(
         model, torch_device, resolve_dtype(dtype.value, torch_device, model), random_weights=random_weights
@@ -156,14 +164,7 @@ def edit(
     except EditInputError as error:
         option = OPTION_OF_FIELD.get(error.field)
         message = str(error).removeprefix(f"{error.field}: ") if option else str(error)
-        raise typer.BadParameter(message, param_hint=option) from error
-    except (ValueError, TypeError) as error:
-        raise typer.BadParameter(str(error)) from error
-    paths = (
-        [output]
-        if num_images == 1
-        else [output.with_name(f"{output.stem}-{i:03d}.png") for i in range(num_images)]
-    )
+        raise InvalidInputError(f"{option}: {message}" if option else message) from error
     for index, (result, path) in enumerate(zip(images, paths, strict=True)):
         save_png(result, path)
         typer.echo(f"wrote {path}  ({result.width}x{result.height}, seed {first_seed + index})")

@@ -1,6 +1,6 @@
 """Hugging Face Hub repo ids wherever a model folder is accepted.
 
-``HartPipeline.from_pretrained("ORG/NAME")`` and ``openhart ... --model ORG/NAME`` come here when the
+``openhart.load("ORG/NAME")`` and ``openhart ... --model ORG/NAME`` come here when the
 name is not a local folder. Two repository layouts load:
 
 * the OpenHART layout (``model_index.json`` + one folder per component, safetensors), loaded as is;
@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from openhart.errors import NetworkError
+
 if TYPE_CHECKING:
     from openhart.models.hart import HartPipeline
     from openhart.text import TextEncoder
@@ -56,7 +58,7 @@ _TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
-class HubError(RuntimeError):
+class HubError(NetworkError):
     """A model could not be had from the Hub; the message is one line meant for the user."""
 
 

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from openhart.errors import DependencyError
+
 if TYPE_CHECKING:
     from openhart.models.hart import HartPipeline
 
@@ -28,7 +30,7 @@ logger = logging.getLogger("openhart")
 QUANTIZE_MODES = ("int8",)
 
 
-class QuantizationUnavailableError(RuntimeError):
+class QuantizationUnavailableError(DependencyError):
     """torchao is not installed or does not import beside this torch."""
 
 

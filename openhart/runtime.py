@@ -9,15 +9,16 @@ import logging
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import torch
 import typer
 
-from openhart.errors import ModelLoadError
+from openhart.errors import InvalidInputError, ModelLoadError, OpenHARTError
 from openhart.loading import load
 from openhart.models.hart import HartPipeline
 from openhart.presets import PRESETS
+from openhart.validation import check_device
 
 logger = logging.getLogger("openhart")
 
@@ -61,16 +62,17 @@ QuantizeOption = Annotated[
 
 
 def apply_memory_options(pipeline: HartPipeline, quantize: str | None, offload_text_encoder: bool) -> None:
-    """``--quantize`` and ``--offload-text-encoder``; a missing torchao or a wrong value ends with one line."""
-    from openhart.quantization import QuantizationUnavailableError
-
+    """``--quantize`` and ``--offload-text-encoder``; a missing torchao is a DependencyError, a wrong value
+    an InvalidInputError (one line at the CLI's error boundary)."""
     try:
         if quantize is not None:
             pipeline.quantize(quantize)
         if offload_text_encoder:
             pipeline.enable_text_encoder_offload()
-    except (ValueError, QuantizationUnavailableError) as error:
-        fail(str(error))
+    except OpenHARTError:
+        raise
+    except ValueError as error:
+        raise InvalidInputError(f"--quantize/--offload-text-encoder: {error}") from error
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -80,11 +82,7 @@ def resolve_device(choice: str) -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise typer.BadParameter("CUDA is not available on this machine", param_hint="--device")
-    if choice == "mps" and not torch.backends.mps.is_available():
-        raise typer.BadParameter("Apple MPS is not available on this machine", param_hint="--device")
-    return torch.device(choice)
+    return check_device(choice, "--device")  # DependencyError naming what this machine has
 
 
 # Below this much weight data a model's CPU time goes to per-operation overheads, where bfloat16
@@ -144,9 +142,16 @@ def load_model(
     revision: str | None = None,
     text_encoder: str | None = None,
 ) -> HartPipeline:
-    """:func:`openhart.load` for a command's ``--model``: its errors end the command with one line."""
+    """:func:`openhart.load` for a command's ``--model`` (a HART model).
+
+    Raises :class:`~openhart.errors.ModelLoadError` for a name that is none of what ``load``
+    takes, and the hub's :class:`~openhart.hub.HubError` (a NetworkError) when the Hub cannot
+    deliver; the CLI's error boundary prints either as one line.
+    """
     from openhart.hub import HubError
 
+    if model is not None and not model.strip():  # "" would otherwise mean the default model
+        raise ModelLoadError("--model is empty: give a model folder, a preset name or a repo id")
     try:
         pipeline = load(
             model,
@@ -158,25 +163,13 @@ def load_model(
             revision=revision,
             text_encoder=text_encoder,
         )
-    except ModelLoadError as error:
-        raise typer.BadParameter(str(error), param_hint="--model") from error
     except HubError as error:
-        fail(
-            str(error)
-            + (
-                " (or pass --random-weights for random weights of this architecture)"
-                if model in PRESETS
-                else ""
-            )
-        )
+        if model in PRESETS:
+            hint = "(or pass --random-weights for random weights of this architecture)"
+            raise type(error)(f"{error} {hint}") from error
+        raise
     assert isinstance(pipeline, HartPipeline)  # kind="hart"
     return pipeline
-
-
-def fail(message: str) -> NoReturn:
-    """End a command with one line on stderr and exit code 2 (no traceback, no usage box)."""
-    typer.echo(f"Error: {message}", err=True)
-    raise typer.Exit(2)
 
 
 def compile_and_warm_up(pipeline: HartPipeline) -> float:

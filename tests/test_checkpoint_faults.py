@@ -146,6 +146,6 @@ def test_the_cli_reports_a_run_without_intact_checkpoints_in_one_line(stopped_ru
     result = CliRunner().invoke(
         train_app, ["tokenizer", "--config", str(config), "--out", str(run), "--resume"]
     )
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 4, result.output  # CheckpointError is a ModelLoadError
     assert "no intact checkpoint" in result.output and "Traceback" not in result.output
     assert not isinstance(result.exception, CheckpointError)  # handled, not raised out of the command

@@ -111,14 +111,14 @@ def test_info_and_bench(saved_model):
     ):
         assert stage in result.output
     result = runner.invoke(app, ["bench", "--model", str(saved_model), "--device", "cpu", "--cuda-graphs"])
-    assert result.exit_code == 2 and "CUDA graphs need a CUDA device" in result.output
+    assert result.exit_code == 8 and "CUDA graphs need a CUDA device" in result.output  # DependencyError
     tiny_bench = ["bench", "--model", "tiny", "--repeats", "1", "--warmup", "0", "--device", "cpu"]
     result = runner.invoke(app, [*tiny_bench, "--unguided-last-scales", "2"])
     assert result.exit_code == 0 and "unguided_last_scales=2" in result.output, result.output
     result = runner.invoke(app, [*tiny_bench, "--store-last-scale-keys"])
     assert result.exit_code == 0 and "store_last_scale_keys=True" in result.output, result.output
     result = runner.invoke(app, [*tiny_bench, "--unguided-last-scales", "99"])
-    assert result.exit_code == 2 and "unguided_last_scales" in result.output
+    assert result.exit_code == 3 and "unguided_last_scales" in result.output  # InvalidInputError
     result = runner.invoke(
         app,
         [
@@ -155,23 +155,23 @@ def test_bench_reports_the_ratio_to_the_official_numbers():
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "exit_code", "message"),
     [
-        (["--model", "/no/such/folder"], "neither a model folder nor a preset"),
-        (["--seed", "-1"], "seed"),
-        (["--guidance-scale", "-1"], "guidance-scale"),
-        (["--steps", "0"], "steps"),
-        (["--num-images", "0"], "num-images"),
-        (["--device", "tpu"], "device"),
-        (["--top-p", "2"], "top-p"),
+        (["--model", "/no/such/folder"], 4, "neither a model folder nor a preset"),  # ModelLoadError
+        (["--seed", "-1"], 3, "seed"),  # InvalidInputError: the seed check shared with the library
+        (["--guidance-scale", "-1"], 2, "guidance-scale"),  # usage errors: click's own ranges
+        (["--steps", "0"], 2, "steps"),
+        (["--num-images", "0"], 2, "num-images"),
+        (["--device", "tpu"], 2, "device"),
+        (["--top-p", "2"], 2, "top-p"),
     ],
 )
-def test_bad_arguments_exit_2_with_a_message(saved_model, tmp_path, args, message):
+def test_bad_arguments_exit_with_their_code_and_a_message(saved_model, tmp_path, args, exit_code, message):
     base = ["generate", "a cat", "-o", str(tmp_path / "x.png")]
     if "--model" not in args:
         base += ["--model", str(saved_model)]
     result = runner.invoke(app, base + args)
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == exit_code, result.output
     assert message in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "x.png").exists()
@@ -181,7 +181,7 @@ def test_non_png_output_is_refused(saved_model, tmp_path):
     result = runner.invoke(
         app, ["generate", "a cat", "--model", str(saved_model), "-o", str(tmp_path / "x.jpg")]
     )
-    assert result.exit_code == 2 and "png" in result.output
+    assert result.exit_code == 3 and "png" in result.output  # InvalidInputError, before the model loads
 
 
 def test_default_model(tmp_path):
@@ -191,7 +191,7 @@ def test_default_model(tmp_path):
         assert result.exit_code == 0, result.output
         assert Image.open(tmp_path / "x.png").size == (64, 64)
     else:
-        assert result.exit_code == 2
+        assert result.exit_code == 4  # ModelLoadError
         assert "not trained and shipped yet" in result.output
 
 

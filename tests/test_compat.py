@@ -116,11 +116,11 @@ def test_convert_command_writes_a_pickle_free_openhart_model(tmp_path):
     result = runner.invoke(
         app, ["convert", str(tmp_path / "nothing"), str(tmp_path / "out"), "--text-encoder", str(tmp_path)]
     )
-    assert result.exit_code == 2 and "llm/config.json" in result.output
+    assert result.exit_code == 4 and "no such folder" in result.output  # ModelLoadError
     result = runner.invoke(
         app, ["convert", str(HART_TINY), str(tmp_path / "out"), "--text-encoder", str(tmp_path / "none")]
     )
-    assert result.exit_code == 2 and "no such folder" in result.output
+    assert result.exit_code == 4 and "--text-encoder" in result.output and "no such folder" in result.output
     pipe = load_official_pipeline(HART_TINY, _text_encoder())
     pipe.save_pretrained(tmp_path / "converted")
     assert not list((tmp_path / "converted").rglob("*.bin"))

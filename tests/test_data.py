@@ -505,7 +505,7 @@ def test_cli_emoji_command(emoji_sources, tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout[result.stdout.index("{") :])["images"] == 3
     bad = CliRunner().invoke(data_app, ["emoji", "--out", str(out), "--sources", str(tmp_path / "missing")])
-    assert bad.exit_code == 1 and "does not exist" in bad.output
+    assert bad.exit_code == 3 and "does not exist" in bad.output  # InvalidInputError
 
 
 def test_heldout_prompts_take_one_style_per_held_out_concept(tmp_path):

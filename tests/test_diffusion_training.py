@@ -129,5 +129,5 @@ def test_cli_refuses_a_recipe_of_another_kind(tmp_path):
     result = CliRunner().invoke(
         train_app, ["diffusion", "--config", str(root / "configs" / "tiny-generator.yaml")]
     )
-    assert result.exit_code == 2
+    assert result.exit_code == 5  # ConfigError
     assert "this command trains a diffusion" in result.output

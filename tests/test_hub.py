@@ -258,7 +258,7 @@ def test_cli_names_a_missing_repo_in_one_line(offline_home, tmp_path):
     result = CliRunner().invoke(
         app, ["generate", "a red fox", "--model", "openhart-test/absent", "-o", str(tmp_path / "c.png")]
     )
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 7, result.output  # NetworkError
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
     for part in ("openhart-test/absent", "HF_HUB_OFFLINE", str(offline_home / "hub")):
@@ -277,7 +277,7 @@ def test_convert_command_takes_repo_ids(offline_home, tmp_path):
     assert not list(out.rglob("*.bin")) and (out / "model_index.json").is_file()
     assert load(out).transformer.config.context_dim == 32
     result = CliRunner().invoke(app, ["convert", OURS_REPO, str(tmp_path / "again")])
-    assert result.exit_code == 2 and "already in the OpenHART layout" in result.output
+    assert result.exit_code == 3 and "already in the OpenHART layout" in result.output
 
 
 def test_info_takes_repo_ids(offline_home):
@@ -361,7 +361,7 @@ def test_released_preset_name_means_the_released_weights_never_random_silently(o
     result = CliRunner().invoke(
         app, ["generate", "a fox", "--model", "hart-0.7b-1024", "-o", str(tmp_path / "f.png")]
     )
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 7, result.output  # NetworkError
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "mit-han-lab/hart-0.7b-1024px" in lines[0] and "--random-weights" in lines[0]
     assert not (tmp_path / "f.png").exists()

@@ -16,7 +16,7 @@ PACKAGE = Path(openhart.__file__).parent
 
 # Bottom to top. A module may import its own group and any group of a lower layer.
 LAYERS: list[set[str]] = [
-    {"version", "errors", "utils"},
+    {"version", "errors", "error_boundary", "utils", "validation"},
     {"text", "tokenizer", "transformer", "diffusion", "data"},
     {"sampling"},
     {"models", "quantization"},

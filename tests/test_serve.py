@@ -32,6 +32,7 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
+from openhart.cli import app as openhart_app
 from openhart.presets import build_pipeline
 from openhart.serve.app import build_model_card, create_app
 from openhart.serve.cli import _describe_weights, serve
@@ -592,8 +593,8 @@ def test_serve_command_errors_and_weights_description(tmp_path):
     app = typer.Typer()
     app.command()(serve)
     runner = CliRunner(env={"COLUMNS": "400"})
-    result = runner.invoke(app, ["--model", "no-such-model"])
-    assert result.exit_code == 2 and "neither a model folder nor a preset" in result.output
+    result = runner.invoke(openhart_app, ["serve", "--model", "no-such-model"])
+    assert result.exit_code == 4 and "neither a model folder nor a preset" in result.output
     result = runner.invoke(app, ["--model", "tiny", "--random-weights", "--safety-checker", "no_colon"])
     assert result.exit_code == 2 and "module:function" in result.output
     result = runner.invoke(app, ["--model", "tiny", "--random-weights", "--queue-size", "0"])

@@ -254,17 +254,17 @@ def test_a_rerun_with_other_settings_or_a_foreign_folder_is_refused(tmp_path, tx
     out = tmp_path / "out"
     assert _synth(txt_prompts, out, "--max-images", "2").exit_code == 0
     other = _synth(txt_prompts, out, "--seed", "1")
-    assert other.exit_code == 2 and "other settings (seed: 0 there, 1 now)" in other.output
+    assert other.exit_code == 3 and "other settings (seed: 0 there, 1 now)" in other.output
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     refused = _synth(txt_prompts, foreign)
-    assert refused.exit_code == 2 and "not empty" in refused.output
+    assert refused.exit_code == 3 and "not empty" in refused.output
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
     nothing = _synth(empty, tmp_path / "x")
-    assert nothing.exit_code == 2 and "no usable prompt (2 bad line(s))" in nothing.output
-    assert _synth(tmp_path / "nope.txt", tmp_path / "y").exit_code == 2
+    assert nothing.exit_code == 3 and "no usable prompt (2 bad line(s))" in nothing.output
+    assert _synth(tmp_path / "nope.txt", tmp_path / "y").exit_code == 3  # InvalidInputError
 
 
 # ---------------------------------------------------------------------- WebDataset shards
@@ -345,7 +345,7 @@ def test_a_read_only_output_folder_is_a_clear_error(tmp_path, txt_prompts):
         result = _synth(txt_prompts, out)
     finally:
         subprocess.run(restore, check=True)
-    assert result.exit_code == 2
+    assert result.exit_code == 6  # StorageError
     message = result.output.strip().splitlines()[-1]
     assert message.startswith("error: cannot write") and "read-only or not writable" in message
     assert list(out.iterdir()) == []

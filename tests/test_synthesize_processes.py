@@ -124,7 +124,7 @@ def test_a_full_output_folder_is_a_clear_error_and_leaves_no_partial_file(tmp_pa
 
     out = tmp_path / "out"
     result = _run_limited(txt_prompts, out, small_files)
-    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.returncode == 6, result.stderr[-3000:]  # StorageError
     message = result.stderr.strip().splitlines()[-1]
     assert message.startswith("error: cannot write") and "output folder is full" in message
     assert "Traceback" not in result.stderr

@@ -496,11 +496,11 @@ def test_cli_reports_recipe_errors_without_a_traceback(tmp_path):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("kind: tokenizer\npreset: tiny\noptim: {lr: -1}\n")
     result = runner.invoke(train_app, ["tokenizer", "--config", str(recipe)])
-    assert result.exit_code == 2 and "optim.lr" in result.output
+    assert result.exit_code == 5 and "optim.lr" in result.output  # ConfigError
     result = runner.invoke(train_app, ["generator", "--config", str(recipe)])
-    assert result.exit_code == 2 and "this command trains a generator" in result.output
+    assert result.exit_code == 5 and "this command trains a generator" in result.output
     result = runner.invoke(train_app, ["tokenizer", "--config", str(tmp_path / "missing.yaml")])
-    assert result.exit_code == 2 and "recipe file not found" in result.output
+    assert result.exit_code == 5 and "recipe file not found" in result.output
 
 
 def test_cli_trains_the_tiny_recipe_on_the_fixture_and_resumes(tmp_path):

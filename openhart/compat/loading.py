@@ -5,7 +5,9 @@ Legend: T prompt tokens (300 in the release), Dctx text width (1536).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -21,6 +23,7 @@ from openhart.compat.official import (
     transformer_configs_from_official,
 )
 from openhart.diffusion import ResidualDiffusionHead
+from openhart.errors import ConfigError
 from openhart.models.hart import HartPipeline
 from openhart.text import TextEncoder, TextEncoderConfig, build_text_encoder
 from openhart.tokenizer import HybridTokenizer, TokenizerConfig, official_tokenizer_state_dict
@@ -102,7 +105,9 @@ def load_official_pipeline(
 def load_official_tokenizer(folder: str | os.PathLike[str]) -> HybridTokenizer:
     """The tokenizer of an official ``tokenizer/`` folder (the discriminator is ignored)."""
     folder = Path(folder)
-    config = TokenizerConfig.from_official_config(read_json(folder / "config.json"))
+    config_path = folder / "config.json"
+    with _naming_config(config_path):
+        config = TokenizerConfig.from_official_config(read_json(config_path))
     with torch.device("meta"):  # skip random initialisation of weights that are loaded next
         tokenizer = HybridTokenizer(config)
     tokenizer = tokenizer.to_empty(device="cpu")
@@ -116,9 +121,11 @@ def load_official_transformer(
 ) -> tuple[HartTransformer, ResidualDiffusionHead]:
     """Transformer and residual head of an official ``llm/`` folder (EMA weights when present and preferred)."""
     folder = Path(folder)
-    transformer_config, head_config = transformer_configs_from_official(
-        read_json(folder / "config.json"), tokenizer_config.codebook_size, tokenizer_config.latent_channels
-    )
+    config_path = folder / "config.json"
+    with _naming_config(config_path):
+        transformer_config, head_config = transformer_configs_from_official(
+            read_json(config_path), tokenizer_config.codebook_size, tokenizer_config.latent_channels
+        )
     with torch.device("meta"):
         transformer = HartTransformer(transformer_config)
         head = ResidualDiffusionHead(head_config)
@@ -128,6 +135,22 @@ def load_official_transformer(
     load_state_exactly(transformer, transformer_state, str(source))
     load_state_exactly(head, head_state, str(source))
     return transformer, head
+
+
+@contextlib.contextmanager
+def _naming_config(path: Path) -> Iterator[None]:
+    """Turn what a malformed official config raises (a missing key, a wrong type) into a
+    :class:`ConfigError` naming the file and the field."""
+    try:
+        yield
+    except ConfigError as error:
+        if str(path) in str(error):
+            raise
+        raise ConfigError(f"{path}: {error}") from error
+    except KeyError as error:
+        raise ConfigError(f"{path}: missing field {error.args[0]!r} of the released config") from error
+    except (TypeError, ValueError, AttributeError) as error:
+        raise ConfigError(f"{path}: unusable released config ({error})") from error
 
 
 def save_official_layout(pipeline: HartPipeline, path: str | os.PathLike[str]) -> None:

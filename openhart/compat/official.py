@@ -17,14 +17,17 @@ the diffusion head lives under ``diffloss.net.``; derivable buffers (``lvl_1L``,
 from __future__ import annotations
 
 import math
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from openhart.diffusion import DiffusionHeadConfig, ResidualDiffusionHead
+from openhart.errors import ConfigError, ModelLoadError
 from openhart.tokenizer import HybridTokenizer, TokenizerConfig
 from openhart.transformer import HartTransformer, HartTransformerConfig
 
@@ -43,7 +46,7 @@ _IGNORED_FIELDS = {
 _REQUIRED_VALUES = {"attn_type": "llama", "mlp_type": "llama", "use_cross_attn": False, "sampler": "iddpm"}
 
 
-class UnsupportedOfficialConfig(ValueError):
+class UnsupportedOfficialConfig(ConfigError):
     """An official config uses a field or value OpenHART cannot map (the message names it)."""
 
 
@@ -264,9 +267,20 @@ def read_official_weights(folder: Path, prefer_ema: bool = True) -> tuple[dict[s
         path = folder / name
         if not path.is_file():
             continue
-        if path.suffix == ".safetensors":
-            return load_file(str(path)), path
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            if path.suffix == ".safetensors":
+                return load_file(str(path)), path
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            # weights_only refuses any pickle that would run code or build non-tensor objects.
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else "refused"
+            raise ModelLoadError(
+                f"{path}: refused to unpickle ({first_line}); only plain tensor checkpoints load"
+            ) from error
+        except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as error:
+            raise ModelLoadError(
+                f"{path}: not a readable weights file ({' '.join(str(error).split())})"
+            ) from error
         # EMA files may wrap the state dict one level deep (e.g. {"ema": {...}}).
         if isinstance(state, dict) and len(state) == 1 and isinstance(next(iter(state.values())), dict):
             state = next(iter(state.values()))

@@ -18,8 +18,12 @@ from typing import Annotated
 import typer
 
 from openhart.data.emoji import DEFAULT_PACKAGES, EMOJI_SETS, build_emoji_dataset, fetch_packages
+from openhart.error_boundary import ErrorBoundaryGroup
+from openhart.errors import InvalidInputError, NetworkError, OpenHARTError
 
-data_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build training datasets.")
+data_app = typer.Typer(
+    cls=ErrorBoundaryGroup, add_completion=False, no_args_is_help=True, help="Build training datasets."
+)
 logger = logging.getLogger(__name__)
 
 
@@ -79,9 +83,7 @@ def emoji(
     if sets:
         unknown = [s for s in sets if s not in EMOJI_SETS]
         if unknown:
-            raise typer.BadParameter(
-                f"unknown set(s) {unknown}; choose from {list(EMOJI_SETS)}", param_hint="--set"
-            )
+            raise InvalidInputError(f"--set: unknown set(s) {unknown}; choose from {list(EMOJI_SETS)}")
     try:
         if not sources:
             wanted = {EMOJI_SETS[s].package for s in sets} if sets else set(DEFAULT_PACKAGES)
@@ -91,7 +93,10 @@ def emoji(
             out, sources, image_size=image_size, sets=sets or None, test_fraction=test_fraction,
             overwrite=overwrite, drop_ambiguous=not keep_ambiguous, progress=True,
         )  # fmt: skip
-    except (ValueError, RuntimeError) as error:
-        typer.echo(f"Error: {error}", err=True)
-        raise typer.Exit(code=1) from error
+    except OpenHARTError:
+        raise
+    except (ValueError, FileNotFoundError) as error:  # the messages name the source, set or option
+        raise InvalidInputError(str(error)) from error
+    except RuntimeError as error:  # `npm pack` missing or failing: the packages could not be had
+        raise NetworkError(str(error)) from error
     typer.echo(json.dumps(asdict(report), indent=2))

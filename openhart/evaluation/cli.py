@@ -18,12 +18,16 @@ from typing import Annotated
 
 import typer
 
+from openhart.error_boundary import ErrorBoundaryGroup
+from openhart.errors import OpenHARTError, StorageError
 from openhart.runtime import DeviceChoice, DtypeChoice, RandomWeightsOption
 from openhart.utils.config import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
-evaluation_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Evaluate and compare models.")
+evaluation_app = typer.Typer(
+    cls=ErrorBoundaryGroup, add_completion=False, no_args_is_help=True, help="Evaluate and compare models."
+)
 
 
 class VariantChoice(str, Enum):
@@ -86,14 +90,11 @@ def eval_command(
 ) -> None:
     """FID, KID, precision/recall, prompt adherence and tokenizer reconstruction of one model."""
     from openhart.evaluation.evaluate import DEFAULT_CACHE_DIR, evaluate, results_markdown
-    from openhart.evaluation.inception import InceptionUnavailableError
-    from openhart.hub import HubError
-    from openhart.runtime import fail
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     torch_device, torch_dtype = _device_and_dtype(device, dtype)
     if not data.is_dir():
-        raise typer.BadParameter(f"no such folder: {data}", param_hint="--data")
+        raise StorageError(f"--data: no such folder: {data}")
     try:
         results = evaluate(
             model,
@@ -115,12 +116,10 @@ def eval_command(
             output_dir=output,
             random_weights=random_weights,
         )
-    except InceptionUnavailableError as error:
-        raise typer.BadParameter(str(error)) from error
+    except OpenHARTError:
+        raise  # typed: one line and its category's exit code at the CLI's error boundary
     except (ValueError, TypeError, FileNotFoundError) as error:
         raise typer.BadParameter(str(error)) from error
-    except HubError as error:
-        fail(str(error))
     typer.echo(results_markdown(results))
     if output is not None:
         typer.echo(f"wrote {output / 'eval.json'}, {output / 'eval.md'}, {output / 'samples.png'}")
@@ -212,6 +211,8 @@ def run_compare(
             repeats=repeats,
             seed=seed,
         )
+    except OpenHARTError:
+        raise
     except (ValueError, FileNotFoundError) as error:
         raise typer.BadParameter(str(error)) from error
     table = comparison.table()

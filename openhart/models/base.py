@@ -18,6 +18,7 @@ import torch
 from openhart.text import TextEncoder
 from openhart.tokenizer import HybridTokenizer
 from openhart.utils.config import read_json, write_json
+from openhart.validation import InvalidTypeError, check_device
 from openhart.version import __version__
 
 INDEX_NAME = "model_index.json"
@@ -61,6 +62,10 @@ class PipelineBase:
         """Move every component (and cast floating weights when ``dtype`` is given); returns self."""
         # Only what is given; nn.Module.to directly, because diffusers' override warns on every
         # dtype cast about fp32 modules that PixArt does not have.
+        if device is not None:
+            device = check_device(device)  # names the devices this machine has, before torch asserts
+        if dtype is not None and not isinstance(dtype, torch.dtype):
+            raise InvalidTypeError(f"dtype must be a torch.dtype, got {dtype!r}")
         kwargs = {key: value for key, value in (("device", device), ("dtype", dtype)) if value is not None}
         if kwargs:
             for module in self._movable_components().values():

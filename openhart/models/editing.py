@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from openhart.errors import InvalidInputError
 from openhart.sampling import ForcedTokens
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
 DEFAULT_MAX_PIXELS = 4096 * 4096  # decoded pixels allowed per image file (decompression bombs)
 
 
-class EditInputError(ValueError):
+class EditInputError(InvalidInputError):
     """An image, a mask or an editing option is unusable; ``field`` names the argument."""
 
     def __init__(self, field: str, message: str) -> None:
@@ -356,8 +357,9 @@ class HartEditPipeline:
             raise EditInputError("forced_tokens", "is set by the edit itself")
         _check_number(strength, "strength", 0.0, 1.0, upper_open=False)
         _check_number(mask_threshold, "mask_threshold", 0.0, 1.0, upper_open=True)
-        if not isinstance(paste_back, bool):
-            raise EditInputError("paste_back", f"expected a bool, got {paste_back!r}")
+        for flag_name, flag in (("paste_back", paste_back), ("return_dict", return_dict)):
+            if not isinstance(flag, bool):  # "no" would be truthy
+                raise EditInputError(flag_name, f"expected True or False, got {flag!r}")
         if feather_radius is not None and (
             isinstance(feather_radius, bool) or not isinstance(feather_radius, int) or feather_radius < 0
         ):

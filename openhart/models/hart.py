@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from openhart.diffusion import DiffusionHeadConfig, ResidualDiffusionHead
 from openhart.diffusion.graphs import CUDAGraphResidualSampler
+from openhart.errors import ConfigError, InvalidInputError
 from openhart.models.base import INDEX_NAME, PipelineBase
 from openhart.sampling import (
     SAMPLER_SETTINGS_NAME,
@@ -45,7 +46,8 @@ from openhart.transformer import HartTransformer, HartTransformerConfig
 from openhart.transformer.graphs import CUDAGraphGenerator
 from openhart.utils.config import read_json, write_json
 from openhart.utils.random import GeneratorSpec
-from openhart.utils.weights import load_component, save_component
+from openhart.utils.weights import ModelFilesMissingError, load_component, save_component
+from openhart.validation import InvalidTypeError, check_bool, check_encodable
 
 if TYPE_CHECKING:
     from openhart.models.lora import PipelineAdapters
@@ -251,9 +253,9 @@ class HartPipeline(PipelineBase):
         """
         root = Path(pretrained_directory)
         if not root.is_dir():
-            raise FileNotFoundError(f"pretrained_directory: no such model folder: {root}")
+            raise ModelFilesMissingError(f"pretrained_directory: no such model folder: {root}")
         if not (root / INDEX_NAME).is_file():
-            raise FileNotFoundError(
+            raise ModelFilesMissingError(
                 f"pretrained_directory: {root} has no {INDEX_NAME} (not a saved HartPipeline; "
                 "openhart.load() also reads the released layout and repo ids)"
             )
@@ -331,11 +333,20 @@ class HartPipeline(PipelineBase):
             if len(negatives) == 1:
                 negatives = negatives * len(prompts)
             if len(negatives) != len(prompts):
-                raise ValueError(
+                raise InvalidInputError(
                     f"negative_prompt: got {len(negatives)} negative prompts for {len(prompts)} prompts"
                 )
         if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+            raise InvalidInputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        # A string such as "no" is truthy: flags must be real bools, not whatever converts to one.
+        for flag_name, flag in (
+            ("return_dict", return_dict),
+            ("sample_residual", sample_residual),
+            ("progress", progress),
+        ):
+            check_bool(flag, flag_name)
+        if use_cuda_graphs is not None:
+            check_bool(use_cuda_graphs, "use_cuda_graphs")
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         if negatives is not None:
             negatives = [p for p in negatives for _ in range(num_images_per_prompt)]
@@ -426,19 +437,26 @@ class HartPipeline(PipelineBase):
     ) -> SamplerSettings:
         """The call's settings: ``sampler`` (or the model's), with the call's keyword overrides."""
         if sampler is not None and not isinstance(sampler, SamplerSettings):
-            raise TypeError(f"sampler must be a SamplerSettings, got {type(sampler).__name__}")
+            raise InvalidTypeError(f"sampler must be a SamplerSettings, got {type(sampler).__name__}")
         fields = {field.name for field in dataclasses.fields(SamplerSettings)}
         unknown = sorted(set(options) - fields)
         if unknown:
-            raise TypeError(f"unexpected keyword argument(s) {unknown}; sampler settings: {sorted(fields)}")
+            raise InvalidTypeError(
+                f"unexpected keyword argument(s) {unknown}; sampler settings: {sorted(fields)}"
+            )
         overrides = dict(options)
         if guidance_scale is not None:
             overrides["guidance_scale"] = guidance_scale
         if num_inference_steps is not None:
             overrides["num_inference_steps"] = num_inference_steps
         settings = sampler or self.sampler_settings
-        settings = settings.replace(**overrides) if overrides else settings
-        settings.check_scales(self.transformer.config.num_scales)
+        try:
+            settings = settings.replace(**overrides) if overrides else settings
+            settings.check_scales(self.transformer.config.num_scales)
+        except ConfigError as error:
+            # A call's argument, not a config file: an input error (a TypeError and a ValueError
+            # both, as the separate checks before SamplerSettings raised one or the other).
+            raise InvalidTypeError(str(error)) from error
         return settings
 
     def edit(self, prompt: str | Sequence[str], image: Any, mask_image: Any = None, **kwargs: Any) -> Any:
@@ -587,14 +605,15 @@ def _check_components_fit(
 
 def _check_prompt_list(value: object, name: str) -> list[str]:
     if isinstance(value, str):
-        return [value]
+        return [check_encodable(value, name)]
     if not isinstance(value, (list, tuple)):
-        raise TypeError(f"{name} must be a str or a list of str, got {type(value).__name__}")
+        raise InvalidTypeError(f"{name} must be a str or a list of str, got {type(value).__name__}")
     if not value:
-        raise ValueError(f"{name} must not be an empty list")
+        raise InvalidInputError(f"{name} must not be an empty list")
     for i, item in enumerate(value):
         if not isinstance(item, str):
-            raise TypeError(f"{name}[{i}] must be a str, got {type(item).__name__}")
+            raise InvalidTypeError(f"{name}[{i}] must be a str, got {type(item).__name__}")
+        check_encodable(item, f"{name}[{i}]")
     return list(value)
 
 
@@ -604,25 +623,25 @@ def _is_number(value: object) -> bool:
 
 def _check_positive_int(value: object, name: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        raise InvalidTypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < 1:
-        raise ValueError(f"{name} must be ≥ 1, got {value}")
+        raise InvalidInputError(f"{name} must be ≥ 1, got {value}")
 
 
 def _check_guidance(value: object) -> None:
     if not _is_number(value):
-        raise TypeError(f"guidance_scale must be a number, got {type(value).__name__}")
+        raise InvalidTypeError(f"guidance_scale must be a number, got {type(value).__name__}")
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"guidance_scale must be finite and ≥ 0 (0 = conditional only), got {value}")
+        raise InvalidInputError(f"guidance_scale must be finite and ≥ 0 (0 = conditional only), got {value}")
 
 
 def _check_generator(generator: GeneratorSpec, batch_size: int) -> None:
     if generator is None or isinstance(generator, torch.Generator):
         return
     if not isinstance(generator, (list, tuple)) or not all(isinstance(g, torch.Generator) for g in generator):
-        raise TypeError("generator must be a torch.Generator, a list of them, or None")
+        raise InvalidTypeError("generator must be a torch.Generator, a list of them, or None")
     if len(generator) != batch_size:
-        raise ValueError(f"generator: got {len(generator)} generators for {batch_size} images")
+        raise InvalidInputError(f"generator: got {len(generator)} generators for {batch_size} images")
 
 
 def _to_output_type(images: torch.Tensor, output_type: str) -> list[Image.Image] | np.ndarray | torch.Tensor:

@@ -22,6 +22,8 @@ from typing import Annotated
 
 import typer
 
+from openhart.error_boundary import ErrorBoundaryCommand
+from openhart.errors import DependencyError, InvalidInputError, OpenHARTError
 from openhart.loading import DEFAULT_MODEL
 from openhart.lora_cli import LoraOption, apply_lora_options
 from openhart.runtime import DeviceChoice, DtypeChoice, RandomWeightsOption
@@ -148,13 +150,13 @@ def serve(
         from openhart.serve.safety import build_safety_checker
         from openhart.serve.schema import ServeLimits
     except ImportError as error:
-        raise typer.BadParameter(
+        raise DependencyError(
             f"the web extra is missing ({error.name}); install it with: pip install 'openhart[web]'"
         ) from error
 
     level = log_level.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise typer.BadParameter(f"unknown log level {log_level!r}", param_hint="--log-level")
+        raise InvalidInputError(f"--log-level: unknown log level {log_level!r} (DEBUG, INFO, WARNING, ERROR)")
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     _warn_if_exposed(host)
 
@@ -177,6 +179,8 @@ def serve(
         )
         labels = [label.strip() for label in safety_labels.split(",") if label.strip()]
         safety = build_safety_checker(safety_checker, safety_model, labels, safety_threshold)
+    except OpenHARTError:
+        raise
     except (ValueError, FileNotFoundError) as error:
         raise typer.BadParameter(str(error)) from error
 
@@ -272,7 +276,9 @@ def _keep_signals_from_killing_us() -> None:
 
 
 def main() -> None:
-    typer.run(serve)
+    app = typer.Typer(add_completion=False)
+    app.command(cls=ErrorBoundaryCommand)(serve)  # the same one-line errors as ``openhart serve``
+    app()
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from openhart.utils.config import Config
+from openhart.validation import MAX_PROMPT_CHARS, check_encodable, check_prompt
 
 # Seeds stay below 2**32 so that they are exact as JavaScript numbers (the UI) and in any RNG.
 MAX_SEED = 2**32 - 1
@@ -55,7 +56,7 @@ class ServeLimits(Config):
         and the work for it is dropped at the next stage boundary.
     """
 
-    max_prompt_chars: int = 1000
+    max_prompt_chars: int = MAX_PROMPT_CHARS
     max_num_images: int = 4
     max_steps: int = 50
     max_guidance_scale: float = 20.0
@@ -138,10 +139,13 @@ def build_request_model(limits: ServeLimits, default_steps: int) -> type[BaseMod
 
         @field_validator("prompt")
         @classmethod
-        def _prompt_not_blank(cls, value: str) -> str:
-            if not value.strip():
-                raise ValueError("must contain at least one non-space character")
-            return value
+        def _prompt_valid(cls, value: str) -> str:
+            return check_prompt(value, "prompt", limits.max_prompt_chars)  # the CLI's own definition
+
+        @field_validator("negative_prompt")
+        @classmethod
+        def _negative_prompt_encodable(cls, value: str | None) -> str | None:
+            return None if value is None else check_encodable(value, "negative_prompt")
 
         @field_validator("format")
         @classmethod
@@ -207,10 +211,13 @@ def build_edit_request_model(limits: ServeLimits, default_steps: int) -> type[Ba
 
         @field_validator("prompt")
         @classmethod
-        def _prompt_not_blank(cls, value: str) -> str:
-            if not value.strip():
-                raise ValueError("must contain at least one non-space character")
-            return value
+        def _prompt_valid(cls, value: str) -> str:
+            return check_prompt(value, "prompt", limits.max_prompt_chars)  # the CLI's own definition
+
+        @field_validator("negative_prompt")
+        @classmethod
+        def _negative_prompt_encodable(cls, value: str | None) -> str | None:
+            return None if value is None else check_encodable(value, "negative_prompt")
 
     return EditRequest
 

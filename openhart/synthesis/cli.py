@@ -19,6 +19,7 @@ from typing import Annotated
 import torch
 import typer
 
+from openhart.error_boundary import ErrorBoundaryCommand
 from openhart.loading import DEFAULT_MODEL
 from openhart.runtime import DtypeChoice, RandomWeightsOption, load_model, resolve_dtype
 from openhart.synthesis.engine import (
@@ -138,8 +139,8 @@ def synthesize(
         summary = run_synthesis(pipeline, job, prompt_file, plan, ctx, progress=progress)
     except (PromptFileError, SynthesisError, OutputFolderError) as error:
         prefix = "" if ctx.rank == 0 else f"[rank {ctx.rank}] "
-        typer.echo(f"{prefix}error: {error}", err=True)
-        raise typer.Exit(2) from error
+        typer.echo(f"{prefix}Error: {' '.join(str(error).split())}", err=True)
+        raise typer.Exit(error.exit_code) from error
     finally:
         cleanup_distributed()
     if summary is not None:
@@ -150,5 +151,6 @@ def synthesize(
 def main() -> None:
     """Run ``synthesize`` as a program of its own (``python -m openhart.synthesize``)."""
     app = typer.Typer(add_completion=False)
-    app.command()(synthesize)
+    # The same error boundary as ``openhart``: typed errors are one line (OPENHART_DEBUG=1: traceback).
+    app.command(cls=ErrorBoundaryCommand)(synthesize)
     app()

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from openhart.errors import InvalidInputError
 from openhart.models.hart import HartPipeline
 from openhart.synthesis.plan import FORMATS, Batch, Plan, WorkItem, build_plan
 from openhart.synthesis.prompts import PromptFile, read_prompt_file
@@ -53,7 +54,7 @@ FINGERPRINT_KEYS = (
 )  # fmt: skip
 
 
-class SynthesisError(ValueError):
+class SynthesisError(InvalidInputError):
     """A job that cannot run as asked (settings, or an output folder holding a different job)."""
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from openhart.errors import InvalidInputError
+
 PROMPT_SUFFIXES = (".txt", ".jsonl")
 # Fields that every output metadata row sets itself: free metadata may not shadow them.
 RESERVED_FIELDS = frozenset(
@@ -34,7 +36,7 @@ MAX_IMAGES_PER_LINE = 100_000
 MAX_SEED = 2**63 - 1
 
 
-class PromptFileError(ValueError):
+class PromptFileError(InvalidInputError):
     """The prompts file as a whole cannot be used (missing, unreadable, unknown format)."""
 
 

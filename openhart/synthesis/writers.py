@@ -24,6 +24,7 @@ from typing import Any
 
 from PIL import Image
 
+from openhart.errors import StorageError
 from openhart.utils.config import atomic_write_bytes
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -35,7 +36,7 @@ NO_ROOM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 NOT_WRITABLE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
-class OutputFolderError(OSError):
+class OutputFolderError(StorageError):
     """The output folder cannot be written (read-only, full, not a folder); ``errno`` says why."""
 
     def __init__(self, errno_value: int | None, message: str) -> None:

@@ -31,11 +31,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 from torch import nn
 
-from openhart.utils.config import Config, atomic_write_bytes, checked, read_json, write_json
+from openhart.utils.config import Config, atomic_write_bytes, checked, load_config, write_json
 from openhart.utils.random import randn_tensor
+from openhart.utils.weights import ModelFilesMissingError, load_weights
 
 logger = logging.getLogger(__name__)
 
@@ -195,8 +196,8 @@ class TextEncoder(nn.Module):
         """Rebuild an encoder from a folder written by :meth:`save_pretrained`."""
         directory = Path(pretrained_directory)
         if not directory.is_dir():
-            raise FileNotFoundError(f"text encoder folder not found: {directory}")
-        config = TextEncoderConfig.from_dict(read_json(directory / CONFIG_NAME))
+            raise ModelFilesMissingError(f"text encoder folder not found: {directory}")
+        config = load_config(TextEncoderConfig, directory / CONFIG_NAME)
         # A copied model sits inside the saved folder; relative paths keep that folder relocatable.
         for field in ("model_path", "tokenizer_path"):
             path = getattr(config, field)
@@ -206,10 +207,7 @@ class TextEncoder(nn.Module):
         if cls is not TextEncoder and not isinstance(encoder, cls):
             raise ValueError(f"{directory} holds a {type(encoder).__name__}, not a {cls.__name__}")
         if encoder.saves_weights:
-            weights_path = directory / WEIGHTS_NAME
-            if not weights_path.is_file():
-                raise FileNotFoundError(f"missing weights file: {weights_path}")
-            encoder.load_state_dict(load_file(weights_path), strict=True)
+            load_weights(encoder, directory)  # names a missing, unreadable, mis-shaped or NaN tensor
         return encoder
 
 

@@ -38,6 +38,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
+from openhart.errors import ModelLoadError
 from openhart.utils.config import atomic_write_bytes, read_json, write_json
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ MANIFEST_FILE = "manifest.json"
 EMA_PREFIX = "ema."
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ModelLoadError, RuntimeError):
     """A run has checkpoints but none is intact; the message names each one and what is wrong."""
 
 

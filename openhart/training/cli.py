@@ -22,11 +22,13 @@ from typing import Annotated
 
 import typer
 
-from openhart.training.checkpoint import CheckpointError
-from openhart.training.recipe import DEVICES, RecipeError, load_recipe
+from openhart.error_boundary import ErrorBoundaryGroup
+from openhart.errors import ConfigError, InvalidInputError, OpenHARTError, StorageError
+from openhart.training.recipe import DEVICES, Recipe, RecipeError, load_recipe
 from openhart.utils.distributed import cleanup_distributed, init_distributed, setup_logging
 
 train_app = typer.Typer(
+    cls=ErrorBoundaryGroup,  # run alone (torchrun -m, tests) it keeps the one-line errors
     add_completion=False,
     no_args_is_help=True,
     help="Train the hybrid tokenizer or the generator (transformer + residual head) from a YAML recipe.",
@@ -84,6 +86,20 @@ def _overrides(
     return items
 
 
+def _load_recipe(config: Path, overrides: list[str], kind: str) -> Recipe:
+    """The recipe, or a ConfigError naming the file and the field."""
+    try:
+        return load_recipe(config, overrides, kind=kind)
+    except RecipeError as error:
+        if str(config) in str(error):
+            raise
+        raise RecipeError(f"{config}: {error}") from error
+    except FileNotFoundError as error:
+        if isinstance(error, OpenHARTError):
+            raise
+        raise ConfigError(f"--config: {error}") from error
+
+
 def _run(
     kind: str,
     config: Path,
@@ -94,14 +110,11 @@ def _run(
     time_limit: float | None,
     verbose: bool,
 ) -> None:
-    try:
-        recipe = load_recipe(config, overrides, kind=kind)
-    except (RecipeError, FileNotFoundError) as error:
-        raise typer.BadParameter(str(error), param_hint="--config/--set") from error
+    recipe = _load_recipe(config, overrides, kind)
     try:
         ctx = init_distributed(recipe.run.device)
     except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="run.device") from error
+        raise InvalidInputError(f"run.device: {error}") from error
     setup_logging(ctx.rank, verbose)
     try:
         if kind == "tokenizer":
@@ -112,8 +125,8 @@ def _run(
             from openhart.training.generator_trainer import GeneratorTrainer as trainer_class
         try:
             trainer = trainer_class(recipe, out_dir=out, resume=resume, ctx=ctx)
-        except (FileExistsError, CheckpointError) as error:
-            raise typer.BadParameter(str(error), param_hint="--out/--resume") from error
+        except FileExistsError as error:  # CheckpointError is a ModelLoadError already
+            raise StorageError(f"--out/--resume: {error}") from error
         logger.info(
             "training %s (%s) on %s, %d process(es), out_dir %s",
             kind,
@@ -227,10 +240,7 @@ def text_features(
     from openhart.training.generator_trainer import collect_captions, precompute_text_features
 
     setup_logging(0, verbose)
-    try:
-        recipe = load_recipe(config, list(set_ or []), kind="generator")
-    except (RecipeError, FileNotFoundError) as error:
-        raise typer.BadParameter(str(error), param_hint="--config/--set") from error
+    recipe = _load_recipe(config, list(set_ or []), "generator")
     if recipe.pipeline is not None:
         encoder = load_text_encoder(Path(recipe.pipeline) / "text_encoder")
     else:

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from openhart.errors import ConfigError
 from openhart.presets import PRESETS, preset_configs
 from openhart.tokenizer import TokenizerConfig
 from openhart.training.adversarial import LOSS_KINDS
@@ -32,7 +33,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
-class RecipeError(ValueError):
+class RecipeError(ConfigError):
     """A recipe file or override is malformed; the message names the field."""
 
 

@@ -10,14 +10,21 @@ import numpy as np
 import torch
 from PIL import Image
 
+from openhart.errors import StorageError
 from openhart.utils.config import atomic_write_bytes
 
 
 def save_png(image: Image.Image, path: str | Path) -> Path:
-    """Write a PNG atomically (a temp file renamed into place), so no half-written file is left."""
+    """Write a PNG atomically (a temp file renamed into place), so no half-written file is left.
+
+    An unwritable path (a full disk, a folder that went away) is a :class:`StorageError` naming it.
+    """
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    try:
+        atomic_write_bytes(Path(path), buffer.getvalue())
+    except OSError as error:
+        raise StorageError(f"cannot write {path}: {error.strerror or error}") from error
     return Path(path)
 
 

@@ -10,7 +10,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from openhart.utils.config import atomic_write_bytes, read_json, write_json
+from openhart.errors import ModelLoadError
+from openhart.utils.config import atomic_write_bytes, load_config, write_json
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -18,8 +19,16 @@ CONFIG_NAME = "config.json"
 ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 
 
-class WeightsMismatchError(ValueError):
+class WeightsMismatchError(ModelLoadError):
     """A weights file does not fit the module built from its config (names the offending tensors)."""
+
+
+class ModelFilesMissingError(ModelLoadError, FileNotFoundError):
+    """A model folder, or a file a model folder must hold, does not exist (names the path)."""
+
+
+class NonFiniteWeightsError(ModelLoadError):
+    """A weights file holds NaN or infinite values (names the tensors): it would draw garbage."""
 
 
 def save_weights(module: torch.nn.Module, folder: str | os.PathLike[str]) -> Path:
@@ -33,16 +42,21 @@ def save_weights(module: torch.nn.Module, folder: str | os.PathLike[str]) -> Pat
 def load_weights(module: torch.nn.Module, folder: str | os.PathLike[str]) -> None:
     """Load ``folder/model.safetensors`` into ``module`` exactly: every tensor present, same shapes.
 
-    Raises :class:`WeightsMismatchError` naming missing, unexpected or mis-shaped tensors, and
-    FileNotFoundError naming the file when it is absent.
+    Raises :class:`WeightsMismatchError` naming missing, unexpected or mis-shaped tensors,
+    :class:`NonFiniteWeightsError` naming tensors with NaN or Inf, and
+    :class:`ModelFilesMissingError` (a FileNotFoundError) naming the file when it is absent.
     """
     path = Path(folder) / WEIGHTS_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"missing weights file: {path}")
+        raise ModelFilesMissingError(f"missing weights file: {path}")
     try:
         state = load_file(str(path))
-    except (SafetensorError, OSError) as error:
-        raise WeightsMismatchError(f"{path}: not a readable safetensors file ({error})") from error
+    except (SafetensorError, OSError, ValueError) as error:
+        # A truncated, zero-byte or random file fails in the header parser (SafetensorError) or
+        # as a bad dtype/shape combination (ValueError); either way the file is not usable.
+        raise WeightsMismatchError(
+            f"{path}: not a readable safetensors file ({_one_line(error)}); re-download or re-save it"
+        ) from error
     load_state_exactly(module, state, str(path))
 
 
@@ -68,6 +82,7 @@ def load_state_exactly(module: torch.nn.Module, state: dict[str, torch.Tensor], 
         problems.append(f"shape mismatch {mis_shaped}")
     if problems:
         raise WeightsMismatchError(f"{source}: " + "; ".join(problems))
+    check_finite(state, source)
     module.load_state_dict(state, strict=True)
 
 
@@ -81,15 +96,42 @@ def save_component(module: torch.nn.Module, folder: str | os.PathLike[str]) -> P
 
 
 def load_component(module_cls: type[ModuleT], config_cls: type, folder: str | os.PathLike[str]) -> ModuleT:
-    """Build ``module_cls(config_cls.from_dict(config.json))`` and load ``model.safetensors`` exactly.
+    """Build ``module_cls(config)`` from ``config.json`` (every field checked) and load ``model.safetensors`` exactly.
 
     The module is built on the meta device first, so no time goes to initialising weights that the
     file overwrites. Errors name the folder's file or tensor.
     """
     folder = Path(folder)
-    config = config_cls.from_dict(read_json(folder / CONFIG_NAME))
+    config = load_config(config_cls, folder / CONFIG_NAME)
     with torch.device("meta"):
         module = module_cls(config)
     module = module.to_empty(device="cpu")
     load_weights(module, folder)
     return module
+
+
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise :class:`NonFiniteWeightsError` naming every floating tensor with a NaN or an Inf.
+
+    A tensor's sum is finite only if every element is (NaN and Inf propagate), and a sum reads
+    the tensor once without allocating: on the 0.7B model's 841 M parameters it is several times
+    cheaper than ``isfinite().all()``, which writes a boolean copy (README, "Errors and exit
+    codes"). A sum that overflows from finite values is told apart by the exact check.
+    """
+    bad = [name for name, tensor in state.items() if tensor.is_floating_point() and not _all_finite(tensor)]
+    if bad:
+        shown = bad if len(bad) <= 5 else [*bad[:5], f"... {len(bad) - 5} more"]
+        raise NonFiniteWeightsError(
+            f"{source}: NaN or infinite values in tensor(s) {shown}; the weights are corrupt "
+            "(a diverged training run or a damaged file)"
+        )
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    if bool(torch.isfinite(tensor.sum())):
+        return True
+    return bool(torch.isfinite(tensor).all())  # an overflowing sum of finite values, or a real NaN/Inf
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
