@@ -347,5 +347,5 @@ def test_a_read_only_output_folder_is_a_clear_error(tmp_path, txt_prompts):
         subprocess.run(restore, check=True)
     assert result.exit_code == 6  # StorageError
     message = result.output.strip().splitlines()[-1]
-    assert message.startswith("error: cannot write") and "read-only or not writable" in message
+    assert message.startswith("Error: cannot write") and "read-only or not writable" in message
     assert list(out.iterdir()) == []

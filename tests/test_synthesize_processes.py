@@ -126,6 +126,6 @@ def test_a_full_output_folder_is_a_clear_error_and_leaves_no_partial_file(tmp_pa
     result = _run_limited(txt_prompts, out, small_files)
     assert result.returncode == 6, result.stderr[-3000:]  # StorageError
     message = result.stderr.strip().splitlines()[-1]
-    assert message.startswith("error: cannot write") and "output folder is full" in message
+    assert message.startswith("Error: cannot write") and "output folder is full" in message
     assert "Traceback" not in result.stderr
     assert not list(out.rglob("*.tmp")) and not list(out.rglob("*.png"))
