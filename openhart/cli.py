@@ -32,11 +32,13 @@ from openhart.presets import PRESETS, preset_configs
 from openhart.runtime import (
     DeviceChoice,
     DtypeChoice,
+    GuidanceOption,
     QuantizeOption,
     RandomWeightsOption,
     RevisionOption,
     TextEncoderOption,
     apply_memory_options,
+    given_sampler_options,
     load_model,
     resolve_device,
     resolve_dtype,
@@ -98,15 +100,21 @@ def generate(
         int | None,
         typer.Option(help="Seed of image 0; image i uses seed + i (0 <= seed < 2**63). Random when unset."),
     ] = None,
-    guidance_scale: Annotated[float, typer.Option(min=0.0, help="CFG strength (0 = no guidance).")] = 4.5,
+    guidance_scale: GuidanceOption = None,
     steps: Annotated[
         int | None, typer.Option(min=1, help="Residual diffusion steps (default: the model's, 8).")
     ] = None,
     num_images: Annotated[int, typer.Option(min=1, max=64, help="Images per prompt.")] = 1,
     top_k: Annotated[
-        int | None, typer.Option(min=0, help="Keep the k most likely codes (0/unset: all).")
+        int | None, typer.Option(min=0, help="Keep the k most likely codes (0: all; default: the model's).")
     ] = None,
-    top_p: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Nucleus filter.")] = None,
+    top_p: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Nucleus filter (default: the model's).")
+    ] = None,
+    temperature: Annotated[
+        float | None,
+        typer.Option(help="Divides the token logits, > 0 (default: the model's)."),
+    ] = None,
     grid: Annotated[bool, typer.Option("--grid", help="Also write all images as one grid PNG.")] = False,
     device: Annotated[DeviceChoice, typer.Option(help="Where to run.")] = DeviceChoice.auto,
     dtype: Annotated[
@@ -135,6 +143,8 @@ def generate(
         check_prompt(prompt, f"PROMPTS[{index}]")
     if negative_prompt is not None:
         check_encodable(negative_prompt, "--negative-prompt")
+    if temperature is not None and not temperature > 0:  # also refuses nan
+        raise InvalidInputError(f"--temperature: expected a number > 0, got {temperature}")
     total = len(prompts) * num_images
     if seed is not None:
         check_seed(seed, total, "--seed")
@@ -155,13 +165,13 @@ def generate(
     result = pipeline(
         prompts,
         negative_prompt=negative_prompt,
-        guidance_scale=guidance_scale,
         num_inference_steps=steps,
         num_images_per_prompt=num_images,
         generator=generators,
-        top_k=top_k,
-        top_p=top_p,
         progress=torch_device.type == "cpu",
+        **given_sampler_options(
+            guidance_scale=guidance_scale, top_k=top_k, top_p=top_p, temperature=temperature
+        ),
     )
     images = result.images
     for index, (image, path) in enumerate(zip(images, paths, strict=True)):

@@ -23,7 +23,9 @@ from openhart.models.editing import DEFAULT_MAX_PIXELS, EditInputError, decode_i
 from openhart.runtime import (
     DeviceChoice,
     DtypeChoice,
+    GuidanceOption,
     RandomWeightsOption,
+    given_sampler_options,
     load_model,
     resolve_device,
     resolve_dtype,
@@ -113,7 +115,7 @@ def edit(
         int | None,
         typer.Option(help="Seed of image 0; image i uses seed + i (0 <= seed < 2**63). Random when unset."),
     ] = None,
-    guidance_scale: Annotated[float, typer.Option(min=0.0, help="CFG strength (0 = no guidance).")] = 4.5,
+    guidance_scale: GuidanceOption = None,
     num_images: Annotated[int, typer.Option(min=1, max=64, help="Edits to make.")] = 1,
     device: Annotated[DeviceChoice, typer.Option(help="Where to run.")] = DeviceChoice.auto,
     dtype: Annotated[
@@ -157,9 +159,9 @@ def edit(
             paste_back=paste_back,
             feather_radius=feather,
             num_images_per_prompt=num_images,
-            guidance_scale=guidance_scale,
             generator=generators,
             progress=torch_device.type == "cpu",
+            **given_sampler_options(guidance_scale=guidance_scale),
         ).images
     except EditInputError as error:
         option = OPTION_OF_FIELD.get(error.field)

@@ -59,6 +59,22 @@ QuantizeOption = Annotated[
     str | None,
     typer.Option("--quantize", help="int8: weight-only int8 transformer and text encoder (torchao)."),
 ]
+# None means "the model's": a model may ship its own sampler defaults (sampler.json), and a
+# command-line default would silently override them.
+GuidanceOption = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0, help="CFG strength, 0 = no guidance (default: the model's sampler.json, else 4.5)."
+    ),
+]
+
+
+def given_sampler_options(**options: object) -> dict[str, object]:
+    """The sampler options a user gave (not None), as pipeline-call keyword arguments.
+
+    Passing an unset option as None would replace the model's own value with "off".
+    """
+    return {name: value for name, value in options.items() if value is not None}
 
 
 def apply_memory_options(pipeline: HartPipeline, quantize: str | None, offload_text_encoder: bool) -> None:

@@ -111,7 +111,7 @@ def test_one_definition_of_a_prompt_for_the_cli_and_the_server():
             check_prompt(bad)
     with pytest.raises(InvalidTypeError):
         check_prompt(b"bytes")
-    request = build_request_model(ServeLimits(), default_steps=8)
+    request = build_request_model(ServeLimits(), default_steps=8, default_guidance=4.5)
     # pydantic refuses a lone surrogate itself (strict str); blank text is our shared definition.
     for bad in ("   ", LONE_SURROGATE, "x" * (MAX_PROMPT_CHARS + 1)):
         with pytest.raises(ValueError, match=r"non-space|unicode|at most"):

@@ -20,7 +20,7 @@ import typer
 
 from openhart.error_boundary import ErrorBoundaryGroup
 from openhart.errors import OpenHARTError, StorageError
-from openhart.runtime import DeviceChoice, DtypeChoice, RandomWeightsOption
+from openhart.runtime import DeviceChoice, DtypeChoice, GuidanceOption, RandomWeightsOption
 from openhart.utils.config import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def eval_command(
     reconstruction_images: Annotated[
         int | None, typer.Option(min=0, help="Rows for PSNR/SSIM/rFID (default: num-images; 0 skips).")
     ] = None,
-    guidance_scale: Annotated[float, typer.Option(min=0.0, help="CFG strength (HART convention).")] = 4.5,
+    guidance_scale: GuidanceOption = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Residual-head or sampler steps.")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     seed: Annotated[int, typer.Option(min=0, help="Row subsets; generated image i uses seed + i.")] = 0,

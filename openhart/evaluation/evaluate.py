@@ -240,7 +240,7 @@ def generate_features(
     *,
     seed: int = 0,
     batch_size: int = 16,
-    guidance_scale: float = 4.5,
+    guidance_scale: float | None = None,
     num_inference_steps: int | None = None,
     generation_kwargs: dict[str, Any] | None = None,
     keep_images: int = 0,
@@ -273,6 +273,17 @@ def generate_features(
     return torch.cat(features), kept_images, seconds
 
 
+def _used_sampler_settings(
+    pipeline: Pipeline, guidance_scale: float, num_inference_steps: int | None
+) -> dict[str, Any] | None:
+    """The sampler settings the generated images were drawn with (None for the diffusion baseline)."""
+    settings = getattr(pipeline, "sampler_settings", None)
+    if settings is None:
+        return None
+    steps = num_inference_steps if num_inference_steps is not None else settings.num_inference_steps
+    return settings.replace(guidance_scale=guidance_scale, num_inference_steps=steps).to_dict()
+
+
 # ---------------------------------------------------------------------- the evaluation
 def evaluate(
     model: str | os.PathLike[str] | Pipeline,
@@ -285,7 +296,7 @@ def evaluate(
     adherence_images: int = 200,
     reference_images: int | None = None,
     reconstruction_images: int | None = None,
-    guidance_scale: float = 4.5,
+    guidance_scale: float | None = None,
     num_inference_steps: int | None = None,
     generation_kwargs: dict[str, Any] | None = None,
     batch_size: int = 16,
@@ -315,7 +326,8 @@ def evaluate(
         reference_images: at most this many real rows as nearest-neighbour references (all
             held-out rows are always included; None: every row of the folder).
         reconstruction_images: real rows for PSNR / SSIM / rFID (default N; 0 skips).
-        guidance_scale, num_inference_steps, generation_kwargs: handed to the pipeline call.
+        guidance_scale, num_inference_steps, generation_kwargs: handed to the pipeline call
+            (guidance None: the model's own, which the results record).
         batch_size: images per generation / feature batch. seed: row subsets and image seeds.
         device, dtype: where a loaded model runs. extractor: the feature network (default: the
             standard FID Inception on ``device``). cache_dir: where real features are cached
@@ -332,6 +344,8 @@ def evaluate(
     pipeline, variant = load_for_evaluation(
         model, variant, device=device, dtype=dtype, seed=seed, random_weights=random_weights
     )
+    if guidance_scale is None:  # the model's own default, resolved here so the results can say it
+        guidance_scale = float(pipeline.default_guidance_scale)
     if extractor is None:
         from openhart.evaluation.inception import InceptionFeatureExtractor
 
@@ -387,6 +401,8 @@ def evaluate(
         "image_size": image_size,
         "guidance_scale": guidance_scale,
         "num_inference_steps": num_inference_steps,
+        # The rest of how tokens were drawn (temperature, top-k, ...): the model's own settings.
+        "sampler": _used_sampler_settings(pipeline, guidance_scale, num_inference_steps),
         "seed": seed,
         "feature_extractor": extractor_cache_id(extractor) or type(extractor).__name__,
         "fid": fid_from_features(real, fake),

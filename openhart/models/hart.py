@@ -102,6 +102,17 @@ class HartPipeline(PipelineBase):
 
     # ------------------------------------------------------------------ components, devices
     @property
+    def default_guidance_scale(self) -> float:
+        """The guidance a call uses when it names none: the model's sampler settings'."""
+        return float(self.sampler_settings.guidance_scale)
+
+    @property
+    def default_num_inference_steps(self) -> int:
+        """Residual-head steps of a call that names none: the sampler settings', else the head's config."""
+        steps = self.sampler_settings.num_inference_steps
+        return int(steps if steps is not None else self.diffusion_head.config.num_inference_steps)
+
+    @property
     def components(self) -> dict[str, torch.nn.Module]:
         return {
             "text_encoder": self.text_encoder,

@@ -154,6 +154,10 @@ class LatentDiffusionPipeline(PipelineBase):
     frozen.
     """
 
+    # CFG of a call that names none: the value the HART pipeline uses unless its model ships
+    # another, so that comparisons at the defaults mix the branches alike.
+    default_guidance_scale: float = 4.5
+
     def __init__(
         self,
         text_encoder: TextEncoder,
@@ -387,7 +391,7 @@ class LatentDiffusionPipeline(PipelineBase):
         prompt: str | Sequence[str],
         negative_prompt: str | Sequence[str] | None = None,
         *,
-        guidance_scale: float = 4.5,
+        guidance_scale: float | None = None,
         num_inference_steps: int | None = None,
         num_images_per_prompt: int = 1,
         generator: GeneratorSpec = None,
@@ -403,7 +407,8 @@ class LatentDiffusionPipeline(PipelineBase):
         Args:
             prompt / negative_prompt: as :class:`~openhart.models.hart.HartPipeline`.
             guidance_scale: CFG strength g ≥ 0 in HART's convention, ``(1 + g)·cond − g·uncond``
-                (0 = conditional only, the unconditional half is then skipped).
+                (0 = conditional only, the unconditional half is then skipped; default
+                :attr:`default_guidance_scale`, 4.5).
             num_inference_steps: sampler steps (default: the config's, 20).
             num_images_per_prompt, generator, output_type, return_dict: as HartPipeline; the
                 initial noise comes from ``generator`` (one per image: image i equals a single call).
@@ -417,6 +422,7 @@ class LatentDiffusionPipeline(PipelineBase):
         # 1. Check inputs.
         prompts = _check_prompt_list(prompt, "prompt")
         _check_positive_int(num_images_per_prompt, "num_images_per_prompt")
+        guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
         _check_guidance(guidance_scale)
         steps = self.config.num_inference_steps if num_inference_steps is None else num_inference_steps
         _check_positive_int(steps, "num_inference_steps")

@@ -65,7 +65,6 @@ from openhart.serve.queue import (
 )
 from openhart.serve.safety import SafetyChecker
 from openhart.serve.schema import (
-    DEFAULT_GUIDANCE_SCALE,
     MAX_SEED,
     RAW_FORMATS,
     EditParameters,
@@ -122,8 +121,9 @@ def build_model_card(
         device=str(pipeline.device),
         dtype=str(pipeline.dtype).removeprefix("torch."),
         defaults={
-            "guidance_scale": DEFAULT_GUIDANCE_SCALE,
-            "steps": pipeline.diffusion_head.config.num_inference_steps,
+            # The model's own sampler defaults (its sampler.json), what a request without them gets.
+            "guidance_scale": pipeline.default_guidance_scale,
+            "steps": pipeline.default_num_inference_steps,
             "num_images": 1,
             "format": "base64",
         },
@@ -206,8 +206,9 @@ def create_app(
     ``allowed_hosts``: the Host header values accepted ("*.example.com" patterns); empty: any.
     """
     default_steps = int(card.defaults["steps"])
-    request_model = build_request_model(limits, default_steps)
-    edit_request_model = build_edit_request_model(limits, default_steps)
+    default_guidance = float(card.defaults["guidance_scale"])
+    request_model = build_request_model(limits, default_steps, default_guidance)
+    edit_request_model = build_edit_request_model(limits, default_steps, default_guidance)
     static = {
         route: ((STATIC_DIR / filename).read_bytes(), media_type)
         for route, (filename, media_type) in STATIC_FILES.items()

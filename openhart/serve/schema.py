@@ -23,7 +23,6 @@ from openhart.validation import MAX_PROMPT_CHARS, check_encodable, check_prompt
 
 # Seeds stay below 2**32 so that they are exact as JavaScript numbers (the UI) and in any RNG.
 MAX_SEED = 2**32 - 1
-DEFAULT_GUIDANCE_SCALE = 4.5  # the released HART sampler's value (README, "Sampler settings")
 IMAGE_FORMATS = ("png", "jpeg", "base64")
 # Formats that answer with the raw image bytes instead of JSON: one image per request.
 RAW_FORMATS = {"png": "image/png", "jpeg": "image/jpeg"}
@@ -88,7 +87,7 @@ class ServeLimits(Config):
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
-def build_request_model(limits: ServeLimits, default_steps: int) -> type[BaseModel]:
+def build_request_model(limits: ServeLimits, default_steps: int, default_guidance: float) -> type[BaseModel]:
     """The body of ``POST /api/generate`` with this server's ``limits`` as its bounds."""
 
     class GenerateRequest(BaseModel):
@@ -119,10 +118,10 @@ def build_request_model(limits: ServeLimits, default_steps: int) -> type[BaseMod
             "reports; null: a random seed, returned.",
         )
         guidance_scale: float = Field(
-            default=DEFAULT_GUIDANCE_SCALE,
+            default=default_guidance,
             ge=0.0,
             le=limits.max_guidance_scale,
-            description="CFG strength, HART's convention (0 = conditional only).",
+            description=f"CFG strength, HART's convention (0 = conditional only); default: the model's ({default_guidance}).",
         )
         steps: int | None = Field(
             default=None,
@@ -166,9 +165,11 @@ def edit_body_bytes(limits: ServeLimits) -> int:
     return limits.max_body_bytes + 2 * 4 * math.ceil(limits.max_image_bytes / 3)
 
 
-def build_edit_request_model(limits: ServeLimits, default_steps: int) -> type[BaseModel]:
+def build_edit_request_model(
+    limits: ServeLimits, default_steps: int, default_guidance: float
+) -> type[BaseModel]:
     """The body of ``POST /api/edit``: an image (and a mask) in base64, with this server's limits."""
-    generate_request = build_request_model(limits, default_steps)
+    generate_request = build_request_model(limits, default_steps, default_guidance)
 
     class EditRequest(BaseModel):
         """Repaint the white part of ``mask`` (or, without one, the whole image from ``strength``)."""

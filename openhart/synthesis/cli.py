@@ -76,8 +76,12 @@ def synthesize(
         int, typer.Option(min=1, help="Images per WebDataset shard (and per work unit).")
     ] = 1000,
     guidance_scale: Annotated[
-        float, typer.Option(min=0.0, help="CFG strength (a JSONL 'guidance_scale' overrides it).")
-    ] = 4.5,
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="CFG strength (default: the model's; a JSONL 'guidance_scale' overrides it).",
+        ),
+    ] = None,
     steps: Annotated[
         int | None, typer.Option(min=1, help="Residual diffusion steps (default: the model's).")
     ] = None,
@@ -134,8 +138,12 @@ def synthesize(
         pipeline = load_model(
             model, ctx.device, resolve_dtype(dtype.value, ctx.device, model), random_weights=random_weights
         )
-        if steps is None:  # record the steps actually used, in the metadata and the resume check
-            job = replace(job, num_inference_steps=pipeline.diffusion_head.config.num_inference_steps)
+        # Record the model's defaults as the values used, in the metadata and the resume check.
+        if steps is None:
+            job = replace(job, num_inference_steps=pipeline.default_num_inference_steps)
+        if guidance_scale is None:
+            job = replace(job, guidance_scale=pipeline.default_guidance_scale)
+            prompt_file, plan = load_job_inputs(job, report_bad_lines=False)  # items carry the guidance
         summary = run_synthesis(pipeline, job, prompt_file, plan, ctx, progress=progress)
     except (PromptFileError, SynthesisError, OutputFolderError) as error:
         prefix = "" if ctx.rank == 0 else f"[rank {ctx.rank}] "

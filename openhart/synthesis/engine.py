@@ -72,7 +72,8 @@ class SynthesisJob(Config):
     seed: int = checked(0, kind="int", ge=0)
     output_format: str = checked("folder", kind="choice", choices=FORMATS)
     shard_size: int = checked(1000, kind="int", ge=1)
-    guidance_scale: float = checked(4.5, kind="number", ge=0)
+    # None: the model's own default (its sampler.json), resolved once the model is loaded.
+    guidance_scale: float | None = checked(None, kind="number", ge=0, optional=True)
     num_inference_steps: int | None = checked(None, kind="int", ge=1, optional=True)
     max_images: int | None = checked(None, kind="int", ge=1, optional=True)  # only the plan's first N images
 
@@ -180,7 +181,8 @@ def describe_plan(job: SynthesisJob, prompt_file: PromptFile, plan: Plan, world_
         f"images    {len(plan.items)} planned"
         + (f", capped at {target}" if target < len(plan.items) else ""),
         f"batches   {len(plan.batches)} of <= {job.batch_size}, in {plan.num_units} unit(s) of {job.shard_size}",
-        f"model     {job.model}, seed {job.seed}, guidance {job.guidance_scale}, steps {job.num_inference_steps or 'default'}",
+        f"model     {job.model}, seed {job.seed}, guidance {_or_default(job.guidance_scale)}, "
+        f"steps {_or_default(job.num_inference_steps)}",
         f"output    {job.out} ({job.output_format})",
     ]
     for rank in range(world_size):
@@ -195,6 +197,10 @@ def describe_plan(job: SynthesisJob, prompt_file: PromptFile, plan: Plan, world_
             present = f"{count} shard(s)"
         lines.append(f"present   {present} already complete (a run skips them)")
     return lines
+
+
+def _or_default(value: object) -> str:
+    return "the model's default" if value is None else str(value)
 
 
 def _shard_complete(out: Path, plan: Plan, unit: int) -> bool:

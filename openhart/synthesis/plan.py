@@ -38,7 +38,7 @@ class WorkItem:
     image_index: int
     prompt: str
     negative_prompt: str | None
-    guidance_scale: float
+    guidance_scale: float | None
     seed: int
     extra: dict[str, Any]
 
@@ -107,7 +107,7 @@ def build_plan(
     *,
     images_per_prompt: int,
     seed: int,
-    guidance_scale: float,
+    guidance_scale: float | None,
     batch_size: int,
     shard_size: int,
 ) -> Plan:
