@@ -2,10 +2,13 @@
 uses without --model).
 
     python scripts/package_model.py runs/emoji-64-generator/final openhart/weights/emoji-64 \
-        [--tokenizer runs/emoji-64-decoder-adversarial/final]
+        [--tokenizer runs/emoji-64-decoder-adversarial/final] [--sampler guidance_scale=2.0 ...]
 
 ``--tokenizer`` swaps in a tokenizer trained after the generator; it must give the same tokens (a
 ``decoder_only`` fine-tune of the pipeline's own tokenizer), which is checked on random images.
+
+``--sampler FIELD=VALUE`` (repeatable, VALUE as JSON) sets the model's own sampler defaults, its
+``sampler.json``: what every command uses when the user does not say otherwise.
 
 Weights are stored in float16 to halve the download; ``HartPipeline.from_pretrained`` loads them
 into float32 modules (or whatever dtype is asked for).
@@ -14,6 +17,7 @@ into float32 modules (or whatever dtype is asked for).
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
@@ -41,14 +45,24 @@ def main() -> None:
     parser.add_argument("source", type=Path)
     parser.add_argument("destination", type=Path)
     parser.add_argument("--tokenizer", type=Path, default=None, help="tokenizer folder to swap in")
+    parser.add_argument("--sampler", action="append", default=[], help="FIELD=VALUE of SamplerSettings")
     args = parser.parse_args()
     pipeline = HartPipeline.from_pretrained(args.source)
+    settings = pipeline.sampler_settings
     if args.tokenizer is not None:
         tokenizer = load_tokenizer(args.tokenizer).eval()
         check_same_tokens(pipeline.tokenizer, tokenizer)
         pipeline = HartPipeline(
             pipeline.text_encoder, tokenizer, pipeline.transformer, pipeline.diffusion_head
         )
+    overrides = {}
+    for spec in args.sampler:
+        name, _, value = spec.partition("=")
+        if not value:
+            raise SystemExit(f"--sampler {spec!r}: expected FIELD=VALUE")
+        overrides[name] = json.loads(value)
+    pipeline.sampler_settings = settings.replace(**overrides)  # checked: a bad field or value fails here
+    print(f"sampler settings: {pipeline.sampler_settings.to_dict()}")
     pipeline.to(dtype=torch.float16).save_pretrained(args.destination)
     sizes = sum(path.stat().st_size for path in args.destination.rglob("*") if path.is_file())
     print(f"wrote {args.destination} ({sizes / 2**20:.1f} MiB)")
