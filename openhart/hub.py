@@ -46,7 +46,14 @@ DEFAULT_TEXT_ENCODER_REPO = "mit-han-lab/Qwen2-VL-1.5B-Instruct"
 # Files each layout's loader reads, nothing else (the released repo also holds a discriminator,
 # non-EMA weights and training state).
 CONFIG_PATTERNS = ["model_index.json", "llm/config.json", "tokenizer/config.json"]
-OPENHART_PATTERNS = ["model_index.json", "*/config.json", "*/model.safetensors", "text_encoder/**"]
+# sampler.json: the model's own sampling defaults, which HartPipeline.from_pretrained reads.
+OPENHART_PATTERNS = [
+    "model_index.json",
+    "sampler.json",
+    "*/config.json",
+    "*/model.safetensors",
+    "text_encoder/**",
+]
 # Weight files of the released layout in the order the loader prefers them (compat.official).
 RELEASED_LLM_WEIGHTS = ("ema_model.bin", "model.safetensors", "pytorch_model.bin")
 RELEASED_TOKENIZER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")

@@ -431,10 +431,11 @@ def test_disk_full_mid_download_is_one_line_keeps_whole_files_only_and_a_rerun_f
     resumed = run_online(["info", OURS_REPO], home, hub_server, None)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "image size      32 x 32" in resumed.stdout
-    # The rerun fetched only what was missing; what the first run finished stayed.
-    assert {name.removeprefix(f"{OURS_REPO}/") for name in hub_server.downloads} == (
-        assert_only_whole_files_cached(home, OURS_REPO, commit, served) - cached
-    )
+    # The rerun fetched only what was missing; what the first run finished stayed. The snapshot is
+    # then the whole repository, sampler defaults included.
+    complete = assert_only_whole_files_cached(home, OURS_REPO, commit, served)
+    assert {name.removeprefix(f"{OURS_REPO}/") for name in hub_server.downloads} == complete - cached
+    assert complete == set(served)
     monkeypatch.setenv("HF_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert torch.equal(images(load(OURS_REPO)), images(make_tiny_pipeline()))
