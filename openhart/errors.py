@@ -12,6 +12,12 @@ Exit codes: 0 success, 1 an unexpected error (a bug: the traceback is printed), 
 
 from __future__ import annotations
 
+import errno
+
+# errno values that mean "the disk cannot take more": no space left, quota reached, or a file
+# past the process's size limit (``RLIMIT_FSIZE``). Writers report them alike, as a full disk.
+NO_ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
 
 class OpenHARTError(Exception):
     """Base class: an expected failure whose message is meant for the user, in one line."""

@@ -19,7 +19,6 @@ neither layout) is a :class:`HubError` with a one-line message.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import re
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from openhart.errors import NetworkError
+from openhart.errors import NO_ROOM_ERRNOS, NetworkError
 
 if TYPE_CHECKING:
     from openhart.models.hart import HartPipeline
@@ -47,7 +46,14 @@ DEFAULT_TEXT_ENCODER_REPO = "mit-han-lab/Qwen2-VL-1.5B-Instruct"
 # Files each layout's loader reads, nothing else (the released repo also holds a discriminator,
 # non-EMA weights and training state).
 CONFIG_PATTERNS = ["model_index.json", "llm/config.json", "tokenizer/config.json"]
-OPENHART_PATTERNS = ["model_index.json", "*/config.json", "*/model.safetensors", "text_encoder/**"]
+# sampler.json: the model's own sampling defaults, which HartPipeline.from_pretrained reads.
+OPENHART_PATTERNS = [
+    "model_index.json",
+    "sampler.json",
+    "*/config.json",
+    "*/model.safetensors",
+    "text_encoder/**",
+]
 # Weight files of the released layout in the order the loader prefers them (compat.official).
 RELEASED_LLM_WEIGHTS = ("ema_model.bin", "model.safetensors", "pytorch_model.bin")
 RELEASED_TOKENIZER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -162,13 +168,22 @@ def download(repo_id: str, allow_patterns: list[str], revision: str | None = Non
     except HfHubHTTPError as error:
         raise DownloadFailedError(f"{where}: download failed: {str(error).splitlines()[0]}") from error
     except OSError as error:
-        # The hub writes ``*.incomplete`` files and renames them when whole, so an interrupted
-        # download leaves no half file in the snapshot; the next call resumes it.
-        reason = "disk full" if error.errno == errno.ENOSPC else (error.strerror or type(error).__name__)
+        # The hub writes each file under a temporary ``*.incomplete`` name and links it into the
+        # snapshot only when whole (it deletes the partial file on failure), so the snapshot keeps
+        # the files finished before the error and a rerun fetches only the others.
         raise DownloadFailedError(
-            f"{where}: download into {cache} stopped ({reason}); nothing partial was kept, rerun to resume"
+            f"{where}: download into {cache} stopped ({write_failure_reason(error)}); "
+            "nothing partial was kept, rerun to download the rest"
         ) from error
     return Path(folder)
+
+
+def write_failure_reason(error: OSError) -> str:
+    """Why a write failed, in a few words: a full disk, quota and file-size limit read alike."""
+    detail = error.strerror or str(error).splitlines()[0] or type(error).__name__
+    if error.errno in NO_ROOM_ERRNOS:
+        return f"no room left: disk full, quota or file-size limit; {detail}"
+    return detail
 
 
 def _repo_files(repo_id: str, revision: str | None) -> set[str] | None:
@@ -312,9 +327,9 @@ def convert_released(snapshot: Snapshot, encoder: TextEncoder, prefer_ema: bool,
             os.replace(staging, destination)
     except OSError as error:
         shutil.rmtree(staging, ignore_errors=True)
-        reason = "disk full" if error.errno == errno.ENOSPC else (error.strerror or type(error).__name__)
         raise DownloadFailedError(
-            f"{snapshot.repo_id}: writing the converted weights to {destination.parent} failed ({reason})"
+            f"{snapshot.repo_id}: writing the converted weights to {destination.parent} failed "
+            f"({write_failure_reason(error)}); nothing partial was kept, rerun to convert again"
         ) from error
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ from openhart.hub import (
 )
 from openhart.text import TextEncoderConfig, build_text_encoder
 from tests.conftest import SHARED, generators, make_tiny_pipeline
+from tests.stand_in_hub import StandInHub
 
 HART_TINY = SHARED / "compat" / "hart-tiny"
 RELEASED_REPO = "openhart-test/hart-tiny-released"
@@ -290,42 +292,31 @@ def test_info_takes_repo_ids(offline_home):
     assert "image size      32 x 32" in result.output
 
 
+def served_repo(cache: Path, repo_id: str) -> tuple[str, dict[str, bytes]]:
+    """A repository of the test cache as the stand-in hub serves it: its ``main`` commit and files."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = (repo / "refs" / "main").read_text()
+    return commit, folder_files(repo / "snapshots" / commit)
+
+
 @pytest.fixture
-def hub_server(offline_home, monkeypatch):
-    """A stand-in Hub API on 127.0.0.1 that knows no repository and gates ``openhart-test/gated``.
+def hub_server(offline_home, monkeypatch) -> Iterator[StandInHub]:
+    """A stand-in Hub API on 127.0.0.1 serving the tiny OpenHART and released-layout repositories.
 
-    Answers as huggingface.co does (status + ``X-Error-Code``), so the real huggingface_hub client
-    raises its own exceptions, online, with nothing cached.
+    It knows no other repository and gates ``openhart-test/gated``. It answers as huggingface.co does
+    (status + ``X-Error-Code``, ETags, streamed files), so the real huggingface_hub client raises
+    its own exceptions and downloads with its own code, online. This process reaches it through
+    ``constants.ENDPOINT``, child processes through ``HF_ENDPOINT``.
     """
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     from huggingface_hub import constants
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            status, code = (
-                (403, "GatedRepo") if "/openhart-test/gated" in self.path else (404, "RepoNotFound")
-            )
-            if "/revision/v9" in self.path:
-                status, code = 404, "RevisionNotFound"
-            self.send_response(status)
-            self.send_header("X-Error-Code", code)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args) -> None:  # keep the test output clean
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    repos = {repo: served_repo(offline_home / "hub", repo) for repo in (OURS_REPO, RELEASED_REPO)}
+    server = StandInHub(repos, gated={"openhart-test/gated"}).start()
+    monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("HF_HUB_OFFLINE")
     yield server
-    server.shutdown()
-    thread.join()
+    server.stop()
 
 
 def test_unknown_gated_and_missing_revision_are_named_online(hub_server, offline_home):
@@ -340,6 +331,166 @@ def test_unknown_gated_and_missing_revision_are_named_online(hub_server, offline
     # Nothing was written into the cache for them.
     assert not list((offline_home / "hub").glob("models--openhart-test--nobody*"))
     assert not list((offline_home / "hub").glob("models--openhart-test--gated*"))
+
+
+# A full disk, made real: the child process may not grow any file past a limit (RLIMIT_FSIZE), with
+# SIGXFSZ ignored, so a write past it fails in the kernel with EFBIG, as one on a full disk fails
+# with ENOSPC (a tiny filesystem cannot be mounted in CI). Python sets the limit and then execs the
+# command, instead of a preexec_fn: this process runs the stand-in hub's threads, and preexec_fn is
+# unsafe where threads run.
+LIMITED_EXEC = (
+    "import os, resource, signal, sys\n"
+    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+    "limit = int(sys.argv[1])\n"
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))\n"
+    "os.execv(sys.executable, [sys.executable, '-m', 'openhart', *sys.argv[2:]])\n"
+)
+# Files the OpenHART-layout download writes: configs and the text encoder (66 kB) and residual head
+# (309 kB) weights fit under it; the transformer (890 kB) and tokenizer (3.2 MB) weights do not.
+DOWNLOAD_LIMIT_BYTES = 512 * 1024
+# The conversion's configs fit under it, none of its weights files (309 kB to 1.3 MB).
+CONVERSION_LIMIT_BYTES = 64 * 1024
+
+
+# The released weights as the loader downloads them, and nothing else (no conversion).
+DOWNLOAD_RELEASED = (
+    "import sys\n"
+    "from openhart.hub import download_released, resolve_snapshot\n"
+    "download_released(resolve_snapshot(sys.argv[1]), prefer_ema=True)\n"
+)
+
+
+def online_env(home: Path, hub: StandInHub) -> dict[str, str]:
+    """A child's environment: online against the stand-in hub, with its own ``HF_HOME``."""
+    env = {**os.environ, "HF_HOME": str(home), "HF_ENDPOINT": hub.endpoint, "PYTHONDONTWRITEBYTECODE": "1"}
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "OPENHART_CACHE", "HF_TOKEN"):
+        env.pop(name, None)
+    return env
+
+
+def run_online(
+    args: list[str], home: Path, hub: StandInHub, max_file_bytes: int | None
+) -> subprocess.CompletedProcess:
+    """``python -m openhart ARGS`` against the stand-in hub, with files capped at ``max_file_bytes`` or not."""
+    if max_file_bytes is None:
+        command = [sys.executable, "-m", "openhart", *args]
+    else:
+        command = [sys.executable, "-c", LIMITED_EXEC, str(max_file_bytes), *args]
+    return subprocess.run(command, env=online_env(home, hub), capture_output=True, text=True, timeout=120)
+
+
+def single_error_line(result: subprocess.CompletedProcess) -> str:
+    """The one ``Error:`` line of a failed command, after checking that no traceback came with it."""
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    return errors[0]
+
+
+def hub_repo_folder(home: Path, repo_id: str) -> Path:
+    return home / "hub" / f"models--{repo_id.replace('/', '--')}"
+
+
+def assert_only_whole_files_cached(
+    home: Path, repo_id: str, commit: str, served: dict[str, bytes]
+) -> set[str]:
+    """Every blob is whole (its name is the SHA-256 of its bytes) or an ``*.incomplete`` temporary,
+    and every snapshot file is byte for byte the served one; returns the snapshot's file names."""
+    repo = hub_repo_folder(home, repo_id)
+    for blob in (repo / "blobs").iterdir():
+        if not blob.name.endswith(".incomplete"):
+            assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name, blob
+    snapshot = folder_files(repo / "snapshots" / commit)
+    for name, data in snapshot.items():
+        assert data == served[name], name
+    return set(snapshot)
+
+
+def test_disk_full_mid_download_is_one_line_keeps_whole_files_only_and_a_rerun_finishes(
+    hub_server, tmp_path, monkeypatch
+):
+    home = tmp_path / "home"
+    commit, served = hub_server.repos[OURS_REPO]
+    weights = {name: len(data) for name, data in served.items() if name.endswith(".safetensors")}
+    too_big = {name for name, size in weights.items() if size > DOWNLOAD_LIMIT_BYTES}
+    assert too_big and too_big != set(weights)  # some weights fit, some stop mid-file
+
+    failed = run_online(["info", OURS_REPO], home, hub_server, DOWNLOAD_LIMIT_BYTES)
+    assert failed.returncode == 7, failed.stderr[-3000:]  # DownloadFailedError, a NetworkError
+    line = single_error_line(failed)
+    # The weights are fetched at the commit the configs resolved to, so the message names it.
+    assert line == (
+        f"Error: {OURS_REPO} (revision {commit}): download into {home / 'hub'} stopped (no room left: "
+        "disk full, quota or file-size limit; File too large); nothing partial was kept, rerun to download the rest"
+    )
+    assert {f"{OURS_REPO}/{name}" for name in too_big} <= set(hub_server.downloads)  # failed mid-transfer
+    cached = assert_only_whole_files_cached(home, OURS_REPO, commit, served)
+    assert not cached & too_big
+
+    hub_server.downloads.clear()
+    resumed = run_online(["info", OURS_REPO], home, hub_server, None)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "image size      32 x 32" in resumed.stdout
+    # The rerun fetched only what was missing; what the first run finished stayed. The snapshot is
+    # then the whole repository, sampler defaults included.
+    complete = assert_only_whole_files_cached(home, OURS_REPO, commit, served)
+    assert {name.removeprefix(f"{OURS_REPO}/") for name in hub_server.downloads} == complete - cached
+    assert complete == set(served)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert torch.equal(images(load(OURS_REPO)), images(make_tiny_pipeline()))
+
+
+def test_disk_full_during_the_conversion_is_one_line_keeps_no_half_conversion_and_a_rerun_finishes(
+    hub_server, offline_home, tmp_path, monkeypatch
+):
+    from openhart.compat import load_official_pipeline
+
+    home = tmp_path / "home"
+    commit, served = hub_server.repos[RELEASED_REPO]
+    # Each released pickle holds more than any one file the conversion writes (the llm pickle is
+    # both the transformer and the residual head), so no file-size limit passes the download and
+    # stops the conversion in one run. The weights are downloaded first, by the loader's own download
+    # in a child process; the limited run then checks them online, writes nothing there, and converts.
+    prefetch = subprocess.run(
+        [sys.executable, "-c", DOWNLOAD_RELEASED, RELEASED_REPO],
+        env=online_env(home, hub_server), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert prefetch.returncode == 0, prefetch.stderr[-3000:]
+    downloaded = assert_only_whole_files_cached(home, RELEASED_REPO, commit, served)
+    assert {"llm/ema_model.bin", "tokenizer/pytorch_model.bin"} <= downloaded
+    qwen = offline_home / "hub" / f"models--{QWEN_REPO.replace('/', '--')}" / "snapshots" / COMMIT_A
+    image = tmp_path / "fox.png"
+    args = ["generate", "a red fox", "--model", RELEASED_REPO, "--text-encoder", str(qwen), "-o", str(image)]
+    converted_root = home / "openhart" / "converted"
+
+    hub_server.downloads.clear()
+    failed = run_online(args, home, hub_server, CONVERSION_LIMIT_BYTES)
+    assert failed.returncode == 7, failed.stderr[-3000:]
+    line = single_error_line(failed)
+    assert line == (
+        f"Error: {RELEASED_REPO}: writing the converted weights to {converted_root / 'openhart-test--hart-tiny-released'}"
+        " failed (no room left: disk full, quota or file-size limit; File too large); nothing partial was kept,"
+        " rerun to convert again"
+    )
+    assert not hub_server.downloads  # the download had nothing left to write: the conversion failed
+    assert not [path for path in converted_root.rglob("*") if path.is_file()]  # no staging, no half model
+    assert not image.exists()
+    assert assert_only_whole_files_cached(home, RELEASED_REPO, commit, served) == downloaded
+
+    resumed = run_online(args, home, hub_server, None)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert image.is_file() and not hub_server.downloads
+    # The conversion loads offline, without reading a pickle, with the official tiny weights.
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(torch, "load", None)
+    encoder = hash_encoder()
+    pipe = load(RELEASED_REPO, text_encoder=encoder)
+    reference = load_official_pipeline(HART_TINY, encoder)
+    for name in ("tokenizer", "transformer", "diffusion_head"):
+        ours, theirs = pipe.components[name].state_dict(), reference.components[name].state_dict()
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), name
 
 
 def test_local_released_folder_takes_a_text_encoder_repo_id_and_defaults_to_qwen2(offline_home):

@@ -24,15 +24,13 @@ from typing import Any
 
 from PIL import Image
 
-from openhart.errors import StorageError
+from openhart.errors import NO_ROOM_ERRNOS, StorageError
 from openhart.utils.config import atomic_write_bytes
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Every complete PNG ends with this empty IEND chunk (length 0, type, CRC).
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 SHARD_MEMBER_SUFFIXES = (".png", ".json", ".txt")
-# Errors that mean "the output folder cannot take more": reported as such, not as a crash.
-NO_ROOM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 NOT_WRITABLE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
