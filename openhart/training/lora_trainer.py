@@ -112,7 +112,7 @@ def load_base_pipeline(name: str, device: torch.device) -> HartPipeline:
     """The base model as ``openhart generate --model NAME`` loads it, in float32 on ``device``."""
     import typer
 
-    from openhart.runtime import load_model
+    from openhart.command_setup import load_model
 
     try:
         return load_model(name, device, torch.float32)
