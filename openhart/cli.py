@@ -332,7 +332,7 @@ def bench(
         raise InvalidInputError(f"--unguided-last-scales: {error}") from error
     if compile_:
         pipeline.compile()
-    pipeline.transformer.store_last_scale_keys = store_last_scale_keys
+    pipeline.set_speed_options(store_last_scale_keys=store_last_scale_keys)
     result = benchmark_pipeline(
         pipeline,
         preset=model,

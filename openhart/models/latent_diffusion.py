@@ -42,14 +42,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from openhart.models.base import INDEX_NAME, PipelineBase, saved_pipeline_class
-from openhart.models.hart import (
+from openhart.models.hart import HartPipelineOutput
+from openhart.models.pipeline_io import (
     OUTPUT_TYPES,
-    HartPipelineOutput,
-    _check_generator,
-    _check_guidance,
-    _check_positive_int,
-    _check_prompt_list,
-    _to_output_type,
+    check_generator,
+    check_guidance,
+    check_positive_int,
+    check_prompt_list,
+    to_output_type,
 )
 from openhart.text import TextEncoder, load_text_encoder
 from openhart.tokenizer import HybridTokenizer, TokenizerConfig
@@ -343,7 +343,7 @@ class LatentDiffusionPipeline(PipelineBase):
         ignored); ``text_features``, the captions' (context (B, T, Dctx), mask (B, T)), precomputed;
         ``model``, the module to run instead of ``self.transformer`` (its DDP wrapper).
         """
-        captions = _check_prompt_list(list(captions) if isinstance(captions, tuple) else captions, "captions")
+        captions = check_prompt_list(list(captions) if isinstance(captions, tuple) else captions, "captions")
         if latents is None:
             if not isinstance(images, torch.Tensor) or images.dim() != 4:
                 raise ValueError("images: expected a (B, 3, H, W) tensor in [-1, 1]")
@@ -415,11 +415,11 @@ class LatentDiffusionPipeline(PipelineBase):
         """
         del use_cuda_graphs
         # 1. Check inputs.
-        prompts = _check_prompt_list(prompt, "prompt")
-        _check_positive_int(num_images_per_prompt, "num_images_per_prompt")
-        _check_guidance(guidance_scale)
+        prompts = check_prompt_list(prompt, "prompt")
+        check_positive_int(num_images_per_prompt, "num_images_per_prompt")
+        check_guidance(guidance_scale)
         steps = self.config.num_inference_steps if num_inference_steps is None else num_inference_steps
-        _check_positive_int(steps, "num_inference_steps")
+        check_positive_int(steps, "num_inference_steps")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         sampler = sampler or self.config.sampler
@@ -427,7 +427,7 @@ class LatentDiffusionPipeline(PipelineBase):
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         negatives = None
         if negative_prompt is not None:
-            negatives = _check_prompt_list(negative_prompt, "negative_prompt")
+            negatives = check_prompt_list(negative_prompt, "negative_prompt")
             if len(negatives) == 1:
                 negatives = negatives * len(prompts)
             if len(negatives) != len(prompts):
@@ -437,7 +437,7 @@ class LatentDiffusionPipeline(PipelineBase):
             negatives = [p for p in negatives for _ in range(num_images_per_prompt)]
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         batch_size = len(prompts)
-        _check_generator(generator, batch_size)
+        check_generator(generator, batch_size)
         notify = stage_callback or (lambda stage: None)
 
         # 2. Encode the prompt; CFG runs cond and uncond as one doubled batch.
@@ -474,7 +474,7 @@ class LatentDiffusionPipeline(PipelineBase):
         # 4. Decode with the tokenizer's decoder.
         images = self.decode_latents(z)
         notify("decode")
-        output = _to_output_type(images, output_type)
+        output = to_output_type(images, output_type)
         return LatentDiffusionPipelineOutput(images=output) if return_dict else output
 
 
