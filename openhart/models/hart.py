@@ -64,7 +64,11 @@ class HartPipelineOutput:
 
 
 class HartPipeline(HartFastPath, PipelineBase):
-    """Text-to-image with HART. Build from components, :meth:`from_pretrained`, or ``presets.build_pipeline``."""
+    """Text-to-image with HART. Build from components, :meth:`from_pretrained`, or ``presets.build_pipeline``.
+
+    The loaders return it in eval mode; built from components, call :meth:`eval` before sampling
+    networks that are in train mode.
+    """
 
     def __init__(
         self,
@@ -78,8 +82,7 @@ class HartPipeline(HartFastPath, PipelineBase):
         self.transformer = transformer
         self.diffusion_head = diffusion_head
         _check_components_fit(text_encoder, tokenizer, transformer, diffusion_head)
-        for module in self.components.values():
-            module.eval()
+        # Modes stay as given: loaders call .eval(), trainers keep training theirs (PipelineBase.eval).
         # Speed options (pipe.speed) and the CUDA graphs captured for them: models/fast_path.py.
         self._init_fast_path()
         # How calls sample unless told otherwise: the model's own defaults (sampler.json when saved).
@@ -256,7 +259,7 @@ class HartPipeline(HartFastPath, PipelineBase):
             pipeline.sampler_settings = SamplerSettings.from_dict(read_json(root / SAMPLER_SETTINGS_NAME))
         if (root / SPEED_OPTIONS_NAME).is_file():  # likewise
             pipeline.speed = SpeedOptions.from_dict(read_json(root / SPEED_OPTIONS_NAME))
-        return pipeline.to(device=device, dtype=dtype)
+        return pipeline.eval().to(device=device, dtype=dtype)
 
     def __call__(
         self,

@@ -169,9 +169,8 @@ class LatentDiffusionPipeline(PipelineBase):
         self.config = config
         _check_components_fit(text_encoder, tokenizer, transformer, config)
         # The tokenizer and text encoder stay frozen (training_loss runs them without gradients);
-        # they may be shared with a HartPipeline, so their flags are left alone.
-        for module in self.components.values():
-            module.eval()
+        # they may be shared with a HartPipeline, so their flags are left alone. Modes too: loaders
+        # call .eval(), a trainer keeps training its transformer (PipelineBase.eval).
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -206,7 +205,7 @@ class LatentDiffusionPipeline(PipelineBase):
             transformer = cls.build_transformer(config, tokenizer.config, text_encoder.hidden_size)
         parameter = next(tokenizer.parameters())
         torch.nn.Module.to(transformer, device=parameter.device, dtype=parameter.dtype)
-        return cls(text_encoder, tokenizer, transformer, config)
+        return cls(text_encoder, tokenizer, transformer, config).eval()
 
     # ------------------------------------------------------------------ components
     @property
@@ -261,7 +260,7 @@ class LatentDiffusionPipeline(PipelineBase):
                     f"transformer/config.json: {key}={transformer.config.get(key)!r} does not match "
                     f"{CONFIG_NAME} and the tokenizer/text encoder ({value!r})"
                 )
-        return cls(text_encoder, tokenizer, transformer, config).to(device=device, dtype=dtype)
+        return cls(text_encoder, tokenizer, transformer, config).eval().to(device=device, dtype=dtype)
 
     # ------------------------------------------------------------------ latents
     @torch.no_grad()

@@ -156,11 +156,9 @@ class DiffusionTrainer(TextEncoderFromRecipe, Trainer):
         """The model as it is saved: the EMA transformer (``save_ema``) or the live one."""
         use_ema = self.recipe.save_ema and self.ema is not None
         transformer = self.ema.module if use_ema else self.model
-        pipeline = LatentDiffusionPipeline(
+        return LatentDiffusionPipeline(
             self.pipeline.text_encoder, self.pipeline.tokenizer, transformer, self.pipeline.config
         )
-        self.model.train()  # building a pipeline puts its components in eval mode
-        return pipeline
 
     def write_model(self, folder: Path) -> None:
         self.saved_pipeline().save_pretrained(folder)
@@ -168,7 +166,5 @@ class DiffusionTrainer(TextEncoderFromRecipe, Trainer):
     def write_samples(self, step: int) -> Path | None:
         if not self.recipe.sampling.prompts:
             return None
-        try:
+        with self.evaluation_mode():
             return write_sample_grid(self.saved_pipeline(), self.recipe.sampling, self.out_dir, step)
-        finally:
-            self.model.train()

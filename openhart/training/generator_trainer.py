@@ -502,9 +502,7 @@ class GeneratorTrainer(TextEncoderFromRecipe, Trainer):
         ids, residual = self.tokenizer.split(self.latents(batch))
         last_latent = quantize.last_scale_target(ids, residual).flatten(2).transpose(1, 2)  # (B, l, Cz)
         context, mask = self.contexts(batch.captions)
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with self.evaluation_mode():
             loss, metrics = self.model(
                 context,
                 mask,
@@ -515,8 +513,6 @@ class GeneratorTrainer(TextEncoderFromRecipe, Trainer):
                 self.recipe.loss,
                 torch.Generator().manual_seed(seed),
             )
-        finally:
-            self.model.train(was_training)
         return {"loss": loss.item(), **metrics}
 
     # ------------------------------------------------------------------ outputs
@@ -524,11 +520,9 @@ class GeneratorTrainer(TextEncoderFromRecipe, Trainer):
         """The model as it is saved: the EMA networks (``save_ema``) or the live ones."""
         use_ema = self.recipe.save_ema and self.ema is not None
         source = self.ema.module if use_ema else self.model
-        pipeline = HartPipeline(
+        return HartPipeline(
             self.pipeline.text_encoder, self.tokenizer, source.transformer, source.diffusion_head
         )
-        self.model.train()  # building a pipeline puts its components in eval mode
-        return pipeline
 
     def write_model(self, folder: Path) -> None:
         self.saved_pipeline().save_pretrained(folder)
@@ -536,7 +530,7 @@ class GeneratorTrainer(TextEncoderFromRecipe, Trainer):
     def write_samples(self, step: int) -> Path | None:
         if not self.recipe.sampling.prompts:
             return None
-        try:
+        with self.evaluation_mode():
             return write_sample_grid(
                 self.saved_pipeline(),
                 self.recipe.sampling,
@@ -544,5 +538,3 @@ class GeneratorTrainer(TextEncoderFromRecipe, Trainer):
                 step,
                 sample_residual=not self.recipe.var_only,
             )
-        finally:
-            self.model.train()
