@@ -1,5 +1,8 @@
 """The latent-diffusion baseline HART is measured against (the other, VAR-only, is :mod:`.var_only`).
 
+One file on purpose: the baseline's config, pipeline and training loss are one model, the peer of
+:mod:`.hart`; its call checks and outputs are shared through :mod:`.pipeline_io`.
+
 :class:`LatentDiffusionPipeline` is a PixArt-α style diffusion transformer
 (diffusers' ``PixArtTransformer2DModel``: patchified latent, AdaLN-single timestep modulation,
 cross-attention on the text context) trained on the *same* hybrid tokenizer's continuous latents

@@ -237,7 +237,7 @@ def text_features(
     from openhart.presets import preset_configs
     from openhart.text import build_text_encoder, load_text_encoder
     from openhart.training.batches import load_dataset
-    from openhart.training.generator_trainer import collect_captions, precompute_text_features
+    from openhart.training.text_features import collect_captions, precompute_text_features
 
     setup_logging(0, verbose)
     recipe = _load_recipe(config, list(set_ or []), "generator")

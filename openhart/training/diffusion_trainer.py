@@ -27,9 +27,10 @@ from openhart.loading import load
 from openhart.models import LatentDiffusionPipeline, is_latent_diffusion_folder
 from openhart.training.batches import Batch
 from openhart.training.checkpoint import MODEL_DIR
-from openhart.training.generator_trainer import TextContexts, TextEncoderFromRecipe, write_sample_grid
 from openhart.training.loop import Trainer
 from openhart.training.recipe import DiffusionRecipe
+from openhart.training.sample_grid import write_sample_grid
+from openhart.training.text_features import TextContexts, TextEncoderFromRecipe
 from openhart.training.tokenizer_trainer import load_tokenizer
 from openhart.utils.distributed import step_generator
 
