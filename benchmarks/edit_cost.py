@@ -18,8 +18,8 @@ import time
 
 import torch
 
+from openhart.command_setup import load_model, resolve_device, resolve_dtype
 from openhart.evaluation.benchmark import synchronize
-from openhart.runtime import load_model, resolve_device, resolve_dtype
 
 
 def timed(fn, device: torch.device) -> float:

@@ -420,19 +420,19 @@ def benchmarks(device: torch.device, rows: int | None = None, custom_plan: str |
 def output_copy(device: torch.device) -> dict:
     """Handing a batch of eight 1024 px images to the host: pageable vs page-locked copy, and
     PIL's quantisation on the host (before) vs on the device (now), same pixels."""
-    from openhart.models.hart import _to_host
+    from openhart.models.pipeline_io import to_host
 
     images = torch.rand(8, 3, 1024, 1024, device=device)
     out = {
         "pageable_float_s": median_seconds(lambda: images.cpu(), device),
-        "page_locked_float_s": median_seconds(lambda: _to_host(images), device),
+        "page_locked_float_s": median_seconds(lambda: to_host(images), device),
     }
 
     def quantised_on_host():
         return [(image * 255).round().astype(np.uint8) for image in images.permute(0, 2, 3, 1).cpu().numpy()]
 
     def quantised_on_device():
-        return _to_host((images.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).contiguous()).numpy()
+        return to_host((images.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).contiguous()).numpy()
 
     out["pil_quantised_on_host_s"] = median_seconds(quantised_on_host, device)
     out["pil_quantised_on_device_s"] = median_seconds(quantised_on_device, device)

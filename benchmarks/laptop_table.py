@@ -92,7 +92,7 @@ def run(size: int, mode: str, qwen: Path, out: Path) -> dict:
     encoder = build_text_encoder(
         official_text_encoder_config(qwen, max_length=300, hidden_size=1536), dtype=dtype
     )
-    pipe = HartPipeline(encoder, stand_in.tokenizer, stand_in.transformer, stand_in.diffusion_head)
+    pipe = HartPipeline(encoder, stand_in.tokenizer, stand_in.transformer, stand_in.diffusion_head).eval()
     del stand_in
     pipe.to(dtype=dtype)
     if int8:

@@ -18,18 +18,7 @@ from typing import Annotated
 import torch
 import typer
 
-from openhart.error_boundary import DEBUG_META_KEY, ErrorBoundaryGroup
-from openhart.errors import (
-    DependencyError,
-    InvalidInputError,
-    ModelLoadError,
-    OpenHARTError,
-    StorageError,
-)
-from openhart.loading import DEFAULT_MODEL, PACKAGED_WEIGHTS
-from openhart.lora_cli import LoraOption, apply_lora_options
-from openhart.presets import PRESETS, preset_configs
-from openhart.runtime import (
+from openhart.command_setup import (
     DeviceChoice,
     DtypeChoice,
     GuidanceOption,
@@ -43,6 +32,17 @@ from openhart.runtime import (
     resolve_device,
     resolve_dtype,
 )
+from openhart.error_boundary import DEBUG_META_KEY, ErrorBoundaryGroup
+from openhart.errors import (
+    DependencyError,
+    InvalidInputError,
+    ModelLoadError,
+    OpenHARTError,
+    StorageError,
+)
+from openhart.loading import DEFAULT_MODEL, PACKAGED_WEIGHTS
+from openhart.lora_cli import LoraOption, apply_lora_options
+from openhart.presets import PRESETS, preset_configs
 from openhart.utils.config import atomic_write_bytes
 from openhart.utils.images import pil_grid, save_png
 from openhart.validation import (
@@ -342,7 +342,7 @@ def bench(
         raise InvalidInputError(f"--unguided-last-scales: {error}") from error
     if compile_:
         pipeline.compile()
-    pipeline.transformer.store_last_scale_keys = store_last_scale_keys
+    pipeline.set_speed_options(store_last_scale_keys=store_last_scale_keys)
     result = benchmark_pipeline(
         pipeline,
         preset=model,

@@ -18,9 +18,7 @@ from typing import Annotated
 import torch
 import typer
 
-from openhart.errors import InvalidInputError, StorageError
-from openhart.models.editing import DEFAULT_MAX_PIXELS, EditInputError, decode_image_bytes, outpaint_canvas
-from openhart.runtime import (
+from openhart.command_setup import (
     DeviceChoice,
     DtypeChoice,
     GuidanceOption,
@@ -30,6 +28,8 @@ from openhart.runtime import (
     resolve_device,
     resolve_dtype,
 )
+from openhart.errors import InvalidInputError, StorageError
+from openhart.models.editing import DEFAULT_MAX_PIXELS, EditInputError, decode_image_bytes, outpaint_canvas
 from openhart.utils.images import save_png
 from openhart.validation import check_prompt, check_seed, png_output_paths
 

@@ -46,10 +46,12 @@ DEFAULT_TEXT_ENCODER_REPO = "mit-han-lab/Qwen2-VL-1.5B-Instruct"
 # Files each layout's loader reads, nothing else (the released repo also holds a discriminator,
 # non-EMA weights and training state).
 CONFIG_PATTERNS = ["model_index.json", "llm/config.json", "tokenizer/config.json"]
-# sampler.json: the model's own sampling defaults, which HartPipeline.from_pretrained reads.
+# sampler.json and speed.json: the model's own sampling defaults and the speed option that
+# changes its images, both read by HartPipeline.from_pretrained.
 OPENHART_PATTERNS = [
     "model_index.json",
     "sampler.json",
+    "speed.json",
     "*/config.json",
     "*/model.safetensors",
     "text_encoder/**",

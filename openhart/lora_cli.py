@@ -63,7 +63,7 @@ def merge(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Fuse adapters into BASE and write a standalone pipeline folder (loads without --lora)."""
-    from openhart.runtime import load_model
+    from openhart.command_setup import load_model
 
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"

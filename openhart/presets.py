@@ -183,7 +183,7 @@ def build_pipeline(
             transformer=HartTransformer(configs.transformer),
             diffusion_head=ResidualDiffusionHead(configs.diffusion_head),
         )
-    return pipeline.to(device=device, dtype=dtype)
+    return pipeline.eval().to(device=device, dtype=dtype)
 
 
 def build_diffusion_baseline(

@@ -209,24 +209,22 @@ def sample_token_pyramid(
     temperature: float = 1.0,
     smooth_inputs: bool = False,
     generator: GeneratorSpec = None,
-    skip_unguided_branch: bool = True,
     on_scale: Callable[[int, torch.Tensor], None] | None = None,
-    replay_ids: Sequence[torch.Tensor] | None = None,
     graphs: CUDAGraphGenerator | None = None,
     unguided_last_scales: int = 0,
     forced_tokens: ForcedTokens | None = None,
+    # For the golden verifier (openhart/compat/verify.py) and the tests only; pipelines never pass them.
+    skip_unguided_branch: bool = True,
+    replay_ids: Sequence[torch.Tensor] | None = None,
 ) -> TokenPyramid:
     """Sample the ids of every scale, coarse to fine, with a KV cache.
 
     context/uncond_context (B, T, Dctx) with masks (B, T). ``top_k``/``top_p`` may be one value or
     one per scale. ``smooth_inputs`` feeds the next scale with Gumbel-softmax (soft) token
-    embeddings instead of the sampled ones (the release's ``more_smooth``). With
-    ``skip_unguided_branch`` the unconditional half is not computed when every scale's guidance is 0
-    (the result is the same; it only saves work). ``on_scale(k, logits)`` is called when scale k is done, with
-    its guided logits (B, l, V) before temperature and filters. ``replay_ids`` (one (B, pn_k²) tensor per
-    scale) replaces the token draws with recorded ones, to replay a recorded run exactly.
-    ``graphs`` (for the batch this call runs, CFG doubling included) replays captured CUDA graphs
-    instead of running the scale passes eagerly.
+    embeddings instead of the sampled ones (the release's ``more_smooth``). ``on_scale(k, logits)``
+    is called when scale k is done, with its guided logits (B, l, V) before temperature and
+    filters. ``graphs`` (for the batch this call runs, CFG doubling included) replays captured CUDA
+    graphs instead of running the scale passes eagerly.
 
     ``unguided_last_scales`` (a speed/quality knob, 0 = off): the last n scales run the prompt
     rows only, without CFG, which halves their transformer work (at 1024 px the last three scales
@@ -236,6 +234,12 @@ def sample_token_pyramid(
 
     ``forced_tokens`` (editing): after each scale's draw, the kept positions take the input's ids
     (see :class:`ForcedTokens`); with no position kept the result is generation's, draw for draw.
+
+    Verifier-only (the golden verifier compares against recorded official runs; no pipeline
+    passes these): ``skip_unguided_branch=False`` computes the unconditional half even when every
+    scale's guidance is 0, as the released sampler does (the result is the same; skipping only
+    saves work); ``replay_ids`` (one (B, pn_k²) tensor per scale) replaces the token draws with
+    recorded ones, to replay a recorded run exactly.
     """
     cfg = transformer.config
     S = cfg.num_scales

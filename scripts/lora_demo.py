@@ -36,8 +36,8 @@ from pathlib import Path
 
 import torch
 
+from openhart.command_setup import load_model
 from openhart.data.datasets import load_image
-from openhart.runtime import load_model
 from openhart.training.checkpoint import latest_checkpoint
 from openhart.utils.images import save_png, tensor_grid
 

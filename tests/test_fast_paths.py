@@ -12,8 +12,11 @@ import dataclasses
 import pytest
 import torch
 
+import openhart.models.fast_path as fast_path_module
 import openhart.models.hart as pipeline_module
 from openhart.diffusion.graphs import CUDAGraphResidualSampler, draw_residual_noise
+from openhart.errors import ConfigError
+from openhart.models import HartPipeline, SpeedOptions
 from openhart.sampling import SamplerSettings
 from tests.conftest import generators, make_tiny_pipeline
 
@@ -317,7 +320,7 @@ def test_graphs_are_rebuilt_when_the_cache_size_setting_changes(monkeypatch):
         def __init__(self, transformer, rows, device, dtype):
             self.state = transformer.new_generation_state(rows, device, dtype)
 
-    monkeypatch.setattr(pipeline_module, "CUDAGraphGenerator", StateOnly)
+    monkeypatch.setattr(fast_path_module, "CUDAGraphGenerator", StateOnly)
     pipeline = make_tiny_pipeline()
     settings = SamplerSettings(guidance_ramp="constant")
     first = pipeline._graph_generator(1, settings, use_cuda_graphs=True)
@@ -327,3 +330,39 @@ def test_graphs_are_rebuilt_when_the_cache_size_setting_changes(monkeypatch):
     assert stored is not first and stored.state.cache.max_length == pipeline.transformer.cache_room()
     assert stored.state.cache.max_length > first.state.cache.max_length
     assert len(pipeline._graph_generators) == 1  # replaced, not kept beside the old one
+
+
+def test_speed_options_are_one_checked_value_and_the_image_changing_one_is_saved(tmp_path):
+    pipeline = make_tiny_pipeline()
+    S = pipeline.transformer.config.num_scales
+    assert pipeline.speed == SpeedOptions()
+    reference = pipeline("a red circle", generator=torch.Generator().manual_seed(0), output_type="pt").images
+    # The options object and the per-call keyword give the same images.
+    pipeline.set_speed_options(unguided_last_scales=2, store_last_scale_keys=True)
+    assert pipeline.transformer.store_last_scale_keys  # the transformer's cache follows the options
+    from_options = pipeline(
+        "a red circle", generator=torch.Generator().manual_seed(0), output_type="pt"
+    ).images
+    pipeline.speed = SpeedOptions()
+    from_call = pipeline(
+        "a red circle", generator=torch.Generator().manual_seed(0), output_type="pt", unguided_last_scales=2
+    ).images
+    assert torch.equal(from_options, from_call) and not torch.equal(from_options, reference)
+    # Saved with the model: the field that changes images, and nothing about this machine.
+    pipeline.set_speed_options(unguided_last_scales=2, cuda_graphs=False)
+    pipeline.save_pretrained(tmp_path / "saved")
+    loaded = HartPipeline.from_pretrained(tmp_path / "saved")
+    assert loaded.speed == SpeedOptions(unguided_last_scales=2)
+    again = loaded("a red circle", generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert torch.equal(again, from_call)
+    # Checked once, when made or set.
+    with pytest.raises(ConfigError, match=r"speed\.unguided_last_scales"):
+        pipeline.speed = SpeedOptions(unguided_last_scales=S + 1)
+    with pytest.raises(ConfigError, match=r"speed\.cuda_graphs"):
+        SpeedOptions(cuda_graphs="yes")
+    with pytest.raises(ConfigError, match=r"speed\.decoder_memory_format"):
+        SpeedOptions(decoder_memory_format="preserve_format")
+    with pytest.raises(TypeError, match="SpeedOptions"):
+        pipeline.speed = {"cuda_graphs": False}
+    pipeline.decoder_memory_format = torch.channels_last  # the attribute is sugar for the option
+    assert pipeline.speed.decoder_memory_format == "channels_last"

@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"compat", "presets"},
     {"hub"},
     {"loading"},
-    {"runtime", "lora_cli"},
+    {"command_setup", "lora_cli"},
     {"evaluation", "training", "synthesis", "serve"},
     {"cli", "edit_cli", "synthesize", "__main__", "__init__"},
 ]

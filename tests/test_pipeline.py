@@ -203,3 +203,15 @@ def test_bad_preset_and_seed():
         build_pipeline("hart-9b")
     with pytest.raises(ValueError, match="seed"):
         build_pipeline("tiny", seed=-1)
+
+
+def test_loaders_return_eval_mode_and_the_constructor_leaves_modes_alone(tmp_path):
+    pipe = make_tiny_pipeline()
+    assert not any(module.training for module in pipe.components.values())
+    pipe.transformer.train()  # as a trainer's network is
+    rebuilt = HartPipeline(pipe.text_encoder, pipe.tokenizer, pipe.transformer, pipe.diffusion_head)
+    assert rebuilt.transformer.training
+    assert rebuilt.eval() is rebuilt and not rebuilt.transformer.training
+    rebuilt.save_pretrained(tmp_path)
+    loaded = HartPipeline.from_pretrained(tmp_path)
+    assert not any(module.training for module in loaded.components.values())

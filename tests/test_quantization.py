@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from openhart import HartPipeline
+from openhart.command_setup import cpu_has_native_bf16, resolve_dtype
 from openhart.loading import PACKAGED_WEIGHTS
-from openhart.runtime import cpu_has_native_bf16, resolve_dtype
 from tests.conftest import generators, make_tiny_pipeline
 
 
@@ -105,16 +105,16 @@ def test_native_bf16_is_read_from_cpu_flags(tmp_path, flags, native):
 
 
 def test_dtype_auto_follows_the_cpu(monkeypatch):
-    import openhart.runtime as runtime
+    import openhart.command_setup as command_setup
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(command_setup, "cpu_has_native_bf16", lambda: True)
     assert resolve_dtype("auto", cpu, "mit-han-lab/hart-0.7b-1024px") == torch.bfloat16
     assert resolve_dtype("auto", cpu, "hart-0.7b-1024") == torch.bfloat16
     # Small models stay float32 on CPUs: bf16 gains them nothing and changes their samples.
     for small in (None, "tiny", "emoji-64", str(PACKAGED_WEIGHTS / "emoji-64")):
         assert resolve_dtype("auto", cpu, small) == torch.float32, small
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(command_setup, "cpu_has_native_bf16", lambda: False)
     assert resolve_dtype("auto", cpu, "hart-0.7b-1024") == torch.float32
     assert resolve_dtype("auto", torch.device("mps")) == torch.bfloat16
     assert resolve_dtype("float32", torch.device("mps")) == torch.float32

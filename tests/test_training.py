@@ -230,15 +230,15 @@ def test_generator_condition_dropout_and_subsampling_follow_the_recipe(tmp_path,
 
 def test_precomputed_text_features_replace_the_text_encoder(tmp_path, tokenizer_dir, monkeypatch):
     from openhart.text import build_text_encoder
-    from openhart.training import generator_trainer
+    from openhart.training import text_features
 
     dataset = SquaresDataset(16)
     recipe = generator_recipe(tmp_path / "run", tokenizer_dir, optim={"max_steps": 2})
     encoder = build_text_encoder(recipe.component_configs()["text_encoder"])
-    captions = generator_trainer.collect_captions(dataset) + list(recipe.sampling.prompts)
+    captions = text_features.collect_captions(dataset) + list(recipe.sampling.prompts)
     assert captions[:4] == ["a blue square", "a green square", "a red square", "a yellow square"]
-    features = generator_trainer.precompute_text_features(encoder, captions, tmp_path / "text.safetensors")
-    table = generator_trainer.load_text_features(features, encoder.config)
+    features = text_features.precompute_text_features(encoder, captions, tmp_path / "text.safetensors")
+    table = text_features.load_text_features(features, encoder.config)
     context, mask = encoder.encode(["a red square"])
     stored_context, stored_mask = table["a red square"]
     assert torch.equal(stored_mask, mask[0])
@@ -250,17 +250,17 @@ def test_precomputed_text_features_replace_the_text_encoder(tmp_path, tokenizer_
     def unavailable(config):
         raise ImportError("no weights here")
 
-    monkeypatch.setattr(generator_trainer, "build_text_encoder", unavailable)
+    monkeypatch.setattr(text_features, "build_text_encoder", unavailable)
     recipe = recipe.replace(text_features=str(features), run=recipe.run.replace(sample_every=2))
     trainer = GeneratorTrainer(recipe, dataset=dataset)
-    assert isinstance(trainer.pipeline.text_encoder, generator_trainer.PrecomputedTextEncoder)
+    assert isinstance(trainer.pipeline.text_encoder, text_features.PrecomputedTextEncoder)
     assert trainer.train().finished
     assert (tmp_path / "run" / "samples" / "step-0000002.png").is_file()
     with pytest.raises(ValueError, match="no precomputed text features"):
         trainer.contexts(["an unseen caption"])
     other = encoder.config.replace(seed=7)
     with pytest.raises(ValueError, match="was made with text encoder"):
-        generator_trainer.load_text_features(features, other)
+        text_features.load_text_features(features, other)
 
 
 # ---------------------------------------------------------------------- resume == uninterrupted

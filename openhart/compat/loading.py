@@ -99,7 +99,7 @@ def load_official_pipeline(
                 use_system_prompt=use_system_prompt,
             )
         )
-    return HartPipeline(text_encoder, tokenizer, transformer, head).to(device=device, dtype=dtype)
+    return HartPipeline(text_encoder, tokenizer, transformer, head).eval().to(device=device, dtype=dtype)
 
 
 def load_official_tokenizer(folder: str | os.PathLike[str]) -> HybridTokenizer:

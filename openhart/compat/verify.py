@@ -1,5 +1,8 @@
 """Check OpenHART against golden tensors produced by the official HART code.
 
+One file on purpose: the verifier is one class whose cases follow the official code's stages and share its
+golden-file bookkeeping; apart, a case would lose the bookkeeping it is checked by.
+
     python -m openhart.compat.verify DIR [--tolerance 1e-4] [--qwen-tokenizer DIR] [--json OUT]
 
 DIR holds checkpoints in the official layout (``tokenizer/``, ``llm/``, optional ``llm_<variant>/``,

@@ -18,9 +18,9 @@ from typing import Annotated
 
 import typer
 
+from openhart.command_setup import DeviceChoice, DtypeChoice, GuidanceOption, RandomWeightsOption
 from openhart.error_boundary import ErrorBoundaryGroup
 from openhart.errors import OpenHARTError, StorageError
-from openhart.runtime import DeviceChoice, DtypeChoice, GuidanceOption, RandomWeightsOption
 from openhart.utils.config import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class VariantChoice(str, Enum):
 
 def _device_and_dtype(device: DeviceChoice, dtype: DtypeChoice):
     # Imported here: openhart.cli registers this module's commands while it is being imported.
-    from openhart.runtime import resolve_device, resolve_dtype
+    from openhart.command_setup import resolve_device, resolve_dtype
 
     torch_device = resolve_device(device.value)
     return torch_device, resolve_dtype(dtype.value, torch_device)

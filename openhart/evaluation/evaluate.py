@@ -1,5 +1,8 @@
 """One call (or ``openhart eval``) from a model and an image folder to a table of quality metrics.
 
+One file on purpose: its functions are the steps of one measurement (data subset, real features, generated
+features, metrics, report), read in order; apart they would be read out of order.
+
 ``evaluate(model, data, num_images)``:
 
 1. load the model: a HartPipeline folder, a LatentDiffusionPipeline folder, a preset name

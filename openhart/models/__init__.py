@@ -3,12 +3,15 @@
 - :mod:`.hart`: :class:`HartPipeline`, prompt → images with HART.
 - :mod:`.var_only`: the VAR-only baseline, HART without its residual head.
 - :mod:`.latent_diffusion`: a latent-diffusion transformer on HART's tokenizer and text encoder.
-- :mod:`.base`: what the pipelines share (components, device and dtype, prompts, the saved index).
+- :mod:`.fast_path`: HART's speed options (:class:`SpeedOptions`), CUDA graphs, compiling.
+- :mod:`.base`: what the pipelines share (components, device and dtype, prompts, the saved index);
+  :mod:`.pipeline_io`: the checks of a call's inputs and its output types.
 
 Load any of them by name or folder with :func:`openhart.load`.
 """
 
 from openhart.models.base import PipelineBase
+from openhart.models.fast_path import SpeedOptions
 from openhart.models.hart import HartPipeline, HartPipelineOutput
 from openhart.models.latent_diffusion import (
     DIFFUSION_BASELINE_SIZES,
@@ -26,6 +29,7 @@ __all__ = [
     "LatentDiffusionConfig",
     "LatentDiffusionPipeline",
     "PipelineBase",
+    "SpeedOptions",
     "VarOnlyPipeline",
     "diffusion_baseline_config",
     "is_latent_diffusion_folder",

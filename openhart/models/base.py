@@ -73,6 +73,18 @@ class PipelineBase:
         self._after_move()
         return self
 
+    def eval(self):
+        """Every component in eval mode (what sampling needs); returns self.
+
+        Loaders (``from_pretrained``, :func:`openhart.load`, ``presets.build_pipeline``) return
+        pipelines in eval mode. The constructor leaves its modules' modes alone, so a trainer can
+        build a pipeline around networks it is training; it samples them in eval mode and trains
+        them in train mode itself.
+        """
+        for module in self.components.values():
+            module.eval()
+        return self
+
     def num_parameters(self) -> dict[str, int]:
         return {name: sum(p.numel() for p in module.parameters()) for name, module in self.components.items()}
 

@@ -1,5 +1,8 @@
 """The latent-diffusion baseline HART is measured against (the other, VAR-only, is :mod:`.var_only`).
 
+One file on purpose: the baseline's config, pipeline and training loss are one model, the peer of
+:mod:`.hart`; its call checks and outputs are shared through :mod:`.pipeline_io`.
+
 :class:`LatentDiffusionPipeline` is a PixArt-α style diffusion transformer
 (diffusers' ``PixArtTransformer2DModel``: patchified latent, AdaLN-single timestep modulation,
 cross-attention on the text context) trained on the *same* hybrid tokenizer's continuous latents
@@ -42,14 +45,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from openhart.models.base import INDEX_NAME, PipelineBase, saved_pipeline_class
-from openhart.models.hart import (
+from openhart.models.hart import HartPipelineOutput
+from openhart.models.pipeline_io import (
     OUTPUT_TYPES,
-    HartPipelineOutput,
-    _check_generator,
-    _check_guidance,
-    _check_positive_int,
-    _check_prompt_list,
-    _to_output_type,
+    check_generator,
+    check_guidance,
+    check_positive_int,
+    check_prompt_list,
+    to_output_type,
 )
 from openhart.text import TextEncoder, load_text_encoder
 from openhart.tokenizer import HybridTokenizer, TokenizerConfig
@@ -173,9 +176,8 @@ class LatentDiffusionPipeline(PipelineBase):
         self.config = config
         _check_components_fit(text_encoder, tokenizer, transformer, config)
         # The tokenizer and text encoder stay frozen (training_loss runs them without gradients);
-        # they may be shared with a HartPipeline, so their flags are left alone.
-        for module in self.components.values():
-            module.eval()
+        # they may be shared with a HartPipeline, so their flags are left alone. Modes too: loaders
+        # call .eval(), a trainer keeps training its transformer (PipelineBase.eval).
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -210,7 +212,7 @@ class LatentDiffusionPipeline(PipelineBase):
             transformer = cls.build_transformer(config, tokenizer.config, text_encoder.hidden_size)
         parameter = next(tokenizer.parameters())
         torch.nn.Module.to(transformer, device=parameter.device, dtype=parameter.dtype)
-        return cls(text_encoder, tokenizer, transformer, config)
+        return cls(text_encoder, tokenizer, transformer, config).eval()
 
     # ------------------------------------------------------------------ components
     @property
@@ -265,7 +267,7 @@ class LatentDiffusionPipeline(PipelineBase):
                     f"transformer/config.json: {key}={transformer.config.get(key)!r} does not match "
                     f"{CONFIG_NAME} and the tokenizer/text encoder ({value!r})"
                 )
-        return cls(text_encoder, tokenizer, transformer, config).to(device=device, dtype=dtype)
+        return cls(text_encoder, tokenizer, transformer, config).eval().to(device=device, dtype=dtype)
 
     # ------------------------------------------------------------------ latents
     @torch.no_grad()
@@ -347,7 +349,7 @@ class LatentDiffusionPipeline(PipelineBase):
         ignored); ``text_features``, the captions' (context (B, T, Dctx), mask (B, T)), precomputed;
         ``model``, the module to run instead of ``self.transformer`` (its DDP wrapper).
         """
-        captions = _check_prompt_list(list(captions) if isinstance(captions, tuple) else captions, "captions")
+        captions = check_prompt_list(list(captions) if isinstance(captions, tuple) else captions, "captions")
         if latents is None:
             if not isinstance(images, torch.Tensor) or images.dim() != 4:
                 raise ValueError("images: expected a (B, 3, H, W) tensor in [-1, 1]")
@@ -420,12 +422,12 @@ class LatentDiffusionPipeline(PipelineBase):
         """
         del use_cuda_graphs
         # 1. Check inputs.
-        prompts = _check_prompt_list(prompt, "prompt")
-        _check_positive_int(num_images_per_prompt, "num_images_per_prompt")
+        prompts = check_prompt_list(prompt, "prompt")
+        check_positive_int(num_images_per_prompt, "num_images_per_prompt")
         guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
-        _check_guidance(guidance_scale)
+        check_guidance(guidance_scale)
         steps = self.config.num_inference_steps if num_inference_steps is None else num_inference_steps
-        _check_positive_int(steps, "num_inference_steps")
+        check_positive_int(steps, "num_inference_steps")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         sampler = sampler or self.config.sampler
@@ -433,7 +435,7 @@ class LatentDiffusionPipeline(PipelineBase):
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         negatives = None
         if negative_prompt is not None:
-            negatives = _check_prompt_list(negative_prompt, "negative_prompt")
+            negatives = check_prompt_list(negative_prompt, "negative_prompt")
             if len(negatives) == 1:
                 negatives = negatives * len(prompts)
             if len(negatives) != len(prompts):
@@ -443,7 +445,7 @@ class LatentDiffusionPipeline(PipelineBase):
             negatives = [p for p in negatives for _ in range(num_images_per_prompt)]
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         batch_size = len(prompts)
-        _check_generator(generator, batch_size)
+        check_generator(generator, batch_size)
         notify = stage_callback or (lambda stage: None)
 
         # 2. Encode the prompt; CFG runs cond and uncond as one doubled batch.
@@ -480,7 +482,7 @@ class LatentDiffusionPipeline(PipelineBase):
         # 4. Decode with the tokenizer's decoder.
         images = self.decode_latents(z)
         notify("decode")
-        output = _to_output_type(images, output_type)
+        output = to_output_type(images, output_type)
         return LatentDiffusionPipelineOutput(images=output) if return_dict else output
 
 

@@ -22,11 +22,11 @@ from typing import Annotated
 
 import typer
 
+from openhart.command_setup import DeviceChoice, DtypeChoice, RandomWeightsOption
 from openhart.error_boundary import ErrorBoundaryCommand
 from openhart.errors import DependencyError, InvalidInputError, OpenHARTError
 from openhart.loading import DEFAULT_MODEL
 from openhart.lora_cli import LoraOption, apply_lora_options
-from openhart.runtime import DeviceChoice, DtypeChoice, RandomWeightsOption
 
 logger = logging.getLogger("openhart.serve")
 
@@ -142,7 +142,7 @@ def serve(
     try:
         import uvicorn
 
-        from openhart.runtime import compile_and_warm_up, load_model, resolve_device, resolve_dtype
+        from openhart.command_setup import compile_and_warm_up, load_model, resolve_device, resolve_dtype
         from openhart.serve.app import build_model_card, create_app
         from openhart.serve.guard import MAX_HEADER_BYTES
         from openhart.serve.protocol import ConnectionLimits, GuardedH11Protocol

@@ -19,9 +19,9 @@ from typing import Annotated
 import torch
 import typer
 
+from openhart.command_setup import DtypeChoice, RandomWeightsOption, load_model, resolve_dtype
 from openhart.error_boundary import ErrorBoundaryCommand
 from openhart.loading import DEFAULT_MODEL
-from openhart.runtime import DtypeChoice, RandomWeightsOption, load_model, resolve_dtype
 from openhart.synthesis.engine import (
     SynthesisError,
     SynthesisJob,

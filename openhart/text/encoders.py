@@ -1,5 +1,8 @@
 """Text encoders: prompts → context tokens (hidden states) and a validity mask.
 
+One file on purpose: the encoder interface and its three kinds (hash, transformers, MiniLM) share
+the config and the padding-and-mask convention, and each kind is short.
+
 The transformer is conditioned on a fixed-length sequence of ``T`` context vectors, the way the
 released HART uses the last hidden layer of a Qwen2 language model (300 tokens, 1536 wide).
 Three encoders share one interface, :meth:`TextEncoder.encode`:

@@ -17,6 +17,7 @@ Each other command: ``--config PATH [--resume] [--out DIR] [--set KEY=VALUE ...]
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -143,82 +144,47 @@ def _run(
         cleanup_distributed()
 
 
-@train_app.command("tokenizer")
-def train_tokenizer(
-    config: ConfigOption,
-    resume: ResumeOption = False,
-    out: OutOption = None,
-    set_: SetOption = None,
-    max_steps: MaxStepsOption = None,
-    batch_size: BatchOption = None,
-    device: DeviceOption = None,
-    stop_at_step: StopOption = None,
-    time_limit: TimeOption = None,
-    verbose: VerboseOption = False,
-) -> None:
-    """Train a hybrid tokenizer (reconstruction + VQ, alternating discrete/hybrid decoding)."""
-    _run(
-        "tokenizer",
-        config,
-        resume,
-        out,
-        _overrides(set_, max_steps, batch_size, device),
-        stop_at_step,
-        time_limit,
-        verbose,
-    )
+# The recipe kinds ``openhart train KIND --config RECIPE`` runs, with each command's help.
+TRAINED_KINDS = {
+    "tokenizer": "Train a hybrid tokenizer (reconstruction + VQ, alternating discrete/hybrid decoding).",
+    "generator": "Train the transformer + residual diffusion head on a frozen trained tokenizer.",
+    "diffusion": "Train the latent-diffusion baseline (diffusers PixArt transformer) on a frozen trained tokenizer.",
+}
 
 
-@train_app.command("generator")
-def train_generator(
-    config: ConfigOption,
-    resume: ResumeOption = False,
-    out: OutOption = None,
-    set_: SetOption = None,
-    max_steps: MaxStepsOption = None,
-    batch_size: BatchOption = None,
-    device: DeviceOption = None,
-    stop_at_step: StopOption = None,
-    time_limit: TimeOption = None,
-    verbose: VerboseOption = False,
-) -> None:
-    """Train the transformer + residual diffusion head on a frozen trained tokenizer."""
-    _run(
-        "generator",
-        config,
-        resume,
-        out,
-        _overrides(set_, max_steps, batch_size, device),
-        stop_at_step,
-        time_limit,
-        verbose,
-    )
+def _train_command(kind: str) -> Callable[..., None]:
+    """``openhart train KIND``: the same options for every kind; only the recipe kind differs."""
+
+    def command(
+        config: ConfigOption,
+        resume: ResumeOption = False,
+        out: OutOption = None,
+        set_: SetOption = None,
+        max_steps: MaxStepsOption = None,
+        batch_size: BatchOption = None,
+        device: DeviceOption = None,
+        stop_at_step: StopOption = None,
+        time_limit: TimeOption = None,
+        verbose: VerboseOption = False,
+    ) -> None:
+        _run(
+            kind,
+            config,
+            resume,
+            out,
+            _overrides(set_, max_steps, batch_size, device),
+            stop_at_step,
+            time_limit,
+            verbose,
+        )
+
+    command.__name__ = f"train_{kind}"
+    command.__doc__ = TRAINED_KINDS[kind]
+    return command
 
 
-@train_app.command("diffusion")
-def train_diffusion(
-    config: ConfigOption,
-    resume: ResumeOption = False,
-    out: OutOption = None,
-    set_: SetOption = None,
-    max_steps: MaxStepsOption = None,
-    batch_size: BatchOption = None,
-    device: DeviceOption = None,
-    stop_at_step: StopOption = None,
-    time_limit: TimeOption = None,
-    verbose: VerboseOption = False,
-) -> None:
-    """Train the latent-diffusion baseline (diffusers PixArt transformer) on a frozen trained tokenizer."""
-    _run(
-        "diffusion",
-        config,
-        resume,
-        out,
-        _overrides(set_, max_steps, batch_size, device),
-        stop_at_step,
-        time_limit,
-        verbose,
-    )
+for _kind in TRAINED_KINDS:
+    train_app.command(_kind)(_train_command(_kind))
 
 
 @train_app.command("text-features")
@@ -237,7 +203,7 @@ def text_features(
     from openhart.presets import preset_configs
     from openhart.text import build_text_encoder, load_text_encoder
     from openhart.training.batches import load_dataset
-    from openhart.training.generator_trainer import collect_captions, precompute_text_features
+    from openhart.training.text_features import collect_captions, precompute_text_features
 
     setup_logging(0, verbose)
     recipe = _load_recipe(config, list(set_ or []), "generator")

@@ -27,9 +27,10 @@ from openhart.loading import load
 from openhart.models import LatentDiffusionPipeline, is_latent_diffusion_folder
 from openhart.training.batches import Batch
 from openhart.training.checkpoint import MODEL_DIR
-from openhart.training.generator_trainer import TextContexts, TextEncoderFromRecipe, write_sample_grid
 from openhart.training.loop import Trainer
 from openhart.training.recipe import DiffusionRecipe
+from openhart.training.sample_grid import write_sample_grid
+from openhart.training.text_features import TextContexts, TextEncoderFromRecipe
 from openhart.training.tokenizer_trainer import load_tokenizer
 from openhart.utils.distributed import step_generator
 
@@ -156,11 +157,9 @@ class DiffusionTrainer(TextEncoderFromRecipe, Trainer):
         """The model as it is saved: the EMA transformer (``save_ema``) or the live one."""
         use_ema = self.recipe.save_ema and self.ema is not None
         transformer = self.ema.module if use_ema else self.model
-        pipeline = LatentDiffusionPipeline(
+        return LatentDiffusionPipeline(
             self.pipeline.text_encoder, self.pipeline.tokenizer, transformer, self.pipeline.config
         )
-        self.model.train()  # building a pipeline puts its components in eval mode
-        return pipeline
 
     def write_model(self, folder: Path) -> None:
         self.saved_pipeline().save_pretrained(folder)
@@ -168,7 +167,5 @@ class DiffusionTrainer(TextEncoderFromRecipe, Trainer):
     def write_samples(self, step: int) -> Path | None:
         if not self.recipe.sampling.prompts:
             return None
-        try:
+        with self.evaluation_mode():
             return write_sample_grid(self.saved_pipeline(), self.recipe.sampling, self.out_dir, step)
-        finally:
-            self.model.train()

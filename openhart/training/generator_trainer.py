@@ -25,9 +25,7 @@ M = diffusion_batch_mul.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +36,17 @@ from torch import nn
 from openhart.diffusion import ResidualDiffusionHead
 from openhart.loading import load
 from openhart.models.hart import HartPipeline
-from openhart.text import TextEncoder, TextEncoderConfig, build_text_encoder
+from openhart.text import TextEncoder
 from openhart.tokenizer import HybridTokenizer
 from openhart.training.batches import Batch
 from openhart.training.checkpoint import MODEL_DIR
-from openhart.training.loop import SAMPLES_DIR, Trainer
+from openhart.training.loop import Trainer
 from openhart.training.recipe import GeneratorLossRecipe, GeneratorRecipe
+from openhart.training.sample_grid import write_sample_grid
+from openhart.training.text_features import TextContexts, TextEncoderFromRecipe
 from openhart.training.tokenizer_trainer import load_tokenizer
 from openhart.transformer import HartTransformer
 from openhart.utils.distributed import step_generator
-from openhart.utils.images import save_png, tensor_grid
 from openhart.utils.random import GeneratorSpec, rand_tensor, sample_categorical
 
 logger = logging.getLogger(__name__)
@@ -122,209 +121,6 @@ class GeneratorModel(nn.Module):
                 "sampled_matches_target": (sampled == target_ids[:, -kept:]).float().mean().item(),
             }
         return loss, metrics
-
-
-TEXT_FEATURES_FORMAT = "openhart-text-features-1"
-
-
-def collect_captions(dataset: Any) -> list[str]:
-    """Every distinct caption of a dataset, sorted (read from its records when it has them)."""
-    records = getattr(dataset, "records", None)
-    if records is not None and all(hasattr(r, "caption") for r in records):
-        captions = {str(r.caption) for r in records}
-    else:  # a stream or an unknown dataset: read the samples
-        captions = {str(sample["caption"]) for sample in dataset}
-    return sorted(captions)
-
-
-@torch.no_grad()
-def precompute_text_features(
-    encoder: TextEncoder, captions: list[str], path: str | Path, batch_size: int = 256
-) -> Path:
-    """Encode ``captions`` once and write them to a safetensors file for ``text_features``.
-
-    Compact: only the valid (unmasked) context vectors are stored, in float16, with the masks and
-    the encoder's config (so a mismatched recipe is refused). Padded positions come back as zeros,
-    which is what the transformer sees anyway when it masks the prompt's padding.
-    """
-    from safetensors.torch import save
-
-    from openhart.utils.config import atomic_write_bytes
-
-    captions = sorted(set(captions))
-    if not captions:
-        raise ValueError("captions: nothing to encode")
-    tokens, masks = [], []
-    for start in range(0, len(captions), batch_size):
-        context, mask = encoder.encode(captions[start : start + batch_size])  # (b, T, D), (b, T)
-        tokens.append(context[mask].to(torch.float16).cpu())  # (valid, D)
-        masks.append(mask.cpu())
-    metadata = {
-        "format": TEXT_FEATURES_FORMAT,
-        "captions": json.dumps(captions),
-        "text_encoder": json.dumps(encoder.config.to_dict(), sort_keys=True),
-    }
-    tensors = {
-        "tokens": torch.cat(tokens).contiguous(),
-        "mask": torch.cat(masks).to(torch.uint8).contiguous(),
-    }
-    path = Path(path)
-    atomic_write_bytes(path, save(tensors, metadata=metadata))
-    logger.info("wrote text features of %d captions to %s", len(captions), path)
-    return path
-
-
-def load_text_features(
-    path: str | Path, encoder_config: TextEncoderConfig
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """caption → (context (T, D) float32, mask (T,) bool) from :func:`precompute_text_features`."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"text_features: no such file {path}")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        if metadata.get("format") != TEXT_FEATURES_FORMAT:
-            raise ValueError(f"text_features: {path} is not an OpenHART text-feature file")
-        tokens, mask = handle.get_tensor("tokens"), handle.get_tensor("mask").bool()
-    made_with = json.loads(metadata["text_encoder"])
-    if made_with != json.loads(json.dumps(encoder_config.to_dict(), sort_keys=True)):
-        raise ValueError(
-            f"text_features: {path} was made with text encoder {made_with}, but the recipe's is "
-            f"{encoder_config.to_dict()}"
-        )
-    captions = json.loads(metadata["captions"])
-    context = torch.zeros(*mask.shape, tokens.shape[-1])  # (N, T, D)
-    context[mask] = tokens.float()
-    return {caption: (context[i], mask[i]) for i, caption in enumerate(captions)}
-
-
-class PrecomputedTextEncoder(TextEncoder):
-    """Stands in for a text encoder that cannot be built here (e.g. no weights on this machine).
-
-    It answers prompts from precomputed features only, and saves the real encoder's config, so
-    the saved pipeline loads with the real encoder wherever that exists.
-    """
-
-    saves_weights = False
-
-    def __init__(
-        self, config: TextEncoderConfig, table: dict[str, tuple[torch.Tensor, torch.Tensor]]
-    ) -> None:
-        super().__init__(config)
-        self.table = table
-        self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # gives .device / .dtype
-
-    def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        missing = [p for p in prompts if p not in self.table]
-        if missing:
-            raise ValueError(
-                f"prompts: no precomputed text features for {missing[:3]} and the text encoder "
-                f"({self.config.kind}) is not available here"
-            )
-        contexts, masks = zip(*(self.table[p] for p in prompts), strict=True)
-        return torch.stack(contexts).to(self._anchor.device), torch.stack(masks).to(self._anchor.device)
-
-    @property
-    def device(self) -> torch.device:
-        return self._anchor.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._anchor.dtype
-
-
-class TextContexts:
-    """Frozen text encoder with an optional per-process cache of each distinct caption's context.
-
-    The cache lives in CPU memory (about 37 KB per caption for emoji-64's 24 × 384 context), so
-    a GPU keeps its memory for training; a batch's rows are stacked and moved each step.
-    """
-
-    def __init__(
-        self,
-        encoder: TextEncoder,
-        device: torch.device,
-        cache: bool,
-        precomputed: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
-    ) -> None:
-        self.encoder = encoder
-        self.device = device
-        self.cache: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache or precomputed else None
-        if precomputed and self.cache is not None:
-            self.cache.update(precomputed)
-
-    @torch.no_grad()
-    def __call__(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """context (B, T, Dctx) float32 and mask (B, T) bool on ``device``."""
-        if self.cache is None:
-            context, mask = self.encoder.encode(captions)
-            return context.float().to(self.device), mask.to(self.device)
-        missing = sorted({c for c in captions if c not in self.cache})
-        if missing:
-            context, mask = self.encoder.encode(missing)
-            for caption, c, m in zip(missing, context.float().cpu(), mask.cpu(), strict=True):
-                self.cache[caption] = (c, m)
-        contexts, masks = zip(*(self.cache[c] for c in captions), strict=True)
-        return torch.stack(contexts).to(self.device), torch.stack(masks).to(self.device)
-
-
-class TextEncoderFromRecipe:
-    """The recipe's frozen text encoder, or precomputed features standing in for it.
-
-    For trainers whose recipe has ``text_features`` (a file of precomputed caption features):
-    captions found there are never encoded, and an encoder that cannot be built here (e.g. a GPU
-    machine without its weights) is replaced by the file.
-    """
-
-    recipe: Any
-
-    def _precomputed_features(
-        self, config: TextEncoderConfig
-    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
-        if self.recipe.text_features is None:
-            return None
-        if not hasattr(self, "_feature_table"):
-            self._feature_table = load_text_features(self.recipe.text_features, config)
-        return self._feature_table
-
-    def _text_encoder(self, config: TextEncoderConfig) -> TextEncoder:
-        """The recipe's text encoder; with ``text_features``, a stand-in when it cannot be built here."""
-        try:
-            return build_text_encoder(config)
-        except (ImportError, OSError, FileNotFoundError) as error:
-            if self.recipe.text_features is None:
-                raise
-            logger.warning(
-                "text encoder %s unavailable (%s): using the precomputed features of %s only",
-                config.kind,
-                error,
-                self.recipe.text_features,
-            )
-            return PrecomputedTextEncoder(config, self._precomputed_features(config))
-
-
-@torch.no_grad()
-def write_sample_grid(
-    pipeline: Any, sampling: Any, out_dir: Path, step: int, **call_options: Any
-) -> Path | None:
-    """Grid of the recipe's fixed prompts (image i from seed + i: comparable across steps)."""
-    if not sampling.prompts:
-        return None
-    generators = [torch.Generator().manual_seed(sampling.seed + i) for i in range(len(sampling.prompts))]
-    images = pipeline(
-        list(sampling.prompts),
-        guidance_scale=sampling.guidance_scale,
-        num_inference_steps=sampling.num_inference_steps,
-        generator=generators,
-        output_type="pt",
-        **call_options,
-    ).images  # (N, 3, S, S) in [0, 1]
-    columns = math.ceil(math.sqrt(len(sampling.prompts)))
-    path = save_png(tensor_grid(images, columns), out_dir / SAMPLES_DIR / f"step-{step:07d}.png")
-    logger.info("step %d: sample grid %s", step, path)
-    return path
 
 
 class GeneratorTrainer(TextEncoderFromRecipe, Trainer):
@@ -502,9 +298,7 @@ class GeneratorTrainer(TextEncoderFromRecipe, Trainer):
         ids, residual = self.tokenizer.split(self.latents(batch))
         last_latent = quantize.last_scale_target(ids, residual).flatten(2).transpose(1, 2)  # (B, l, Cz)
         context, mask = self.contexts(batch.captions)
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with self.evaluation_mode():
             loss, metrics = self.model(
                 context,
                 mask,
@@ -515,8 +309,6 @@ class GeneratorTrainer(TextEncoderFromRecipe, Trainer):
                 self.recipe.loss,
                 torch.Generator().manual_seed(seed),
             )
-        finally:
-            self.model.train(was_training)
         return {"loss": loss.item(), **metrics}
 
     # ------------------------------------------------------------------ outputs
@@ -524,11 +316,9 @@ class GeneratorTrainer(TextEncoderFromRecipe, Trainer):
         """The model as it is saved: the EMA networks (``save_ema``) or the live ones."""
         use_ema = self.recipe.save_ema and self.ema is not None
         source = self.ema.module if use_ema else self.model
-        pipeline = HartPipeline(
+        return HartPipeline(
             self.pipeline.text_encoder, self.tokenizer, source.transformer, source.diffusion_head
         )
-        self.model.train()  # building a pipeline puts its components in eval mode
-        return pipeline
 
     def write_model(self, folder: Path) -> None:
         self.saved_pipeline().save_pretrained(folder)
@@ -536,7 +326,7 @@ class GeneratorTrainer(TextEncoderFromRecipe, Trainer):
     def write_samples(self, step: int) -> Path | None:
         if not self.recipe.sampling.prompts:
             return None
-        try:
+        with self.evaluation_mode():
             return write_sample_grid(
                 self.saved_pipeline(),
                 self.recipe.sampling,
@@ -544,5 +334,3 @@ class GeneratorTrainer(TextEncoderFromRecipe, Trainer):
                 step,
                 sample_residual=not self.recipe.var_only,
             )
-        finally:
-            self.model.train()

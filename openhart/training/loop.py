@@ -27,7 +27,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,6 +201,20 @@ class Trainer:
         if self._dataset is None:
             self._dataset = load_dataset(self.recipe.data.train, self.image_size)
         return self._dataset
+
+    @contextmanager
+    def evaluation_mode(self) -> Iterator[None]:
+        """``self.model`` in eval mode (sample grids, held-out losses), its previous mode again after.
+
+        The one place a trainer leaves train mode: pipelines built around the networks leave their
+        modes alone (see ``PipelineBase.eval``).
+        """
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.train(was_training)
 
     def autocast_context(self) -> AbstractContextManager:
         if self.autocast is None:

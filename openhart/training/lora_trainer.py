@@ -112,7 +112,7 @@ def load_base_pipeline(name: str, device: torch.device) -> HartPipeline:
     """The base model as ``openhart generate --model NAME`` loads it, in float32 on ``device``."""
     import typer
 
-    from openhart.runtime import load_model
+    from openhart.command_setup import load_model
 
     try:
         return load_model(name, device, torch.float32)
@@ -240,14 +240,11 @@ class LoraTrainer(GeneratorTrainer):
         prompts = self.sample_prompts()
         if not prompts:
             return None
-        self.model.eval()  # no adapter dropout while sampling
-        try:
+        with self.evaluation_mode():  # no adapter dropout while sampling
             if self._base_images is None:  # the base never changes: drawn once per run
                 with self.model.disable_adapter():
                     self._base_images = self._sample(prompts)
             adapted = self._sample(prompts)
-        finally:
-            self.model.train()
         grid = tensor_grid(torch.cat([self._base_images, adapted]), columns=len(prompts))
         path = save_png(grid, self.out_dir / SAMPLES_DIR / f"step-{step:07d}.png")
         logger.info("step %d: samples (base above, adapted below) %s", step, path)

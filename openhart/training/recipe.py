@@ -1,5 +1,8 @@
 """Training recipes: YAML files → typed, validated, frozen dataclasses.
 
+One file on purpose: the recipe schema (every section and the YAML reader that builds them) is one
+document a recipe author reads top to bottom.
+
 A recipe names what to train (``kind: tokenizer``, ``generator`` or ``diffusion``: the latent-diffusion
 baseline), the model sizes (a preset, optionally with field overrides), the data (a spec handed to
 ``openhart.data.build_dataset``), the optimiser and schedule, the losses and the run's

@@ -1,4 +1,4 @@
-"""Where a command runs and what it loads: device and dtype choices, model folders and presets.
+"""Command setup: the device and dtype a command runs on, the model it loads, the options they share.
 
 Shared by every command-line entry point (``generate``, ``bench``, ``serve``, ``eval``, ...).
 """
