@@ -27,8 +27,6 @@ built per server, and FastAPI must see it as a class, not a string.
 """
 
 import asyncio
-import base64
-import binascii
 import json
 import logging
 import secrets
@@ -39,22 +37,16 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
-from openhart.models.editing import (
-    EditInputError,
-    ImageTooLarge,
-    decode_image_bytes,
-    image_to_tensor,
-    mask_to_tensor,
-)
+from openhart.models.editing import EditInputError, ImageTooLarge
 from openhart.serve.errors import ErrorJSONResponse, error_response, short_field
-from openhart.serve.guard import RequestGuard
+from openhart.serve.guard import FORM_MEDIA_TYPE, RequestGuard, media_type_and_charset
 from openhart.serve.queue import (
-    EditInputs,
     GenerationQueue,
     GenerationRequest,
     GenerationResult,
@@ -78,10 +70,18 @@ from openhart.serve.schema import (
     ServeLimits,
     Timings,
     UsedParameters,
+    build_edit_form_model,
     build_edit_request_model,
     build_request_model,
     edit_body_bytes,
     image_seed,
+)
+from openhart.serve.uploads import (
+    EditBodyError,
+    EditBodyInvalid,
+    decode_edit_inputs,
+    read_form_edit,
+    read_json_edit,
 )
 from openhart.version import __version__
 
@@ -155,44 +155,6 @@ def _describe_validation_error(error: dict[str, Any]) -> tuple[str, str, str]:
     return field, f"{field}: {message}", kind
 
 
-def decode_edit_inputs(
-    image: str, mask: str | None, strength: float, paste_back: bool, limits: ServeLimits
-) -> EditInputs:
-    """The edit request's base64 image and mask → checked tensors; EditInputError names the field.
-
-    Hostile input: the size is checked on the base64 text before it is decoded, the format by the
-    file's first bytes, the pixel count from the header before the pixels are decoded.
-    """
-    files = {}
-    for field, text in (("image", image), ("mask", mask)):
-        if text is None:
-            continue
-        if text.startswith("data:"):  # a data: URL, as a browser canvas gives
-            header, _, text = text.partition(",")
-            if not header.endswith(";base64"):
-                raise EditInputError(field, "a data: URL must be base64 (data:image/png;base64,...)")
-        if len(text) * 3 // 4 > limits.max_image_bytes + 2:
-            raise ImageTooLarge(field, f"larger than the limit of {limits.max_image_bytes} bytes")
-        try:
-            data = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError) as error:
-            raise EditInputError(field, f"not valid base64 ({error})") from error
-        if len(data) > limits.max_image_bytes:
-            raise ImageTooLarge(field, f"larger than the limit of {limits.max_image_bytes} bytes")
-        files[field] = decode_image_bytes(data, field, max_pixels=limits.max_image_pixels)
-    pixels = image_to_tensor(files["image"], "image")  # (3, H, W)
-    mask_pixels = None
-    if "mask" in files:
-        mask_pixels = mask_to_tensor(files["mask"], "mask")  # (1, H, W)
-        if mask_pixels.shape[1:] != pixels.shape[1:]:
-            raise EditInputError(
-                "mask",
-                f"size {mask_pixels.shape[2]}×{mask_pixels.shape[1]} differs from the image's "
-                f"{pixels.shape[2]}×{pixels.shape[1]}",
-            )
-    return EditInputs(image=pixels, mask=mask_pixels, strength=strength, paste_back=paste_back)
-
-
 def create_app(
     queue: GenerationQueue,
     card: ModelCard,
@@ -208,6 +170,7 @@ def create_app(
     default_steps = int(card.defaults["steps"])
     request_model = build_request_model(limits, default_steps)
     edit_request_model = build_edit_request_model(limits, default_steps)
+    edit_form_model = build_edit_form_model(limits, default_steps)
     static = {
         route: ((STATIC_DIR / filename).read_bytes(), media_type)
         for route, (filename, media_type) in STATIC_FILES.items()
@@ -376,6 +339,16 @@ def create_app(
             timings=_timings(result),
         )
 
+    # One route, two bodies: FastAPI documents one content type per body parameter, so the route
+    # reads the body itself and the schema names both (the models are added in openapi() below).
+    edit_request_body = {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": f"#/components/schemas/{edit_request_model.__name__}"}},
+            FORM_MEDIA_TYPE: {"schema": {"$ref": f"#/components/schemas/{edit_form_model.__name__}"}},
+        },
+    }
+
     @app.post(
         "/api/edit",
         response_model=EditResponse,
@@ -384,16 +357,37 @@ def create_app(
                 "description": "JSON: the edits as base64 PNGs at the input's size, and the parameters used."
             },
             **error_responses,
+            403: {"model": ErrorResponse, "description": "A form posted from another site's page."},
+            415: {
+                "model": ErrorResponse,
+                "description": "Content-Type is neither application/json (utf-8) nor multipart/form-data.",
+            },
         },
+        openapi_extra={"requestBody": edit_request_body},
         summary="Edit an image: inpaint the white part of a mask, or make variations (strength)",
     )
-    async def edit(body: edit_request_model) -> Any:  # type: ignore[valid-type]
+    async def edit(http_request: Request) -> Any:
+        media_type, _ = media_type_and_charset(http_request.headers.get("content-type", "").encode("latin-1"))
+        raw = await http_request.body()  # already read by the guard, within the route's limit
+        try:
+            if media_type == FORM_MEDIA_TYPE.encode():
+                body, image, mask = await read_form_edit(http_request.headers, raw, edit_form_model, limits)
+            else:
+                body, image, mask = await run_in_threadpool(read_json_edit, raw, edit_request_model, limits)
+        except EditBodyInvalid as invalid:
+            return await on_invalid_request(http_request, RequestValidationError(invalid.errors))
+        except EditBodyError as error:
+            return error_response(error.status, str(error), error.field, error.kind)
+        except ImageTooLarge as error:
+            return error_response(413, str(error), error.field, "image_too_large")
+        except EditInputError as error:
+            return error_response(422, str(error), error.field, "invalid_image")
         refused = await refuse_prompt(body.prompt)
         if refused is not None:
             return refused
         try:
             inputs = await run_in_threadpool(
-                decode_edit_inputs, body.image, body.mask, float(body.strength), body.paste_back, limits
+                decode_edit_inputs, image, mask, float(body.strength), body.paste_back, limits
             )
         except ImageTooLarge as error:
             return error_response(413, str(error), error.field, "image_too_large")
@@ -459,12 +453,28 @@ def create_app(
     for path in static:
         static_route(path)
 
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema plus the two edit bodies, which no route parameter declares."""
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (edit_request_model, edit_form_model):
+                model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(model_schema.pop("$defs", {}))
+                components[model.__name__] = model_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # FastAPI's documented way to extend the generated schema
+
     app.add_middleware(
         RequestGuard,
         max_body_bytes=limits.max_body_bytes,
         refuse_if_full=queue.refuse_if_full,
         full_response=_queue_full_response,
         path_body_bytes={"/api/edit": edit_body_bytes(limits)},
+        path_form_uploads=frozenset({"/api/edit"}),
+        allowed_origins=cors_origins,
         path_fields={
             "/api/generate": frozenset(request_model.model_fields),
             "/api/edit": frozenset(edit_request_model.model_fields),
