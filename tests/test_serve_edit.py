@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from openhart.presets import build_pipeline
@@ -375,3 +377,40 @@ def test_openapi_documents_both_edit_bodies(server):
     assert set(form["properties"]) == set(schema["components"]["schemas"]["EditRequest"]["properties"])
     assert {"403", "413", "415", "422"} <= set(post["responses"])
     assert "multipart/form-data" in post["responses"]["415"]["description"]
+
+
+def test_fuzzed_multipart_edits_never_get_a_5xx(server):
+    good_files = [png_bytes(SOURCE), png_bytes(MASK), *(base64.b64decode(text) for text in BAD.values())]
+    part = st.tuples(
+        st.sampled_from(["prompt", "image", "mask", "seed", "strength", "paste_back", "steps", "x", ""]),
+        st.booleans(),  # a file part (with a filename) or a text part
+        st.one_of(
+            st.sampled_from(good_files),
+            st.binary(max_size=64),
+            st.sampled_from([b"0", b"1", b"0.5", b"-1", b"true", b"nan", b"1e999", "é".encode()]),
+        ),
+    )
+
+    statuses: set[int] = set()
+
+    @settings(max_examples=120, deadline=None, database=None, derandomize=True)
+    @given(base=st.booleans(), parts=st.lists(part, max_size=5))
+    def one_request(base: bool, parts: list[tuple[str, bool, bytes]]) -> None:
+        # Half the requests start from a valid edit, so that the fuzz also reaches the model.
+        valid = [("prompt", False, b"a red hat"), ("image", True, good_files[0]), ("steps", False, b"1")]
+        # (None, value): a text part; (filename, value): a file part.
+        form = [
+            (name, ("f.bin" if is_file else None, value))
+            for name, is_file, value in [*(valid if base else []), *parts]
+        ] or [("prompt", (None, b""))]
+        response = server.client.post("/api/edit", files=form)
+        statuses.add(response.status_code)
+        assert response.status_code < 500, response.text[:300]
+        if response.status_code >= 400:
+            assert response.headers["content-type"] == "application/json"
+            assert len(response.content) <= 4096
+
+    one_request()
+    assert {200, 422} <= statuses  # the fuzz reached both the model and the validator
+    assert "Traceback" not in server.log()
+    assert server.client.get("/health").json()["status"] == "ok"

@@ -6,7 +6,8 @@ Routes::
 
     GET  /                 the browser UI (static/index.html + static/app.js, over the API below)
     POST /api/generate     prompt → N images + the parameters actually used        (schema.py)
-    POST /api/edit         prompt + image (+ mask) → N edits of the image          (openhart.models.editing)
+    POST /api/edit         prompt + image (+ mask) → N edits of the image, as JSON   (openhart.models.editing)
+                           with base64 files or as multipart/form-data             (uploads.py)
     GET  /api/model        model card: what is loaded, image size, scales, parameters, limits
     GET  /health           liveness + queue depth
     GET  /openapi.json     the OpenAPI schema (no /docs page: it would load scripts from a CDN)
@@ -14,7 +15,8 @@ Routes::
 Every error is JSON ``{"detail": "<field>: <what is wrong>", "errors": [...]}``, at most 4 KiB and
 never quoting the input's values (errors.py): 400 malformed JSON or HTTP, a key twice in one
 object, or a Host not allowed; 404 unknown route; 405 unknown method; 408 headers or body too slow
-(protocol.py); 413 body too large; 415 not ``application/json`` in UTF-8; 422 a field out of
+(protocol.py); 403 an edit form posted from another site's page; 413 body too large; 415 not
+``application/json`` in UTF-8 (nor, for an edit, ``multipart/form-data``); 422 a field out of
 bounds, of the wrong type, unknown, or refused by the safety hook (and for an edit: an image that
 is not PNG/JPEG/WebP by content, truncated, animated, CMYK, or a mask of another size), 413 also
 for an image over ``max_image_bytes`` or ``max_image_pixels``; 503 queue full or too many
