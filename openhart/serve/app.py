@@ -6,7 +6,8 @@ Routes::
 
     GET  /                 the browser UI (static/index.html + static/app.js, over the API below)
     POST /api/generate     prompt → N images + the parameters actually used        (schema.py)
-    POST /api/edit         prompt + image (+ mask) → N edits of the image          (openhart.models.editing)
+    POST /api/edit         prompt + image (+ mask) → N edits of the image, as JSON   (openhart.models.editing)
+                           with base64 files or as multipart/form-data             (uploads.py)
     GET  /api/model        model card: what is loaded, image size, scales, parameters, limits
     GET  /health           liveness + queue depth
     GET  /openapi.json     the OpenAPI schema (no /docs page: it would load scripts from a CDN)
@@ -14,7 +15,8 @@ Routes::
 Every error is JSON ``{"detail": "<field>: <what is wrong>", "errors": [...]}``, at most 4 KiB and
 never quoting the input's values (errors.py): 400 malformed JSON or HTTP, a key twice in one
 object, or a Host not allowed; 404 unknown route; 405 unknown method; 408 headers or body too slow
-(protocol.py); 413 body too large; 415 not ``application/json`` in UTF-8; 422 a field out of
+(protocol.py); 403 an edit form posted from another site's page; 413 body too large; 415 not
+``application/json`` in UTF-8 (nor, for an edit, ``multipart/form-data``); 422 a field out of
 bounds, of the wrong type, unknown, or refused by the safety hook (and for an edit: an image that
 is not PNG/JPEG/WebP by content, truncated, animated, CMYK, or a mask of another size), 413 also
 for an image over ``max_image_bytes`` or ``max_image_pixels``; 503 queue full or too many
@@ -27,8 +29,6 @@ built per server, and FastAPI must see it as a class, not a string.
 """
 
 import asyncio
-import base64
-import binascii
 import json
 import logging
 import secrets
@@ -39,22 +39,16 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
-from openhart.models.editing import (
-    EditInputError,
-    ImageTooLarge,
-    decode_image_bytes,
-    image_to_tensor,
-    mask_to_tensor,
-)
+from openhart.models.editing import EditInputError, ImageTooLarge
 from openhart.serve.errors import ErrorJSONResponse, error_response, short_field
-from openhart.serve.guard import RequestGuard
+from openhart.serve.guard import FORM_MEDIA_TYPE, RequestGuard, media_type_and_charset
 from openhart.serve.queue import (
-    EditInputs,
     GenerationQueue,
     GenerationRequest,
     GenerationResult,
@@ -77,10 +71,18 @@ from openhart.serve.schema import (
     ServeLimits,
     Timings,
     UsedParameters,
+    build_edit_form_model,
     build_edit_request_model,
     build_request_model,
     edit_body_bytes,
     image_seed,
+)
+from openhart.serve.uploads import (
+    EditBodyError,
+    EditBodyInvalid,
+    decode_edit_inputs,
+    read_form_edit,
+    read_json_edit,
 )
 from openhart.version import __version__
 
@@ -155,44 +157,6 @@ def _describe_validation_error(error: dict[str, Any]) -> tuple[str, str, str]:
     return field, f"{field}: {message}", kind
 
 
-def decode_edit_inputs(
-    image: str, mask: str | None, strength: float, paste_back: bool, limits: ServeLimits
-) -> EditInputs:
-    """The edit request's base64 image and mask → checked tensors; EditInputError names the field.
-
-    Hostile input: the size is checked on the base64 text before it is decoded, the format by the
-    file's first bytes, the pixel count from the header before the pixels are decoded.
-    """
-    files = {}
-    for field, text in (("image", image), ("mask", mask)):
-        if text is None:
-            continue
-        if text.startswith("data:"):  # a data: URL, as a browser canvas gives
-            header, _, text = text.partition(",")
-            if not header.endswith(";base64"):
-                raise EditInputError(field, "a data: URL must be base64 (data:image/png;base64,...)")
-        if len(text) * 3 // 4 > limits.max_image_bytes + 2:
-            raise ImageTooLarge(field, f"larger than the limit of {limits.max_image_bytes} bytes")
-        try:
-            data = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError) as error:
-            raise EditInputError(field, f"not valid base64 ({error})") from error
-        if len(data) > limits.max_image_bytes:
-            raise ImageTooLarge(field, f"larger than the limit of {limits.max_image_bytes} bytes")
-        files[field] = decode_image_bytes(data, field, max_pixels=limits.max_image_pixels)
-    pixels = image_to_tensor(files["image"], "image")  # (3, H, W)
-    mask_pixels = None
-    if "mask" in files:
-        mask_pixels = mask_to_tensor(files["mask"], "mask")  # (1, H, W)
-        if mask_pixels.shape[1:] != pixels.shape[1:]:
-            raise EditInputError(
-                "mask",
-                f"size {mask_pixels.shape[2]}×{mask_pixels.shape[1]} differs from the image's "
-                f"{pixels.shape[2]}×{pixels.shape[1]}",
-            )
-    return EditInputs(image=pixels, mask=mask_pixels, strength=strength, paste_back=paste_back)
-
-
 def create_app(
     queue: GenerationQueue,
     card: ModelCard,
@@ -209,6 +173,7 @@ def create_app(
     default_guidance = float(card.defaults["guidance_scale"])
     request_model = build_request_model(limits, default_steps, default_guidance)
     edit_request_model = build_edit_request_model(limits, default_steps, default_guidance)
+    edit_form_model = build_edit_form_model(limits, default_steps, default_guidance)
     static = {
         route: ((STATIC_DIR / filename).read_bytes(), media_type)
         for route, (filename, media_type) in STATIC_FILES.items()
@@ -377,6 +342,16 @@ def create_app(
             timings=_timings(result),
         )
 
+    # One route, two bodies: FastAPI documents one content type per body parameter, so the route
+    # reads the body itself and the schema names both (the models are added in openapi() below).
+    edit_request_body = {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": f"#/components/schemas/{edit_request_model.__name__}"}},
+            FORM_MEDIA_TYPE: {"schema": {"$ref": f"#/components/schemas/{edit_form_model.__name__}"}},
+        },
+    }
+
     @app.post(
         "/api/edit",
         response_model=EditResponse,
@@ -385,16 +360,37 @@ def create_app(
                 "description": "JSON: the edits as base64 PNGs at the input's size, and the parameters used."
             },
             **error_responses,
+            403: {"model": ErrorResponse, "description": "A form posted from another site's page."},
+            415: {
+                "model": ErrorResponse,
+                "description": "Content-Type is neither application/json (utf-8) nor multipart/form-data.",
+            },
         },
+        openapi_extra={"requestBody": edit_request_body},
         summary="Edit an image: inpaint the white part of a mask, or make variations (strength)",
     )
-    async def edit(body: edit_request_model) -> Any:  # type: ignore[valid-type]
+    async def edit(http_request: Request) -> Any:
+        media_type, _ = media_type_and_charset(http_request.headers.get("content-type", "").encode("latin-1"))
+        raw = await http_request.body()  # already read by the guard, within the route's limit
+        try:
+            if media_type == FORM_MEDIA_TYPE.encode():
+                body, image, mask = await read_form_edit(http_request.headers, raw, edit_form_model, limits)
+            else:
+                body, image, mask = await run_in_threadpool(read_json_edit, raw, edit_request_model, limits)
+        except EditBodyInvalid as invalid:
+            return await on_invalid_request(http_request, RequestValidationError(invalid.errors))
+        except EditBodyError as error:
+            return error_response(error.status, str(error), error.field, error.kind)
+        except ImageTooLarge as error:
+            return error_response(413, str(error), error.field, "image_too_large")
+        except EditInputError as error:
+            return error_response(422, str(error), error.field, "invalid_image")
         refused = await refuse_prompt(body.prompt)
         if refused is not None:
             return refused
         try:
             inputs = await run_in_threadpool(
-                decode_edit_inputs, body.image, body.mask, float(body.strength), body.paste_back, limits
+                decode_edit_inputs, image, mask, float(body.strength), body.paste_back, limits
             )
         except ImageTooLarge as error:
             return error_response(413, str(error), error.field, "image_too_large")
@@ -460,12 +456,28 @@ def create_app(
     for path in static:
         static_route(path)
 
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema plus the two edit bodies, which no route parameter declares."""
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (edit_request_model, edit_form_model):
+                model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(model_schema.pop("$defs", {}))
+                components[model.__name__] = model_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # FastAPI's documented way to extend the generated schema
+
     app.add_middleware(
         RequestGuard,
         max_body_bytes=limits.max_body_bytes,
         refuse_if_full=queue.refuse_if_full,
         full_response=_queue_full_response,
         path_body_bytes={"/api/edit": edit_body_bytes(limits)},
+        path_form_uploads=frozenset({"/api/edit"}),
+        allowed_origins=cors_origins,
         path_fields={
             "/api/generate": frozenset(request_model.model_fields),
             "/api/edit": frozenset(edit_request_model.model_fields),

@@ -8,12 +8,21 @@ In order, each check answering with a bounded JSON error (:mod:`openhart.serve.e
    made-up methods ... never reach a route;
 2. the ``Host`` header names an allowed host when ``--allowed-hosts`` is set, else 400 (a page
    on another site that rebinds its DNS name to 127.0.0.1 cannot then talk to the server);
-3. an API body is ``application/json`` in UTF-8 (415 otherwise), the queue has a free slot (503
-   before the body is even read), and the body fits its limit (413, checked on Content-Length and
-   again while reading, so a huge or endless body costs at most the limit in memory);
-4. the body is strict JSON: UTF-8, no key twice in an object, not nested past the parser, and no
-   top-level field the route does not accept — checked here, on the raw text, so that 80,000
-   unknown keys cost one short 422 instead of 80,000 validation errors.
+3. an API body is ``application/json`` in UTF-8, or ``multipart/form-data`` on the routes that
+   take file uploads (415 otherwise); a form from another site's page is refused (403, below);
+   the queue has a free slot (503 before the body is even read), and the body fits its limit
+   (413, checked on Content-Length and again while reading, so a huge or endless body costs at
+   most the limit in memory);
+4. a JSON body is strict JSON: UTF-8, no key twice in an object, not nested past the parser, and
+   no top-level field the route does not accept — checked here, on the raw text, so that 80,000
+   unknown keys cost one short 422 instead of 80,000 validation errors. A form's parts are
+   checked by the route (:mod:`openhart.serve.uploads`), on the body read here.
+
+Why forms from other sites are refused: a browser lets any page post a ``multipart/form-data``
+form to any address without asking the server first (a JSON body needs a CORS preflight, which
+this server only grants to ``--cors-origin``), so a page on the web could make a local server
+work for it. Browsers name the posting page's origin in ``Origin``; a form is accepted when that
+header is absent (curl, scripts), names this server itself, or is an allowed CORS origin.
 
 The body is then replayed to the app, which validates the values (pydantic). Reading stalls are
 not handled here: the HTTP protocol (:mod:`openhart.serve.protocol`) closes a connection whose
@@ -34,6 +43,8 @@ ASGIApp = Callable[
 ]
 
 ALLOWED_METHODS = ("GET", "HEAD", "POST", "OPTIONS")  # OPTIONS: CORS preflights
+JSON_MEDIA_TYPE = "application/json"
+FORM_MEDIA_TYPE = "multipart/form-data"
 MAX_HEADER_BYTES = 16 * 1024  # request line + headers; the page and the API need well under 2 KiB
 BODY_METHODS = ("POST", "PUT", "PATCH")
 SECURITY_HEADERS = [
@@ -107,7 +118,9 @@ class RequestGuard:
     """ASGI middleware: the checks of the module docstring, then the app with the body replayed.
 
     ``path_body_bytes`` gives routes a larger body limit (the edit's images); ``path_fields`` the
-    top-level fields each JSON route accepts; ``refuse_if_full`` a queue-full error or None.
+    top-level fields each JSON route accepts; ``path_form_uploads`` the routes that also take
+    multipart/form-data; ``allowed_origins`` the CORS origins whose pages may post those forms;
+    ``refuse_if_full`` a queue-full error or None.
     """
 
     def __init__(
@@ -119,6 +132,8 @@ class RequestGuard:
         path_body_bytes: Mapping[str, int] | None = None,
         path_fields: Mapping[str, frozenset[str]] | None = None,
         allowed_hosts: tuple[str, ...] = (),
+        path_form_uploads: frozenset[str] = frozenset(),
+        allowed_origins: tuple[str, ...] = (),
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
@@ -127,6 +142,8 @@ class RequestGuard:
         self.path_body_bytes = dict(path_body_bytes or {})
         self.path_fields = dict(path_fields or {})
         self.allowed_hosts = allowed_hosts
+        self.path_form_uploads = path_form_uploads
+        self.allowed_origins = tuple(origin.rstrip("/").lower() for origin in allowed_origins)
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -161,13 +178,15 @@ class RequestGuard:
             return
 
         path = scope["path"]
-        if path.startswith("/api/"):
-            media_type, charset = media_type_and_charset(headers.get(b"content-type", b""))
-            if media_type != b"application/json":
+        media_type, charset = media_type_and_charset(headers.get(b"content-type", b""))
+        is_form = media_type == FORM_MEDIA_TYPE.encode() and path in self.path_form_uploads
+        if path.startswith("/api/") and not is_form:
+            if media_type != JSON_MEDIA_TYPE.encode():
+                expected = JSON_MEDIA_TYPE + (
+                    f" or {FORM_MEDIA_TYPE}" if path in self.path_form_uploads else ""
+                )
                 await answer(
-                    error_response(
-                        415, "content-type: expected application/json", "content-type", "media_type"
-                    )
+                    error_response(415, f"content-type: expected {expected}", "content-type", "media_type")
                 )
                 return
             if charset not in (None, b"utf-8", b"utf8"):
@@ -175,6 +194,10 @@ class RequestGuard:
                     error_response(415, "content-type: the charset must be utf-8", "content-type", "charset")
                 )
                 return
+        if is_form and not self._origin_may_post_forms(headers):
+            detail = "origin: forms posted from another site's page are refused (see --cors-origin)"
+            await answer(error_response(403, detail, "origin", "cross_site_form"))
+            return
         if path in self.path_fields and self.refuse_if_full is not None and self.full_response is not None:
             full = self.refuse_if_full()
             if full is not None:  # 503 before the body is read or validated: cheap under a flood
@@ -204,7 +227,7 @@ class RequestGuard:
         body = b"".join(chunks)
 
         fields = self.path_fields.get(path)
-        if fields is not None and body:  # an empty body is left to the app: "body: required"
+        if fields is not None and body and not is_form:  # an empty body is left to the app: "body: required"
             try:
                 value = parse_strict_json(body)
             except ValueError as error:
@@ -226,6 +249,20 @@ class RequestGuard:
             return await receive()
 
         await self.app(scope, replay, send_with_headers)
+
+    def _origin_may_post_forms(self, headers: Mapping[bytes, bytes]) -> bool:
+        """Whether a form may come from the page named by ``Origin`` (the module docstring's why)."""
+        origin = headers.get(b"origin")
+        if origin is None:  # not a browser page: curl, a script
+            return True
+        origin_text = origin.decode("latin-1").strip().rstrip("/").lower()
+        if origin_text in self.allowed_origins:
+            return True
+        # Same origin: the page's host[:port] is the Host this request was sent to. "null" (a
+        # sandboxed frame, a file:// page) is never the same origin.
+        scheme, separator, authority = origin_text.partition("://")
+        host = headers.get(b"host", b"").decode("latin-1").strip().lower()
+        return bool(separator) and scheme in ("http", "https") and authority == host
 
 
 def _unknown_fields(unknown: list[str]) -> ErrorJSONResponse:

@@ -168,14 +168,13 @@ def edit_body_bytes(limits: ServeLimits) -> int:
 def build_edit_request_model(
     limits: ServeLimits, default_steps: int, default_guidance: float
 ) -> type[BaseModel]:
-    """The body of ``POST /api/edit``: an image (and a mask) in base64, with this server's limits."""
-    generate_request = build_request_model(limits, default_steps, default_guidance)
+    """The JSON body of ``POST /api/edit``: an image (and a mask) in base64, with this server's limits."""
+    options = _build_edit_options_model(limits, default_steps, default_guidance)
 
-    class EditRequest(BaseModel):
+    class EditRequest(options):
         """Repaint the white part of ``mask`` (or, without one, the whole image from ``strength``)."""
 
         model_config = ConfigDict(
-            **_STRICT,
             json_schema_extra={
                 "examples": [
                     {"prompt": "a red hat", "image": "<base64 PNG>", "mask": "<base64 PNG>", "seed": 0}
@@ -183,7 +182,6 @@ def build_edit_request_model(
             },
         )
 
-        prompt: str = generate_request.model_fields["prompt"]
         image: str = Field(
             min_length=1,
             description=f"The input: a PNG, JPEG or WebP file in base64, or a data: URL; at most "
@@ -195,6 +193,48 @@ def build_edit_request_model(
             description="The mask, same encoding and size as the image: white = repaint, black = keep. "
             "null: no mask (variations with strength).",
         )
+
+    return EditRequest
+
+
+def build_edit_form_model(
+    limits: ServeLimits, default_steps: int, default_guidance: float
+) -> type[BaseModel]:
+    """The multipart/form-data body of ``POST /api/edit``: the JSON body's fields, files for the images.
+
+    Form values are text, so the app validates this model in pydantic's lax mode (``"0.5"`` is a
+    number, ``"false"`` a boolean), with the same bounds, validators and unknown-field refusal as
+    the JSON body; ``image`` and ``mask`` must be file parts.
+    """
+    options = _build_edit_options_model(limits, default_steps, default_guidance)
+
+    class EditForm(options):
+        """The same edit as the JSON body, with the image and the mask uploaded as files."""
+
+        image: bytes = Field(
+            min_length=1,
+            description=f"The input file (PNG, JPEG or WebP by content); at most {limits.max_image_bytes} "
+            f"bytes and {limits.max_image_pixels} pixels.",
+        )
+        mask: bytes | None = Field(
+            default=None,
+            description="The mask file, same size as the image: white = repaint, black = keep. "
+            "Absent: no mask (variations with strength).",
+        )
+
+    return EditForm
+
+
+def _build_edit_options_model(
+    limits: ServeLimits, default_steps: int, default_guidance: float
+) -> type[BaseModel]:
+    """What the JSON and the multipart edit bodies share: everything but the image and the mask."""
+    generate_request = build_request_model(limits, default_steps, default_guidance)
+
+    class EditOptions(BaseModel):
+        model_config = ConfigDict(**_STRICT)
+
+        prompt: str = generate_request.model_fields["prompt"]
         strength: float = Field(
             default=1.0,
             ge=0.0,
@@ -220,7 +260,7 @@ def build_edit_request_model(
         def _negative_prompt_encodable(cls, value: str | None) -> str | None:
             return None if value is None else check_encodable(value, "negative_prompt")
 
-    return EditRequest
+    return EditOptions
 
 
 class UsedParameters(BaseModel):
