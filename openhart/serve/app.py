@@ -24,6 +24,10 @@ connections (with Retry-After) or shutting down; 504 past the per-request timeou
 made before a route runs live in guard.py. Clients never name files: the page and its script are
 read once at start-up and served from memory.
 
+One file on purpose: the routes share the per-server request models, queue and card built in
+:func:`create_app`, and reading them together shows every answer a client can get; the checks,
+parsers and schemas they call live in their own modules.
+
 This module has no ``from __future__ import annotations``: the generate route's body type is
 built per server, and FastAPI must see it as a class, not a string.
 """

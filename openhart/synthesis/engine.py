@@ -6,6 +6,10 @@ One process per device under ``torchrun`` (or one plain process): every rank bui
 Rank 0 then writes ``metadata.jsonl`` (folder output) and the summary in ``synthesis.json``.
 The process group is only used at the end; progress during the run goes through small files in
 ``OUT/.synthesis/`` that rank 0 reads for its aggregated progress bar.
+
+One file on purpose: the job, its resume check, the two output loops and the merge share one
+life cycle (plan → check the folder → write → gather → summarise); prompts, the plan and the
+writers are their own modules.
 """
 
 from __future__ import annotations
