@@ -13,8 +13,8 @@ name is not a local folder. Two repository layouts load:
 Downloads go through ``huggingface_hub.snapshot_download`` with ``allow_patterns`` naming exactly
 the files the loader reads (the released repository holds more), so the user's ``HF_HOME``,
 ``HF_TOKEN``, ``HF_HUB_OFFLINE``, progress bars and resumable downloads all apply. Every failure a
-user can cause (offline and not cached, unknown or gated repository, disk full, a repository of
-neither layout) is a :class:`HubError` with a one-line message.
+user can cause (offline and not cached, unknown or gated repository, disk full, connection lost, a
+repository of neither layout) is a :class:`HubError` with a one-line message.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,17 @@ def is_offline() -> bool:
     return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in _TRUE_VALUES
 
 
+def transfer_errors() -> tuple[type[Exception], ...]:
+    """The errors huggingface_hub lets through when a connection fails mid-request, after its retries.
+
+    They are the base ``RequestError`` of the HTTP client it is built on: ``httpx2`` (huggingface_hub
+    2.x) or ``httpx`` (1.x); 0.x used ``requests``, whose errors are ``OSError``s. Only a client
+    already imported can have raised one, so none is imported here.
+    """
+    clients = (sys.modules.get(name) for name in ("httpx2", "httpx"))
+    return tuple(client.RequestError for client in clients if client is not None)
+
+
 def download(repo_id: str, allow_patterns: list[str], revision: str | None = None) -> Path:
     """``snapshot_download`` of the files matching ``allow_patterns``; hub errors become :class:`HubError`.
 
@@ -168,7 +180,14 @@ def download(repo_id: str, allow_patterns: list[str], revision: str | None = Non
             + ("unset HF_HUB_OFFLINE to download it" if offline else "check the connection and retry")
         ) from error
     except HfHubHTTPError as error:
-        raise DownloadFailedError(f"{where}: download failed: {str(error).splitlines()[0]}") from error
+        raise DownloadFailedError(f"{where}: download failed: {first_line(error)}") from error
+    except transfer_errors() as error:
+        # Raised once the hub's own resumed retries are spent; like a failed write below, the
+        # partial file is deleted and the files finished before stay in the snapshot.
+        raise DownloadFailedError(
+            f"{where}: download stopped (connection lost: {first_line(error)}); "
+            "nothing partial was kept, rerun to download the rest"
+        ) from error
     except OSError as error:
         # The hub writes each file under a temporary ``*.incomplete`` name and links it into the
         # snapshot only when whole (it deletes the partial file on failure), so the snapshot keeps
@@ -180,9 +199,14 @@ def download(repo_id: str, allow_patterns: list[str], revision: str | None = Non
     return Path(folder)
 
 
+def first_line(error: BaseException) -> str:
+    """The first non-blank line of an error's message, or its class name when it has none."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+
+
 def write_failure_reason(error: OSError) -> str:
     """Why a write failed, in a few words: a full disk, quota and file-size limit read alike."""
-    detail = error.strerror or str(error).splitlines()[0] or type(error).__name__
+    detail = error.strerror or first_line(error)
     if error.errno in NO_ROOM_ERRNOS:
         return f"no room left: disk full, quota or file-size limit; {detail}"
     return detail
@@ -197,7 +221,7 @@ def _repo_files(repo_id: str, revision: str | None) -> set[str] | None:
 
     try:
         return set(HfApi().list_repo_files(repo_id, revision=revision))
-    except (HfHubHTTPError, OSError):
+    except (HfHubHTTPError, OSError, *transfer_errors()):
         return None  # snapshot_download reports the real reason (not found, gated, offline)
 
 

@@ -13,7 +13,10 @@ the ETag, streamed GET into an ``*.incomplete`` file, blobs named by ETag) with 
   ``EntryNotFound``.
 
 ``downloads`` records every file whose bytes were sent (``ORG/NAME/PATH``), so a test can tell
-which files a rerun fetched again.
+which files a rerun fetched again. ``cut_after`` (``ORG/NAME/PATH`` → a byte offset into that file)
+loses the connection mid-body: a GET of that file gets its headers, with the ``Content-Length`` of
+the whole answer, and the bytes before the offset, then the server closes the socket. Every try
+fails so, a resumed one (``Range``) included, until the entry is removed.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import PurePosixPath
@@ -39,6 +43,7 @@ class StandInHub(ThreadingHTTPServer):
         self.repos = repos
         self.gated = gated
         self.downloads: list[str] = []
+        self.cut_after: dict[str, int] = {}
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property
@@ -122,12 +127,17 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
         if send_body:
             self.server.downloads.append(f"{repo}/{name}")
-        self._send(206 if start else 200, headers, data[start:], send_body)
+        cut = self.server.cut_after.get(f"{repo}/{name}") if send_body else None
+        cut_at = None if cut is None else max(cut - start, 0)  # the offset within this answer's body
+        self._send(206 if start else 200, headers, data[start:], send_body, cut_at)
 
     def _fail(self, status: int, code: str, headers: dict[str, str] | None = None) -> None:
         self._send(status, {"X-Error-Code": code, **(headers or {})}, b"", send_body=False)
 
-    def _send(self, status: int, headers: dict[str, str], body: bytes, send_body: bool) -> None:
+    def _send(
+        self, status: int, headers: dict[str, str], body: bytes, send_body: bool, cut_at: int | None = None
+    ) -> None:
+        """Answer with ``body``; with ``cut_at``, only its first ``cut_at`` bytes, then the connection is lost."""
         self.send_response(status)
         for key, value in headers.items():
             self.send_header(key, value)
@@ -135,8 +145,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if not send_body:
             return
+        sent = body if cut_at is None else body[:cut_at]
         try:
-            for offset in range(0, len(body), _CHUNK_BYTES):
-                self.wfile.write(body[offset : offset + _CHUNK_BYTES])
+            for offset in range(0, len(sent), _CHUNK_BYTES):
+                self.wfile.write(sent[offset : offset + _CHUNK_BYTES])
+            if cut_at is not None:
+                # Fewer bytes than Content-Length announced, then the end of the stream: the client
+                # reads a body cut short, as when a connection drops.
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_RDWR)
+                self.close_connection = True
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client stopped reading (its write failed): what a real server shrugs off

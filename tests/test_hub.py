@@ -441,6 +441,40 @@ def test_disk_full_mid_download_is_one_line_keeps_whole_files_only_and_a_rerun_f
     assert torch.equal(images(load(OURS_REPO)), images(make_tiny_pipeline()))
 
 
+def test_connection_lost_mid_download_is_one_line_keeps_whole_files_only_and_a_rerun_finishes(
+    hub_server, tmp_path, monkeypatch
+):
+    home = tmp_path / "home"
+    commit, served = hub_server.repos[OURS_REPO]
+    lost = "transformer/model.safetensors"  # the stand-in hub drops the connection halfway through it
+    hub_server.cut_after[f"{OURS_REPO}/{lost}"] = len(served[lost]) // 2
+
+    # The client tries that file 6 times, a second apart (no setting shortens that), then gives up.
+    failed = run_online(["info", OURS_REPO], home, hub_server, None)
+    assert failed.returncode == 7, failed.stderr[-3000:]  # DownloadFailedError, a NetworkError
+    line = single_error_line(failed)
+    # The weights are fetched at the commit the configs resolved to; the reason is the client's own.
+    head, tail = line.split(" (connection lost: ")
+    assert head == f"Error: {OURS_REPO} (revision {commit}): download stopped", line
+    assert tail.endswith("); nothing partial was kept, rerun to download the rest"), line
+    cached = assert_only_whole_files_cached(home, OURS_REPO, commit, served)
+    assert lost not in cached
+    assert f"{OURS_REPO}/{lost}" in hub_server.downloads  # it failed mid-transfer
+    assert not list(hub_repo_folder(home, OURS_REPO).rglob("*.incomplete"))  # the partial file is gone
+
+    del hub_server.cut_after[f"{OURS_REPO}/{lost}"]
+    hub_server.downloads.clear()
+    resumed = run_online(["info", OURS_REPO], home, hub_server, None)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "image size      32 x 32" in resumed.stdout
+    complete = assert_only_whole_files_cached(home, OURS_REPO, commit, served)
+    assert {name.removeprefix(f"{OURS_REPO}/") for name in hub_server.downloads} == complete - cached
+    assert complete == set(served)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert torch.equal(images(load(OURS_REPO)), images(make_tiny_pipeline()))
+
+
 def test_disk_full_during_the_conversion_is_one_line_keeps_no_half_conversion_and_a_rerun_finishes(
     hub_server, offline_home, tmp_path, monkeypatch
 ):
