@@ -2,8 +2,9 @@
 
 The hashes were recorded from the code before the models wing, the loader and the sampler
 settings moved (commit d4d1c3a's parent), and reproduced after; a refactor that changes what the
-pipeline computes changes them. Recorded on an x86_64 CPU in float32: other CPU architectures
-round some kernels differently, so they skip.
+pipeline computes changes them. Recorded on an x86_64 CPU in float32 with one torch thread (the
+reduction order of some kernels depends on the thread count, and a different rounding can flip a
+sampled token); other CPU architectures round some kernels differently, so they skip.
 """
 
 from __future__ import annotations
@@ -21,6 +22,14 @@ from tests.conftest import make_tiny_pipeline
 pytestmark = pytest.mark.skipif(
     platform.machine() != "x86_64", reason="pins recorded on x86_64; other CPUs round differently"
 )
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _digest(images: np.ndarray) -> str:
