@@ -27,6 +27,7 @@ from openhart.synthesis.engine import (
     SynthesisJob,
     describe_plan,
     load_job_inputs,
+    plan_job,
     run_synthesis,
     threads_per_process,
 )
@@ -143,7 +144,7 @@ def synthesize(
             job = replace(job, num_inference_steps=pipeline.default_num_inference_steps)
         if guidance_scale is None:
             job = replace(job, guidance_scale=pipeline.default_guidance_scale)
-            prompt_file, plan = load_job_inputs(job, report_bad_lines=False)  # items carry the guidance
+            plan = plan_job(job, prompt_file)  # the same prompts; the items carry the guidance
         summary = run_synthesis(pipeline, job, prompt_file, plan, ctx, progress=progress)
     except (PromptFileError, SynthesisError, OutputFolderError) as error:
         prefix = "" if ctx.rank == 0 else f"[rank {ctx.rank}] "

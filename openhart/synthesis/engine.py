@@ -156,6 +156,11 @@ def load_job_inputs(job: SynthesisJob, report_bad_lines: bool = True) -> tuple[P
     prompt_file = read_prompt_file(job.prompts)
     for bad in prompt_file.bad if report_bad_lines else ():
         logger.warning("%s: skipping %s", job.prompts, bad)
+    return prompt_file, plan_job(job, prompt_file)
+
+
+def plan_job(job: SynthesisJob, prompt_file: PromptFile) -> Plan:
+    """The plan of ``job`` over prompts already read (again after a setting such as guidance is resolved)."""
     try:
         plan = build_plan(
             prompt_file.lines,
@@ -169,7 +174,7 @@ def load_job_inputs(job: SynthesisJob, report_bad_lines: bool = True) -> tuple[P
         raise SynthesisError(str(error)) from error
     if not plan.items:
         raise SynthesisError(f"{job.prompts}: no usable prompt ({len(prompt_file.bad)} bad line(s))")
-    return prompt_file, plan
+    return plan
 
 
 def _target(job: SynthesisJob, plan: Plan) -> int:
