@@ -18,6 +18,7 @@ import torch
 from openhart.text import TextEncoder
 from openhart.tokenizer import HybridTokenizer
 from openhart.utils.config import read_json, write_json
+from openhart.utils.memory import release_freed_memory
 from openhart.validation import InvalidTypeError, check_device
 from openhart.version import __version__
 
@@ -70,6 +71,7 @@ class PipelineBase:
         if kwargs:
             for module in self._movable_components().values():
                 torch.nn.Module.to(module, **kwargs)
+            release_freed_memory()  # the old copies (fp32 before a bf16 cast, host before a GPU) go back to the OS
         self._after_move()
         return self
 

@@ -48,6 +48,7 @@ from openhart.text import TextEncoder, load_text_encoder
 from openhart.tokenizer import HybridTokenizer, TokenizerConfig
 from openhart.transformer import HartTransformer, HartTransformerConfig
 from openhart.utils.config import read_json, write_json
+from openhart.utils.memory import release_freed_memory
 from openhart.utils.random import GeneratorSpec
 from openhart.utils.weights import ModelFilesMissingError, load_component, save_component
 from openhart.validation import InvalidTypeError, check_bool
@@ -366,6 +367,7 @@ class HartPipeline(HartFastPath, PipelineBase):
             uncond_context, uncond_mask = self.empty_context(batch_size)
         if self._offload_text_encoder:
             self.text_encoder.to("meta")  # frees its weights for the sampling below
+            release_freed_memory()  # and hands them back to the OS, not to the allocator's free lists
         notify = stage_callback or (lambda stage: None)
         notify("text_encoder")
 
