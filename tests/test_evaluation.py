@@ -23,10 +23,11 @@ pytest.importorskip("torchmetrics", reason="the [eval] extra (torchmetrics) is n
 pytest.importorskip("diffusers", reason="the [eval] extra (diffusers) is not installed")
 
 from openhart.data.datasets import ImageFolderDataset
+from openhart.data.image_folder import ImageRecord
 from openhart.evaluation import inception
 from openhart.evaluation.cli import evaluation_app
 from openhart.evaluation.compare import count_macs, parse_model_names
-from openhart.evaluation.evaluate import evaluate, load_for_evaluation
+from openhart.evaluation.evaluate import adherence_references, concept_of, evaluate, load_for_evaluation
 from openhart.evaluation.metrics import (
     concept_accuracy,
     fid_from_features,
@@ -462,3 +463,33 @@ def test_eval_command_with_inception(tmp_path):
     assert report["feature_extractor"].startswith("fid-inception-v3")
     assert report["fid"] > 0 and report["num_images"] == 4
     assert "| FID |" in result.output
+
+
+def _rows(concepts: dict[str, int], split: str) -> list[ImageRecord]:
+    return [
+        ImageRecord(Path(f"{c}-{i}.png"), c, f"{split}-{c}-{i}", {"concept": c, "split": split})
+        for c, n in concepts.items()
+        for i in range(n)
+    ]
+
+
+def test_adherence_references_keep_the_heldout_rows_or_the_queried_concepts():
+    heldout = _rows({"fox": 3, "owl": 2}, "test")
+    train = _rows({f"t{k}": 4 for k in range(50)}, "train")
+    records = sorted([*heldout, *train], key=lambda r: r.key)
+    # A held-out split within the budget: all of it, then seeded train rows up to the cap.
+    refs = adherence_references(records, heldout, heldout[:2], reference_images=20, seed=0)
+    assert len(refs) == 20 and {r.key for r in heldout} <= {r.key for r in refs}
+    assert refs == sorted(refs, key=lambda r: r.key)
+    assert refs == adherence_references(records, heldout, heldout[:2], reference_images=20, seed=0)
+    assert refs != adherence_references(records, heldout, heldout[:2], reference_images=20, seed=1)
+    assert len(adherence_references(records, heldout, heldout[:2], None, seed=0)) == len(records)
+    # In-domain (the split is the 200 train rows, over the cap of 30): every row of each queried
+    # concept stays, and the cap holds.
+    queries = [train[0], train[9]]  # concepts t0 and t2
+    refs = adherence_references(records, train, queries, reference_images=30, seed=0)
+    assert len(refs) == 30
+    concepts = [concept_of(r) for r in refs]
+    assert concepts.count("t0") == 4 and concepts.count("t2") == 4
+    # A cap below the queried concepts' rows keeps them all: a query must be able to find its concept.
+    assert len(adherence_references(records, train, queries, reference_images=5, seed=0)) == 8

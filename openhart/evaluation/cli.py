@@ -65,11 +65,19 @@ def eval_command(
         str, typer.Option(help="Rows for FID: a split name, 'all', or 'auto' (train if split).")
     ] = "auto",
     heldout_split: Annotated[
-        str, typer.Option(help="Split whose concepts measure prompt adherence.")
+        str,
+        typer.Option(
+            help="Split whose concepts measure prompt adherence ('test': held-out concepts; 'train': in-domain)."
+        ),
     ] = "test",
     adherence_images: Annotated[int, typer.Option(min=0, help="Held-out prompts (0 skips adherence).")] = 200,
     reference_images: Annotated[
-        int | None, typer.Option(min=1, help="Cap on real nearest-neighbour references (default: all rows).")
+        int | None,
+        typer.Option(
+            min=1,
+            help="Cap on real nearest-neighbour references, keeping every image of the queried concepts "
+            "(default: all rows).",
+        ),
     ] = None,
     reconstruction_images: Annotated[
         int | None, typer.Option(min=0, help="Rows for PSNR/SSIM/rFID (default: num-images; 0 skips).")

@@ -327,7 +327,8 @@ def evaluate(
         heldout_split: prompt adherence generates for rows of this split (None or absent: skipped).
         adherence_images: at most this many held-out rows (one image each).
         reference_images: at most this many real rows as nearest-neighbour references (all
-            held-out rows are always included; None: every row of the folder).
+            held-out rows are always included, or only those of the queried concepts when the
+            split alone is larger; None: every row of the folder). See :func:`adherence_references`.
         reconstruction_images: real rows for PSNR / SSIM / rFID (default N; 0 skips).
         guidance_scale, num_inference_steps, generation_kwargs: handed to the pipeline call
             (guidance None: the model's own, which the results record).
@@ -429,6 +430,7 @@ def evaluate(
             feature_options,
             {**generation_options, "seed": seed + 1_000_000},  # other seeds than the FID images
         )
+        results["adherence"]["split"] = heldout_split
     else:
         logger.info("no rows of split %r: prompt adherence skipped", heldout_split)
 
@@ -466,6 +468,32 @@ def evaluate(
     return results
 
 
+def adherence_references(
+    records: Sequence[ImageRecord],
+    heldout: Sequence[ImageRecord],
+    queries: Sequence[ImageRecord],
+    reference_images: int | None,
+    seed: int,
+) -> list[ImageRecord]:
+    """The real rows a generated image is matched against, in key order.
+
+    Every held-out row is a reference, and seeded other rows fill up to ``reference_images`` (None:
+    all rows). When the held-out split alone is larger than that budget (in-domain adherence, with
+    ``heldout_split="train"``), only the rows of the queried concepts are always kept: a query can
+    still find every image of its concept, among as many distractors as the held-out measure has,
+    without extracting features for the whole training set.
+    """
+    if reference_images is not None and len(heldout) > reference_images:
+        wanted = {concept_of(r) for r in queries}
+        kept = [r for r in heldout if concept_of(r) in wanted]
+    else:
+        kept = list(heldout)
+    kept_keys = {r.key for r in kept}
+    others = [r for r in records if r.key not in kept_keys]
+    budget = len(others) if reference_images is None else max(reference_images - len(kept), 0)
+    return sorted([*kept, *_seeded_subset(others, budget, seed, stream=2)], key=lambda r: r.key)
+
+
 def _adherence(
     pipeline: Pipeline,
     records: Sequence[ImageRecord],
@@ -477,10 +505,7 @@ def _adherence(
 ) -> dict[str, float]:
     seed = generation_options["seed"]
     queries = _seeded_subset(heldout, adherence_images, seed, stream=1)
-    heldout_keys = {r.key for r in heldout}
-    others = [r for r in records if r.key not in heldout_keys]
-    budget = len(others) if reference_images is None else max(reference_images - len(heldout), 0)
-    references = sorted([*heldout, *_seeded_subset(others, budget, seed, stream=2)], key=lambda r: r.key)
+    references = adherence_references(records, heldout, queries, reference_images, seed)
     reference_features = real_features(references, purpose=f"references-seed{seed}", **feature_options)
     reference_concepts = [concept_of(r) for r in references]
     query_concepts = [concept_of(r) for r in queries]
@@ -498,6 +523,7 @@ def _adherence(
     )
     result["real_top1"] = reference["top1"]
     result["real_top5"] = reference["top5"]
+    result["num_references"] = len(references)
     return result
 
 
@@ -540,13 +566,14 @@ def results_markdown(results: dict[str, Any]) -> str:
     if adherence:
         lines += [
             "",
-            f"Prompt adherence on {adherence['num_queries']} held-out prompts, nearest real image among "
+            f"Prompt adherence on {adherence['num_queries']} prompts of the {adherence.get('split', 'test')!r} "
+            f"split, nearest real image among {adherence.get('num_references', '?')} images of "
             f"{adherence['num_concepts']} concepts:",
             "",
             "| | top-1 | top-5 |",
             "|---|---|---|",
             f"| generated | {_format(adherence['top1'], 3)} | {_format(adherence['top5'], 3)} |",
-            f"| real held-out images | {_format(adherence['real_top1'], 3)} | {_format(adherence['real_top5'], 3)} |",
+            f"| real images of those prompts | {_format(adherence['real_top1'], 3)} | {_format(adherence['real_top5'], 3)} |",
             f"| chance | {_format(adherence['chance_top1'], 3)} | {_format(adherence['chance_top5'], 3)} |",
         ]
     reconstruction = results.get("reconstruction")
