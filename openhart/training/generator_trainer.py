@@ -123,6 +123,37 @@ class GeneratorModel(nn.Module):
         return loss, metrics
 
 
+@torch.no_grad()
+def teacher_forced_losses(
+    model: GeneratorModel,
+    tokenizer: HybridTokenizer,
+    latents: torch.Tensor,
+    context: torch.Tensor,
+    mask: torch.Tensor,
+    loss_recipe: GeneratorLossRecipe,
+    seed: int = 0,
+) -> dict[str, float]:
+    """HART's training losses of ``model`` on tokenizer latents (B, Cz, H, W), with fixed draws.
+
+    No condition dropout and no token subsampling: the numbers of a held-out set (the same images
+    give the same losses). ``model`` is used in whatever mode it is in.
+    """
+    quantize = tokenizer.quantize
+    ids, residual = tokenizer.split(latents)  # [(B, pn²)], (B, Cz, P, P)
+    last_latent = quantize.last_scale_target(ids, residual).flatten(2).transpose(1, 2)  # (B, l, Cz)
+    loss, metrics = model(
+        context,
+        mask,
+        quantize.teacher_forcing_inputs(ids),
+        torch.cat(ids, dim=1),
+        last_latent,
+        quantize.embedding.weight,
+        loss_recipe,
+        torch.Generator().manual_seed(seed),
+    )
+    return {"loss": loss.item(), **metrics}
+
+
 class GeneratorTrainer(TextEncoderFromRecipe, Trainer):
     """``openhart train generator``: transformer + residual head of a preset on a trained tokenizer."""
 
@@ -294,22 +325,11 @@ class GeneratorTrainer(TextEncoderFromRecipe, Trainer):
     @torch.no_grad()
     def evaluate(self, batch: Batch, seed: int = 0) -> dict[str, float]:
         """Losses of the live networks on ``batch`` with fixed draws (no condition dropout or subsampling)."""
-        quantize = self.tokenizer.quantize
-        ids, residual = self.tokenizer.split(self.latents(batch))
-        last_latent = quantize.last_scale_target(ids, residual).flatten(2).transpose(1, 2)  # (B, l, Cz)
         context, mask = self.contexts(batch.captions)
         with self.evaluation_mode():
-            loss, metrics = self.model(
-                context,
-                mask,
-                quantize.teacher_forcing_inputs(ids),
-                torch.cat(ids, dim=1),
-                last_latent,
-                quantize.embedding.weight,
-                self.recipe.loss,
-                torch.Generator().manual_seed(seed),
+            return teacher_forced_losses(
+                self.model, self.tokenizer, self.latents(batch), context, mask, self.recipe.loss, seed
             )
-        return {"loss": loss.item(), **metrics}
 
     # ------------------------------------------------------------------ outputs
     def saved_pipeline(self) -> HartPipeline:
