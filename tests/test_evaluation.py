@@ -473,7 +473,7 @@ def _rows(concepts: dict[str, int], split: str) -> list[ImageRecord]:
     ]
 
 
-def test_adherence_references_keep_the_heldout_rows_or_the_queried_concepts():
+def test_adherence_references_keep_the_heldout_rows_or_the_queried_concepts(caplog):
     heldout = _rows({"fox": 3, "owl": 2}, "test")
     train = _rows({f"t{k}": 4 for k in range(50)}, "train")
     records = sorted([*heldout, *train], key=lambda r: r.key)
@@ -492,4 +492,6 @@ def test_adherence_references_keep_the_heldout_rows_or_the_queried_concepts():
     concepts = [concept_of(r) for r in refs]
     assert concepts.count("t0") == 4 and concepts.count("t2") == 4
     # A cap below the queried concepts' rows keeps them all: a query must be able to find its concept.
-    assert len(adherence_references(records, train, queries, reference_images=5, seed=0)) == 8
+    with caplog.at_level("WARNING"):
+        assert len(adherence_references(records, train, queries, reference_images=5, seed=0)) == 8
+    assert "no other concept is a distractor" in caplog.text

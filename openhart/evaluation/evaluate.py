@@ -486,6 +486,14 @@ def adherence_references(
     if reference_images is not None and len(heldout) > reference_images:
         wanted = {concept_of(r) for r in queries}
         kept = [r for r in heldout if concept_of(r) in wanted]
+        if len(kept) >= reference_images:
+            logger.warning(
+                "prompt adherence: the %d queried concepts have %d images, at least the %d references "
+                "asked for, so no other concept is a distractor; raise reference_images",
+                len(wanted),
+                len(kept),
+                reference_images,
+            )
     else:
         kept = list(heldout)
     kept_keys = {r.key for r in kept}
