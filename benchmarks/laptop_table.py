@@ -80,7 +80,28 @@ def reset_peak_rss() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def run(size: int, mode: str, qwen: Path, out: Path) -> dict:
+def timed_image(pipe, prompt: str, seed: int) -> tuple[torch.Tensor, float, dict[str, float]]:
+    """One image from prompt to pixels: (image, seconds, seconds per stage)."""
+    finished: dict[str, float] = {}  # stage name -> when it finished
+    start = time.perf_counter()
+    image = pipe(
+        prompt,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="pt",
+        stage_callback=lambda stage: finished.__setitem__(stage, time.perf_counter()),
+    ).images[0]
+    seconds = time.perf_counter() - start
+    last_scale = f"scale_{pipe.transformer.config.num_scales - 1}"
+    bounds = [start, finished["text_encoder"], finished[last_scale], finished["residual"], finished["decode"]]
+    names = ("text_encoder", "token_scales", "residual_head", "decoder")
+    return (
+        image,
+        seconds,
+        {name: end - begin for name, begin, end in zip(names, bounds, bounds[1:], strict=False)},
+    )
+
+
+def run(size: int, mode: str, qwen: Path, out: Path, offload: bool = False) -> dict:
     from openhart import HartPipeline
     from openhart.compat import official_text_encoder_config
     from openhart.presets import build_pipeline
@@ -97,20 +118,23 @@ def run(size: int, mode: str, qwen: Path, out: Path) -> dict:
     pipe.to(dtype=dtype)
     if int8:
         pipe.quantize("int8")
+    if offload:
+        pipe.enable_text_encoder_offload()  # freed after encoding, read again from its files next call
     load_s = time.perf_counter() - start
     load_peak = peak_rss_bytes()
     reset_peak_rss()  # what generating needs, apart from what loading needed
-    start = time.perf_counter()
-    image = pipe(
-        "an astronaut riding a horse on the moon",
-        generator=torch.Generator().manual_seed(0),
-        output_type="pt",
-    ).images[0]
-    seconds = time.perf_counter() - start
+    image, seconds, stage_seconds = timed_image(pipe, "an astronaut riding a horse on the moon", seed=0)
+    # A second image: what each further image costs once kernels exist for every shape (the first
+    # call also creates oneDNN primitives for each scale's token count).
+    _, warm_seconds, warm_stage_seconds = timed_image(pipe, "a red fox in the snow", seed=1)
     result = {
         "size": size,
         "mode": mode,
+        "offload_text_encoder": offload,
         "seconds": seconds,
+        "stage_seconds": stage_seconds,
+        "warm_seconds": warm_seconds,
+        "warm_stage_seconds": warm_stage_seconds,
         "load_seconds": load_s,
         "peak_rss_gib": peak_rss_bytes() / 2**30,  # while generating (peak reset after loading)
         "load_peak_rss_gib": load_peak / 2**30,
@@ -120,8 +144,9 @@ def run(size: int, mode: str, qwen: Path, out: Path) -> dict:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(image.float().cpu(), out / f"{size}-{mode}.pt")
-    (out / f"{size}-{mode}.json").write_text(json.dumps(result, indent=2) + "\n")
+    name = f"{size}-{mode}" + ("-offload" if offload else "")
+    torch.save(image.float().cpu(), out / f"{name}.pt")
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
     return result
 
@@ -135,21 +160,26 @@ def table(out: Path) -> None:
         reference = out / f"{row['size']}-fp32.pt"
         if reference.is_file():
             # Pixel units (0-255), the same seed as the float32 image.
-            difference = (
-                torch.load(out / f"{row['size']}-{row['mode']}.pt") - torch.load(reference)
-            ).abs() * 255
+            difference = (torch.load(path.with_suffix(".pt")) - torch.load(reference)).abs() * 255
             row["max_pixel_diff"], row["mean_pixel_diff"] = difference.max().item(), difference.mean().item()
         rows.append(row)
-    rows.sort(key=lambda r: (r["size"], list(MODES).index(r["mode"])))
+    rows.sort(key=lambda r: (r["size"], list(MODES).index(r["mode"]), r.get("offload_text_encoder", False)))
     print(
-        "| size | weights | s / image | peak RSS generating | peak RSS loading | max / mean pixel diff vs fp32 |"
+        "| size | weights | s, first image | s, next image | next image: text encoder / scales / head / "
+        "decoder (s) | peak RSS generating "
+        "| peak RSS loading | max / mean pixel diff vs fp32 |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         diff = f"{r['max_pixel_diff']:.0f} / {r['mean_pixel_diff']:.1f}" if "max_pixel_diff" in r else "n/a"
         load = r.get("load_peak_rss_gib", r.get("peak_rss_after_load_gib", float("nan")))
+        stages = (
+            " / ".join(f"{v:.1f}" for v in r["warm_stage_seconds"].values())
+            if "warm_stage_seconds" in r
+            else "n/a"
+        )
         print(
-            f"| {r['size']} px | {r['mode']} | {r['seconds']:.1f} s | {r['peak_rss_gib']:.2f} GiB "
+            f"| {r['size']} px | {r['mode']}{' + offload' if r.get('offload_text_encoder') else ''} | {r['seconds']:.1f} s | {r.get('warm_seconds', float('nan')):.1f} s | {stages} | {r['peak_rss_gib']:.2f} GiB "
             f"| {load:.2f} GiB | {diff} |"
         )
     (out / "table.json").write_text(json.dumps(rows, indent=2) + "\n")
@@ -278,6 +308,7 @@ def main() -> None:
     one.add_argument("--mode", choices=tuple(MODES), required=True)
     one.add_argument("--qwen", type=Path, required=True)
     one.add_argument("--out", type=Path, required=True)
+    one.add_argument("--offload-text-encoder", action="store_true", help="free the encoder before sampling")
     summary = commands.add_parser("table")
     summary.add_argument("out", type=Path)
     commands.add_parser("weights")
@@ -294,7 +325,7 @@ def main() -> None:
     elif args.command == "make-qwen":
         make_qwen(args.folder)
     elif args.command == "run":
-        run(args.size, args.mode, args.qwen, args.out)
+        run(args.size, args.mode, args.qwen, args.out, args.offload_text_encoder)
     else:
         table(args.out)
 

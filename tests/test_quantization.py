@@ -145,7 +145,7 @@ def tensors_in_file_mappings(module: torch.nn.Module) -> int:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads Linux's /proc/self/maps")
-def test_int8_releases_the_text_encoders_file_mapping():
+def test_int8_releases_the_text_encoders_file_mapping(caplog):
     """Quantizing leaves no weight on the memory-mapped safetensors file, so its pages can go.
 
     transformers loads emoji-64's MiniLM as views of the mapped file; one view left after
@@ -160,3 +160,7 @@ def test_int8_releases_the_text_encoders_file_mapping():
     assert tensors_in_file_mappings(pipe.transformer) == 0
     image = pipe("red apple emoji", generator=generators(0), output_type="pt").images
     assert image.shape == (1, 3, 64, 64) and image.std() > 0.01
+    # Offloading an int8 encoder re-reads and re-quantizes it every call: allowed, with a warning.
+    with caplog.at_level("WARNING", logger="openhart"):
+        pipe.enable_text_encoder_offload()
+    assert "offload with int8 weights" in caplog.text

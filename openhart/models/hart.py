@@ -37,6 +37,7 @@ from openhart.models.pipeline_io import (
     check_prompt_list,
     to_output_type,
 )
+from openhart.quantization import warn_if_offloading_int8
 from openhart.sampling import (
     SAMPLER_SETTINGS_NAME,
     ForcedTokens,
@@ -138,6 +139,7 @@ class HartPipeline(HartFastPath, PipelineBase):
         self._reload_offloaded_text_encoder()
         quantize_pipeline(self, mode)
         self._text_encoder_quantized = True
+        warn_if_offloading_int8(self._offload_text_encoder, self._text_encoder_quantized)
         self._drop_captured_graphs()
         return self
 
@@ -154,6 +156,7 @@ class HartPipeline(HartFastPath, PipelineBase):
                 "offloading needs one read from files (a transformers model folder)"
             )
         self._offload_text_encoder = True
+        warn_if_offloading_int8(self._offload_text_encoder, self._text_encoder_quantized)
 
     def _text_encoder_is_offloaded(self) -> bool:
         return any(p.is_meta for p in self.text_encoder.parameters())
