@@ -51,6 +51,11 @@ def quantize_linears_int8(module: nn.Module) -> int:
     quantize_, config = _int8_weight_only_config()
     count = sum(isinstance(m, nn.Linear) for m in module.modules())
     quantize_(module, config, filter_fn=lambda m, _name: isinstance(m, nn.Linear))
+    _copy_unquantized_tensors(module)
+    gc.collect()
+    # The bf16/fp32 weights just replaced sit in the allocator's free lists: give them back, so the
+    # resident set shows the int8 model (measured in docs/performance.md's laptop table).
+    release_freed_memory()
     return count
 
 
@@ -67,12 +72,6 @@ def quantize_pipeline(pipeline: HartPipeline, mode: str = "int8") -> dict[str, i
         # A hash encoder has no linears; a transformers encoder (Qwen2) is mostly linears.
         "text_encoder": quantize_linears_int8(pipeline.text_encoder),
     }
-    for part in (pipeline.transformer, pipeline.text_encoder):
-        _copy_unquantized_tensors(part)
-    gc.collect()
-    # The bf16/fp32 weights just replaced sit in the allocator's free lists: give them back, so the
-    # resident set shows the int8 model (measured in docs/performance.md's laptop table).
-    release_freed_memory()
     logger.info("int8 weight-only: %s linear layers", counts)
     return counts
 
