@@ -43,6 +43,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from openhart.data.datasets import ImageFolderDataset, ImageRecord, load_image
+from openhart.evaluation.adherence import adherence_references, concept_of, seeded_subset
 from openhart.evaluation.metrics import (
     concept_accuracy,
     fid_from_features,
@@ -58,7 +59,6 @@ from openhart.models import (
 )
 from openhart.models.hart import HartPipeline
 from openhart.utils.config import atomic_write_bytes
-from openhart.utils.random import rand_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,6 @@ DEFAULT_CACHE_DIR = (
 RESULT_JSON = "eval.json"
 RESULT_MARKDOWN = "eval.md"
 SAMPLE_GRID = "samples.png"
-CONCEPT_FIELDS = ("concept_id", "concept")
 
 Pipeline = HartPipeline | VarOnlyPipeline | LatentDiffusionPipeline
 
@@ -139,24 +138,6 @@ def _has_split_field(root: Path) -> bool:
             if line.strip():
                 return "split" in json.loads(line)
     return False
-
-
-def _seeded_subset(records: Sequence[ImageRecord], count: int, seed: int, stream: int) -> list[ImageRecord]:
-    """``count`` rows in their folder order, chosen with a generator seeded by (seed, stream)."""
-    if count >= len(records):
-        return list(records)
-    generator = torch.Generator().manual_seed(seed * 1000 + stream)
-    order = torch.argsort(rand_tensor((len(records),), generator))[:count]  # a random permutation's head
-    return [records[int(i)] for i in sorted(order.tolist())]
-
-
-def concept_of(record: ImageRecord) -> str:
-    """A row's concept label: ``concept_id`` or ``concept`` metadata, else its caption."""
-    for field in CONCEPT_FIELDS:
-        value = record.extra.get(field)
-        if value not in (None, ""):
-            return str(value)
-    return record.caption
 
 
 def _data_fingerprint(root: Path) -> str:
@@ -368,7 +349,7 @@ def evaluate(
         logger.warning(
             "num_images=%d > %d rows of split %r: using %d", num_images, len(rows), split, len(rows)
         )
-    fid_rows = _seeded_subset(rows, num_images, seed, stream=0)
+    fid_rows = seeded_subset(rows, num_images, seed, stream=0)
     fingerprint = _data_fingerprint(root)
     feature_options = {
         "image_size": image_size,
@@ -468,40 +449,6 @@ def evaluate(
     return results
 
 
-def adherence_references(
-    records: Sequence[ImageRecord],
-    heldout: Sequence[ImageRecord],
-    queries: Sequence[ImageRecord],
-    reference_images: int | None,
-    seed: int,
-) -> list[ImageRecord]:
-    """The real rows a generated image is matched against, in key order.
-
-    Every held-out row is a reference, and seeded other rows fill up to ``reference_images`` (None:
-    all rows). When the held-out split alone is larger than that budget (in-domain adherence, with
-    ``heldout_split="train"``), only the rows of the queried concepts are always kept: a query can
-    still find every image of its concept, among as many distractors as the held-out measure has,
-    without extracting features for the whole training set.
-    """
-    if reference_images is not None and len(heldout) > reference_images:
-        wanted = {concept_of(r) for r in queries}
-        kept = [r for r in heldout if concept_of(r) in wanted]
-        if len(kept) >= reference_images:
-            logger.warning(
-                "prompt adherence: the %d queried concepts have %d images, at least the %d references "
-                "asked for, so no other concept is a distractor; raise reference_images",
-                len(wanted),
-                len(kept),
-                reference_images,
-            )
-    else:
-        kept = list(heldout)
-    kept_keys = {r.key for r in kept}
-    others = [r for r in records if r.key not in kept_keys]
-    budget = len(others) if reference_images is None else max(reference_images - len(kept), 0)
-    return sorted([*kept, *_seeded_subset(others, budget, seed, stream=2)], key=lambda r: r.key)
-
-
 def _adherence(
     pipeline: Pipeline,
     records: Sequence[ImageRecord],
@@ -512,7 +459,7 @@ def _adherence(
     generation_options: dict[str, Any],
 ) -> dict[str, float]:
     seed = generation_options["seed"]
-    queries = _seeded_subset(heldout, adherence_images, seed, stream=1)
+    queries = seeded_subset(heldout, adherence_images, seed, stream=1)
     references = adherence_references(records, heldout, queries, reference_images, seed)
     reference_features = real_features(references, purpose=f"references-seed{seed}", **feature_options)
     reference_concepts = [concept_of(r) for r in references]
