@@ -119,7 +119,7 @@ def run(size: int, mode: str, qwen: Path, out: Path, offload: bool = False) -> d
     if int8:
         pipe.quantize("int8")
     if offload:
-        pipe.enable_text_encoder_offload()  # freed after encoding, read again from its files next call
+        pipe.enable_text_encoder_offload()  # freed after encoding; int8: parked in a file, mapped back
     load_s = time.perf_counter() - start
     load_peak = peak_rss_bytes()
     reset_peak_rss()  # what generating needs, apart from what loading needed

@@ -90,16 +90,6 @@ def _copy_unquantized_tensors(module: nn.Module) -> None:
                 tensor.data = tensor.data.clone()
 
 
-def warn_if_offloading_int8(offload_text_encoder: bool, text_encoder_quantized: bool) -> None:
-    """Offloading an int8 text encoder re-reads its files and re-quantizes them at every call: measured
-    worse than keeping it (docs/performance.md, laptop table: 6.48 vs 4.14 GiB peak at 512 px)."""
-    if offload_text_encoder and text_encoder_quantized:
-        logger.warning(
-            "text encoder offload with int8 weights: each call reads the encoder's files and quantizes "
-            "them again, which costs more memory and time than keeping the int8 encoder; drop one"
-        )
-
-
 def weight_bytes(module: nn.Module) -> int:
     """Bytes held by a module's parameters and buffers, int8 tensor subclasses counted by their parts."""
     total = 0

@@ -160,7 +160,61 @@ def test_int8_releases_the_text_encoders_file_mapping(caplog):
     assert tensors_in_file_mappings(pipe.transformer) == 0
     image = pipe("red apple emoji", generator=generators(0), output_type="pt").images
     assert image.shape == (1, 3, 64, 64) and image.std() > 0.01
-    # Offloading an int8 encoder re-reads and re-quantizes it every call: allowed, with a warning.
+
+
+def test_offloaded_int8_encoder_is_parked_in_a_file_not_quantized_again(monkeypatch):
+    """An int8 encoder offloads to a file of its int8 weights, written once and mapped back: the
+    images stay those of the resident int8 encoder, and no call quantizes it again."""
+    require_torchao()
+    import openhart.quantization as quantization
+
+    pipe = HartPipeline.from_pretrained(PACKAGED_WEIGHTS / "emoji-64").quantize("int8")
+    prompts = ["red apple emoji", "blue car"]
+    reference = pipe(prompts, generator=generators(0, 1), output_type="pt").images
+    resident_bytes = quantization.weight_bytes(pipe.text_encoder)
+
+    def no_quantizing(module):
+        raise AssertionError("the parked encoder was quantized again")
+
+    monkeypatch.setattr(quantization, "quantize_linears_int8", no_quantizing)
+    pipe.enable_text_encoder_offload()
+    first = pipe(prompts, generator=generators(0, 1), output_type="pt").images
+    parked = pipe._parked_text_encoder
+    assert parked is not None and parked.written
+    assert all(p.is_meta for p in pipe.text_encoder.parameters())  # freed after encoding
+    written = parked.path.stat().st_mtime_ns
+    second = pipe(prompts, generator=generators(0, 1), output_type="pt").images
+    assert torch.equal(first, reference) and torch.equal(second, reference)
+    assert parked.path.stat().st_mtime_ns == written  # the file is reused, not rewritten
+    # int8 on disk too: the file holds what the resident int8 encoder held, plus a small header.
+    assert resident_bytes <= parked.path.stat().st_size < 1.01 * resident_bytes
+
+    pipe._reload_offloaded_text_encoder()
+    assert quantization.weight_bytes(pipe.text_encoder) == resident_bytes
+    folder = parked.path.parent
+    del pipe, parked
+    import gc
+
+    gc.collect()
+    assert not folder.exists()  # the parking folder goes with the pipeline
+
+
+def test_an_int8_encoder_that_cannot_be_parked_stays_in_memory(tmp_path, caplog):
+    """A parking folder that cannot be written (here: removed) loses nothing: one warning, the
+    offload switched off, the same images."""
+    require_torchao()
+    import shutil
+
+    from openhart.utils.parked_weights import ParkedWeights
+
+    pipe = HartPipeline.from_pretrained(PACKAGED_WEIGHTS / "emoji-64").quantize("int8")
+    reference = pipe("red apple emoji", generator=generators(0), output_type="pt").images
+    pipe.enable_text_encoder_offload()
+    pipe._parked_text_encoder = ParkedWeights(tmp_path)
+    shutil.rmtree(pipe._parked_text_encoder.path.parent)
     with caplog.at_level("WARNING", logger="openhart"):
-        pipe.enable_text_encoder_offload()
-    assert "offload with int8 weights" in caplog.text
+        image = pipe("red apple emoji", generator=generators(0), output_type="pt").images
+    assert "offload switched off" in caplog.text
+    assert torch.equal(image, reference)
+    assert not any(p.is_meta for p in pipe.text_encoder.parameters())
+    assert torch.equal(pipe("red apple emoji", generator=generators(0), output_type="pt").images, reference)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,7 +38,6 @@ from openhart.models.pipeline_io import (
     check_prompt_list,
     to_output_type,
 )
-from openhart.quantization import warn_if_offloading_int8
 from openhart.sampling import (
     SAMPLER_SETTINGS_NAME,
     ForcedTokens,
@@ -50,12 +50,15 @@ from openhart.tokenizer import HybridTokenizer, TokenizerConfig
 from openhart.transformer import HartTransformer, HartTransformerConfig
 from openhart.utils.config import read_json, write_json
 from openhart.utils.memory import release_freed_memory
+from openhart.utils.parked_weights import ParkedWeights
 from openhart.utils.random import GeneratorSpec
 from openhart.utils.weights import ModelFilesMissingError, load_component, save_component
 from openhart.validation import InvalidTypeError, check_bool
 
 if TYPE_CHECKING:
     from openhart.models.lora import PipelineAdapters
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -92,6 +95,8 @@ class HartPipeline(HartFastPath, PipelineBase):
         # enable_text_encoder_offload(): the encoder's weights live only while prompts are encoded.
         self._offload_text_encoder = False
         self._text_encoder_quantized = False
+        # An offloaded int8 encoder waits in a file (written once), not re-quantized at each call.
+        self._parked_text_encoder: ParkedWeights | None = None
         # LoRA adapters on the transformer and head (openhart/models/lora.py), created by load_lora.
         self._lora: PipelineAdapters | None = None
 
@@ -139,7 +144,8 @@ class HartPipeline(HartFastPath, PipelineBase):
         self._reload_offloaded_text_encoder()
         quantize_pipeline(self, mode)
         self._text_encoder_quantized = True
-        warn_if_offloading_int8(self._offload_text_encoder, self._text_encoder_quantized)
+        if self._parked_text_encoder is not None:  # holds the weights from before this call
+            self._parked_text_encoder.discard()
         self._drop_captured_graphs()
         return self
 
@@ -149,6 +155,8 @@ class HartPipeline(HartFastPath, PipelineBase):
         For a text encoder that is large beside the rest (the released Qwen2-1.5B: 1.5 B parameters
         beside the transformer's 0.7 B), so it does not sit in memory during sampling. Only for
         encoders whose weights live in files (``transformers``/``minilm`` kinds); ValueError otherwise.
+        An int8 encoder (:meth:`quantize`) is parked in a temporary file of its int8 weights at the
+        first call and mapped back from it (:mod:`openhart.utils.parked_weights`).
         """
         if self.text_encoder.saves_weights:
             raise ValueError(
@@ -156,7 +164,6 @@ class HartPipeline(HartFastPath, PipelineBase):
                 "offloading needs one read from files (a transformers model folder)"
             )
         self._offload_text_encoder = True
-        warn_if_offloading_int8(self._offload_text_encoder, self._text_encoder_quantized)
 
     def _text_encoder_is_offloaded(self) -> bool:
         return any(p.is_meta for p in self.text_encoder.parameters())
@@ -164,14 +171,29 @@ class HartPipeline(HartFastPath, PipelineBase):
     def _reload_offloaded_text_encoder(self) -> None:
         if not self._text_encoder_is_offloaded():
             return
+        if self._parked_text_encoder is not None:
+            self._parked_text_encoder.restore(self.device)
+            return
         from openhart.text import build_text_encoder
 
-        encoder = build_text_encoder(self.text_encoder.config, dtype=self.dtype).to(device=self.device)
-        if self._text_encoder_quantized:
-            from openhart.quantization import quantize_linears_int8
+        self.text_encoder = build_text_encoder(self.text_encoder.config, dtype=self.dtype).to(
+            device=self.device
+        )
 
-            quantize_linears_int8(encoder)
-        self.text_encoder = encoder
+    def _free_text_encoder(self) -> None:
+        """Drop the encoder's weights until the next call: int8 ones to their parking file, others to
+        nothing (they are rebuilt from the encoder's files)."""
+        if self._text_encoder_quantized:
+            if self._parked_text_encoder is None:
+                self._parked_text_encoder = ParkedWeights()
+            try:
+                self._parked_text_encoder.park(self.text_encoder)
+            except OSError as error:  # e.g. a full temporary folder: keep the encoder, lose nothing
+                logger.warning("text encoder offload switched off: %s; the encoder stays in memory", error)
+                self._offload_text_encoder = False
+        else:
+            self.text_encoder.to("meta")
+            release_freed_memory()  # hands the weights back to the OS, not to the allocator's free lists
 
     # ------------------------------------------------------------------ LoRA adapters
     def load_lora(
@@ -369,8 +391,7 @@ class HartPipeline(HartFastPath, PipelineBase):
         else:
             uncond_context, uncond_mask = self.empty_context(batch_size)
         if self._offload_text_encoder:
-            self.text_encoder.to("meta")  # frees its weights for the sampling below
-            release_freed_memory()  # and hands them back to the OS, not to the allocator's free lists
+            self._free_text_encoder()  # for the sampling below
         notify = stage_callback or (lambda stage: None)
         notify("text_encoder")
 
