@@ -36,8 +36,25 @@ METRICS = ("ce", "token_accuracy", "last_scale_accuracy", "diffusion")
 
 
 @torch.no_grad()
-def heldout_losses(pipeline: HartPipeline, records: list, batch_size: int, seed: int) -> dict[str, float]:
-    """Image-weighted means of the teacher-forced metrics over ``records``."""
+def heldout_losses(
+    pipeline: HartPipeline, records: list, batch_size: int, seed: int, captions: str = "own"
+) -> dict[str, float]:
+    """Image-weighted means of the teacher-forced metrics over ``records``.
+
+    ``captions``: "own" (each image's caption), "shuffled" (another image's, a seeded derangement:
+    how much the model uses the text) or "empty" (the unconditional branch guidance uses).
+    """
+    prompts = [r.caption for r in records]
+    if captions == "shuffled":
+        # Rotating a seeded permutation by one gives every image a caption not its own.
+        order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed + 1)).tolist()
+        prompts = [""] * len(records)
+        for position, index in enumerate(order):
+            prompts[index] = records[order[(position + 1) % len(order)]].caption
+    elif captions == "empty":
+        prompts = [""] * len(records)
+    elif captions != "own":
+        raise ValueError(f"captions must be own, shuffled or empty, not {captions!r}")
     model = GeneratorModel(pipeline.transformer, pipeline.diffusion_head).eval()
     size = pipeline.tokenizer.config.image_size
     loss_recipe = GeneratorLossRecipe(diffusion_batch_mul=1)
@@ -46,7 +63,7 @@ def heldout_losses(pipeline: HartPipeline, records: list, batch_size: int, seed:
         chunk = records[start : start + batch_size]
         images = torch.stack([load_image(r.path, size) for r in chunk])  # (B, 3, S, S) in [-1, 1]
         latents = pipeline.tokenizer.encode(images.to(pipeline.device, pipeline.dtype))
-        context, mask = pipeline.encode_prompt([r.caption for r in chunk])
+        context, mask = pipeline.encode_prompt(prompts[start : start + batch_size])
         # One seed per batch position: the same images get the same draws in every model.
         metrics = teacher_forced_losses(
             model, pipeline.tokenizer, latents, context, mask, loss_recipe, seed + start
@@ -66,6 +83,12 @@ def main() -> None:
     parser.add_argument("--max-images", type=int, default=None, help="a seeded subset of the split")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--captions",
+        choices=("own", "shuffled", "empty"),
+        default="own",
+        help="condition on each image's caption, another image's, or none (how much the text is used)",
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
@@ -79,7 +102,7 @@ def main() -> None:
         if not isinstance(pipeline, HartPipeline):
             raise SystemExit(f"{name}: not a HART model")
         started = time.perf_counter()
-        metrics = heldout_losses(pipeline, records, args.batch_size, args.seed)
+        metrics = heldout_losses(pipeline, records, args.batch_size, args.seed, args.captions)
         parameters = sum(p.numel() for p in pipeline.transformer.parameters())
         rows.append(
             {
@@ -93,13 +116,14 @@ def main() -> None:
     report = {
         "data": str(args.data),
         "split": args.split,
+        "captions": args.captions,
         "num_images": len(records),
         "rows": rows,
         "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "command": "python scripts/heldout_loss.py "
         + " ".join(f"--model {m}" for m in args.model)
-        + f" --data {args.data} --split {args.split}",
+        + f" --data {args.data} --split {args.split} --captions {args.captions}",
     }
     atomic_write_bytes(args.out, (json.dumps(report, indent=2) + "\n").encode())
     print(f"wrote {args.out}")
