@@ -123,7 +123,8 @@ def main() -> None:
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "command": "python scripts/heldout_loss.py "
         + " ".join(f"--model {m}" for m in args.model)
-        + f" --data {args.data} --split {args.split} --captions {args.captions}",
+        + f" --data {args.data} --split {args.split} --captions {args.captions}"
+        + (f" --max-images {args.max_images}" if args.max_images is not None else ""),
     }
     atomic_write_bytes(args.out, (json.dumps(report, indent=2) + "\n").encode())
     print(f"wrote {args.out}")
