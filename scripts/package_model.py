@@ -7,7 +7,7 @@ uses without --model).
 ``--tokenizer`` swaps in a tokenizer trained after the generator; it must give the same tokens (a
 ``decoder_only`` fine-tune of the pipeline's own tokenizer), which is checked on random images.
 
-``--sampler FIELD=VALUE`` (repeatable, VALUE as JSON) sets the model's own sampler defaults, its
+``--sampler FIELD=VALUE`` (repeatable, VALUE as JSON or a bare word) sets the model's own sampler defaults, its
 ``sampler.json``: what every command uses when the user does not say otherwise.
 
 Weights are stored in float16 to halve the download; ``HartPipeline.from_pretrained`` loads them
@@ -60,7 +60,10 @@ def main() -> None:
         name, _, value = spec.partition("=")
         if not value:
             raise SystemExit(f"--sampler {spec!r}: expected FIELD=VALUE")
-        overrides[name] = json.loads(value)
+        try:
+            overrides[name] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[name] = value  # a bare word such as constant
     pipeline.sampler_settings = settings.replace(**overrides)  # checked: a bad field or value fails here
     print(f"sampler settings: {pipeline.sampler_settings.to_dict()}")
     pipeline.to(dtype=torch.float16).save_pretrained(args.destination)
