@@ -80,15 +80,32 @@ def reset_peak_rss() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def timed_image(pipe, prompt: str, seed: int) -> tuple[torch.Tensor, float, dict[str, float]]:
-    """One image from prompt to pixels: (image, seconds, seconds per stage)."""
+STAGE_PHASES = {"text_encoder": "text_encoder", "residual": "residual_head", "decode": "decoder"}
+
+
+def timed_image(
+    pipe, prompt: str, seed: int
+) -> tuple[torch.Tensor, float, dict[str, float], dict[str, float]]:
+    """One image from prompt to pixels: (image, seconds, seconds per stage, peak RSS GiB per stage).
+
+    The peak of a stage is the resident-set high-water mark since the previous stage ended (reset
+    at each stage's end), so it says which stage the row's peak comes from.
+    """
     finished: dict[str, float] = {}  # stage name -> when it finished
+    peaks: dict[str, float] = {}
+
+    def stage_done(stage: str) -> None:
+        finished[stage] = time.perf_counter()
+        phase = STAGE_PHASES.get(stage, "token_scales")  # the others are scale_0, scale_1, ...
+        peaks[phase] = max(peaks.get(phase, 0.0), peak_rss_bytes() / 2**30)
+        reset_peak_rss()
+
     start = time.perf_counter()
     image = pipe(
         prompt,
         generator=torch.Generator().manual_seed(seed),
         output_type="pt",
-        stage_callback=lambda stage: finished.__setitem__(stage, time.perf_counter()),
+        stage_callback=stage_done,
     ).images[0]
     seconds = time.perf_counter() - start
     last_scale = f"scale_{pipe.transformer.config.num_scales - 1}"
@@ -98,6 +115,7 @@ def timed_image(pipe, prompt: str, seed: int) -> tuple[torch.Tensor, float, dict
         image,
         seconds,
         {name: end - begin for name, begin, end in zip(names, bounds, bounds[1:], strict=False)},
+        peaks,
     )
 
 
@@ -123,10 +141,12 @@ def run(size: int, mode: str, qwen: Path, out: Path, offload: bool = False) -> d
     load_s = time.perf_counter() - start
     load_peak = peak_rss_bytes()
     reset_peak_rss()  # what generating needs, apart from what loading needed
-    image, seconds, stage_seconds = timed_image(pipe, "an astronaut riding a horse on the moon", seed=0)
+    image, seconds, stage_seconds, stage_peaks = timed_image(
+        pipe, "an astronaut riding a horse on the moon", seed=0
+    )
     # A second image: what each further image costs once kernels exist for every shape (the first
     # call also creates oneDNN primitives for each scale's token count).
-    _, warm_seconds, warm_stage_seconds = timed_image(pipe, "a red fox in the snow", seed=1)
+    _, warm_seconds, warm_stage_seconds, warm_stage_peaks = timed_image(pipe, "a red fox in the snow", seed=1)
     result = {
         "size": size,
         "mode": mode,
@@ -136,7 +156,10 @@ def run(size: int, mode: str, qwen: Path, out: Path, offload: bool = False) -> d
         "warm_seconds": warm_seconds,
         "warm_stage_seconds": warm_stage_seconds,
         "load_seconds": load_s,
-        "peak_rss_gib": peak_rss_bytes() / 2**30,  # while generating (peak reset after loading)
+        # While generating (peak reset after loading, and at each stage's end).
+        "peak_rss_gib": max(peak_rss_bytes() / 2**30, *stage_peaks.values(), *warm_stage_peaks.values()),
+        "stage_peak_rss_gib": stage_peaks,
+        "warm_stage_peak_rss_gib": warm_stage_peaks,
         "load_peak_rss_gib": load_peak / 2**30,
         "process_peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30,
         "threads": torch.get_num_threads(),
