@@ -4,6 +4,7 @@
     python benchmarks/laptop_table.py run --size 512 --mode bf16 --qwen /tmp/qwen2-1.5b-random --out DIR
     python benchmarks/laptop_table.py table DIR                             # markdown rows + JSON
     python benchmarks/laptop_table.py weights | linears | emoji-dtype       # the parts measured apart
+    python benchmarks/laptop_table.py floor --qwen /tmp/qwen2-1.5b-random  # FLOPs / this CPU's bf16 rate
 
 Random weights of the real shapes (speed and memory do not depend on the values): the
 ``hart-0.7b-512`` / ``hart-0.7b-1024`` presets (seed 0) and a Qwen2Model of Qwen2-1.5B's config
@@ -319,6 +320,53 @@ def emoji_dtype() -> None:
     )
 
 
+def floor(size: int, qwen: Path) -> None:
+    """The fastest a bf16 image could be here: its FLOPs over this CPU's best bf16 matmul rate.
+
+    FLOPs are counted by ``torch.utils.flop_counter`` over one whole image (text encoder, scales
+    with CFG, residual head, decoder: matmuls, convolutions, attention); the rate is the best of
+    five 2048 x 2048 x 2048 bf16 matmuls, a shape that runs near the CPU's peak. Time at that rate
+    is a lower bound: small scales and attention run far below it.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from openhart import HartPipeline
+    from openhart.compat import official_text_encoder_config
+    from openhart.presets import build_pipeline
+    from openhart.text import build_text_encoder
+
+    a, b = (torch.randn(2048, 2048, dtype=torch.bfloat16) for _ in range(2))
+    times = []
+    for _ in range(6):  # the first one warms up
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    rate = 2 * 2048**3 / min(times[1:])
+    stand_in = build_pipeline(f"hart-0.7b-{size}", seed=0)
+    encoder = build_text_encoder(
+        official_text_encoder_config(qwen, max_length=300, hidden_size=1536), dtype=torch.bfloat16
+    )
+    pipe = HartPipeline(encoder, stand_in.tokenizer, stand_in.transformer, stand_in.diffusion_head).eval()
+    del stand_in
+    pipe.to(dtype=torch.bfloat16)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        timed_image(pipe, "an astronaut riding a horse on the moon", seed=0)
+    flops = counter.get_total_flops()
+    print(
+        json.dumps(
+            {
+                "size": size,
+                "image_tflop": flops / 1e12,
+                "bf16_matmul_tflops": rate / 1e12,
+                "floor_seconds": flops / rate,
+                "threads": torch.get_num_threads(),
+                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            }
+        )
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -336,6 +384,9 @@ def main() -> None:
     summary.add_argument("out", type=Path)
     commands.add_parser("weights")
     commands.add_parser("emoji-dtype")
+    lower_bound = commands.add_parser("floor")
+    lower_bound.add_argument("--size", type=int, choices=(512, 1024), default=512)
+    lower_bound.add_argument("--qwen", type=Path, required=True)
     timing = commands.add_parser("linears")
     timing.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
@@ -343,6 +394,8 @@ def main() -> None:
         weights()
     elif args.command == "emoji-dtype":
         emoji_dtype()
+    elif args.command == "floor":
+        floor(args.size, args.qwen)
     elif args.command == "linears":
         linears(args.repeats)
     elif args.command == "make-qwen":
