@@ -48,6 +48,7 @@ def test_tiny_pipeline_images_are_unchanged():
 
 @pytest.mark.skipif(not (PACKAGED_WEIGHTS / "emoji-64").is_dir(), reason="no embedded emoji-64 weights")
 def test_emoji64_images_are_unchanged_at_the_old_sampler_settings():
+    # Pinned for the shipped weights: a new emoji-64 (here, its decoder) records a new digest.
     pipe = load("emoji-64", dtype=torch.float32)
     images = pipe(
         ["a red apple", "a happy dog"],
@@ -56,4 +57,4 @@ def test_emoji64_images_are_unchanged_at_the_old_sampler_settings():
         temperature=1.0,
         output_type="np",
     )
-    assert _digest(images.images) == "f31f02ca3acd0e62d2799cd33f598102556811de65c54a60ec1204459b25decb"
+    assert _digest(images.images) == "cf15c34ffeabf05046381c2eb822bdeb79aedd28a16c77a1f28097c3fd62f9ba"
