@@ -7,7 +7,8 @@ uses without --model).
 ``--tokenizer`` swaps in a tokenizer trained after the generator; it must give the same tokens (a
 ``decoder_only`` fine-tune of the pipeline's own tokenizer), which is checked on random images.
 
-``--sampler FIELD=VALUE`` (repeatable, VALUE as JSON or a bare word) sets the model's own sampler defaults, its
+``--sampler FIELD=VALUE`` (repeatable, VALUE parsed as YAML, as
+``openhart train --set`` does: numbers, null, bare words) sets the model's own sampler defaults, its
 ``sampler.json``: what every command uses when the user does not say otherwise.
 
 Weights are stored in float16 to halve the download; ``HartPipeline.from_pretrained`` loads them
@@ -17,12 +18,12 @@ into float32 modules (or whatever dtype is asked for).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
 from openhart import HartPipeline
+from openhart.training.recipe import RecipeError, apply_overrides
 from openhart.training.tokenizer_trainer import load_tokenizer
 
 
@@ -55,15 +56,13 @@ def main() -> None:
         pipeline = HartPipeline(
             pipeline.text_encoder, tokenizer, pipeline.transformer, pipeline.diffusion_head
         )
-    overrides = {}
     for spec in args.sampler:
-        name, _, value = spec.partition("=")
-        if not value:
+        if not spec.partition("=")[2]:
             raise SystemExit(f"--sampler {spec!r}: expected FIELD=VALUE")
-        try:
-            overrides[name] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[name] = value  # a bare word such as constant
+    try:
+        overrides = apply_overrides({}, args.sampler)  # values as in `train --set`: YAML
+    except RecipeError as error:
+        raise SystemExit(f"--sampler: {error}") from error
     pipeline.sampler_settings = settings.replace(**overrides)  # checked: a bad field or value fails here
     print(f"sampler settings: {pipeline.sampler_settings.to_dict()}")
     pipeline.to(dtype=torch.float16).save_pretrained(args.destination)
