@@ -120,21 +120,25 @@ def timed_image(
     )
 
 
-def run(size: int, mode: str, qwen: Path, out: Path, offload: bool = False) -> dict:
+def released_stand_in(size: int, qwen: Path, dtype: torch.dtype):
+    """The released pipeline's shapes with random weights (seed 0) and the Qwen2 folder ``qwen``."""
     from openhart import HartPipeline
     from openhart.compat import official_text_encoder_config
     from openhart.presets import build_pipeline
     from openhart.text import build_text_encoder
 
-    dtype, int8 = MODES[mode]
-    start = time.perf_counter()
     stand_in = build_pipeline(f"hart-0.7b-{size}", seed=0)
     encoder = build_text_encoder(
         official_text_encoder_config(qwen, max_length=300, hidden_size=1536), dtype=dtype
     )
     pipe = HartPipeline(encoder, stand_in.tokenizer, stand_in.transformer, stand_in.diffusion_head).eval()
-    del stand_in
-    pipe.to(dtype=dtype)
+    return pipe.to(dtype=dtype)
+
+
+def run(size: int, mode: str, qwen: Path, out: Path, offload: bool = False) -> dict:
+    dtype, int8 = MODES[mode]
+    start = time.perf_counter()
+    pipe = released_stand_in(size, qwen, dtype)
     if int8:
         pipe.quantize("int8")
     if offload:
@@ -330,11 +334,6 @@ def floor(size: int, qwen: Path) -> None:
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from openhart import HartPipeline
-    from openhart.compat import official_text_encoder_config
-    from openhart.presets import build_pipeline
-    from openhart.text import build_text_encoder
-
     a, b = (torch.randn(2048, 2048, dtype=torch.bfloat16) for _ in range(2))
     times = []
     for _ in range(6):  # the first one warms up
@@ -342,13 +341,7 @@ def floor(size: int, qwen: Path) -> None:
         torch.mm(a, b)
         times.append(time.perf_counter() - start)
     rate = 2 * 2048**3 / min(times[1:])
-    stand_in = build_pipeline(f"hart-0.7b-{size}", seed=0)
-    encoder = build_text_encoder(
-        official_text_encoder_config(qwen, max_length=300, hidden_size=1536), dtype=torch.bfloat16
-    )
-    pipe = HartPipeline(encoder, stand_in.tokenizer, stand_in.transformer, stand_in.diffusion_head).eval()
-    del stand_in
-    pipe.to(dtype=torch.bfloat16)
+    pipe = released_stand_in(size, qwen, torch.bfloat16)
     counter = FlopCounterMode(display=False)
     with counter:
         timed_image(pipe, "an astronaut riding a horse on the moon", seed=0)
