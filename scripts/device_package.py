@@ -50,6 +50,13 @@ SCALE_SUFFIX = ".int8_row_scale"
 TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json")
 
 
+def tokenizer_image_size(folder: Path) -> int:
+    from openhart.tokenizer import TokenizerConfig
+    from openhart.utils.config import load_config
+
+    return load_config(TokenizerConfig, folder / "config.json").image_size
+
+
 def training_rows(root: Path, split: str | None) -> list[dict]:
     rows = [json.loads(line) for line in (root / "metadata.jsonl").read_text().splitlines() if line.strip()]
     return [row for row in rows if split is None or row.get("split") == split]
@@ -203,8 +210,7 @@ def build(args: argparse.Namespace) -> None:
         tokenizer_folder = tokenizer_folder / "final" / "tokenizer"
     elif (tokenizer_folder / "final").is_dir():
         tokenizer_folder = tokenizer_folder / "final"
-    size = json.loads((tokenizer_folder / "config.json").read_text())
-    size = size["patch_nums"][-1] * 2 ** (len(size["ch_mult"]) - 1)
+    size = tokenizer_image_size(tokenizer_folder)
     text_config = recipe.component_configs()["text_encoder"]
 
     out = args.out
@@ -221,8 +227,8 @@ def build(args: argparse.Namespace) -> None:
     if text_config.lowercase:
         texts = sorted({text.lower() for text in texts})
     vocabulary = prune_vocabulary(minilm_model_folder(), texts, out / "text_encoder")
-    check = texts if args.check_texts == 0 else texts[:: max(1, len(texts) // args.check_texts)]
-    difference = feature_difference(out / "text_encoder", check, text_config)
+    compared = texts if args.check_texts == 0 else texts[:: max(1, len(texts) // args.check_texts)]
+    difference = feature_difference(out / "text_encoder", compared, text_config)
     pack_tokenizer(tokenizer_folder, out / "tokenizer")
 
     files = sorted(p for p in out.rglob("*") if p.is_file())
@@ -270,8 +276,7 @@ def check(args: argparse.Namespace) -> None:
     recipe = load_recipe(args.recipe)
     root = Path(recipe.data.train["root"])
     rows = training_rows(root, recipe.data.train.get("split"))
-    size = json.loads((args.unpacked / "tokenizer" / "config.json").read_text())
-    size = size["patch_nums"][-1] * 2 ** (len(size["ch_mult"]) - 1)
+    size = tokenizer_image_size(args.unpacked / "tokenizer")
     step = max(1, len(rows) // args.rows)
     for row in rows[::step]:
         original = load_image(root / row["file_name"], size)
