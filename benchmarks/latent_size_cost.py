@@ -20,24 +20,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from train_throughput import time_steps  # this folder: the same timed optimiser steps
+
 from openhart.diffusion import ResidualDiffusionHead
+from openhart.evaluation.benchmark import environment_record
 from openhart.models.hart import HartPipeline
 from openhart.presets import preset_configs
 from openhart.text import load_text_encoder
 from openhart.tokenizer import HybridTokenizer, TokenizerConfig
-from openhart.training.batches import Batch
 from openhart.training.generator_trainer import GeneratorTrainer
 from openhart.training.recipe import load_recipe
 from openhart.transformer import HartTransformer
@@ -66,15 +66,6 @@ def build_trainer(tokenizer: Path, subsample: bool, data: str, out_dir: Path, ba
     ]
     recipe = load_recipe(ROOT / "configs" / "emoji-64-generator.yaml", overrides)
     return GeneratorTrainer(recipe, out_dir=out_dir)
-
-
-def time_training(trainer: GeneratorTrainer, batches: list[Batch]) -> float:
-    """Images per second of optimiser steps over ``batches``."""
-    started = time.perf_counter()
-    for batch in batches:
-        trainer.step += 1
-        trainer._optimizer_step(batch, trainer.step)
-    return sum(batch.images.shape[0] for batch in batches) / (time.perf_counter() - started)
 
 
 def build_pipeline(tokenizer_folder: Path) -> HartPipeline:
@@ -129,11 +120,11 @@ def main() -> None:
             )
             stream = trainer.batches()
             batches[name] = [next(stream) for _ in range(args.steps)]
-            time_training(trainer, batches[name])  # untimed: latent and caption caches filled
+            time_steps(trainer, batches[name])  # untimed: latent and caption caches filled
             trainers[name] = trainer
         for _ in range(args.rounds):
             for name in variants:
-                train_speeds[name].append(time_training(trainers[name], batches[name]))
+                train_speeds[name].append(time_steps(trainers[name], batches[name]))
         del trainers, batches
 
     pipelines = {"8x8": build_pipeline(args.tokenizer_8), "16x16": build_pipeline(args.tokenizer_16)}
@@ -175,12 +166,7 @@ def main() -> None:
     if args.out is not None:
         result = {
             "command": "python " + " ".join(sys.argv),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": platform.platform(),
-            "processor": platform.processor(),
-            "threads": torch.get_num_threads(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "torch": torch.__version__,
+            **environment_record(),
             "batch_size": args.batch_size,
             "rows": rows,
         }

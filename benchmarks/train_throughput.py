@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-
+from openhart.evaluation.benchmark import environment_record
 from openhart.training.batches import Batch
 from openhart.training.generator_trainer import GeneratorTrainer
 from openhart.training.loop import Trainer
@@ -131,12 +128,7 @@ def main() -> None:
             + " ".join(
                 f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "out"
             ),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": platform.platform(),
-            "processor": platform.processor(),
-            "threads": torch.get_num_threads(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "torch": torch.__version__,
+            **environment_record(),
             "rows": rows,
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -26,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from openhart.data.image_folder import ImageFolderDataset
+from openhart.evaluation.benchmark import environment_record
 from openhart.evaluation.inception import InceptionFeatureExtractor
 from openhart.evaluation.metrics import reconstruction_metrics
 from openhart.tokenizer import HybridTokenizer, TokenizerConfig
@@ -94,10 +93,7 @@ def main() -> None:
     if args.out is not None:
         result = {
             "command": "python " + " ".join(sys.argv),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": platform.platform(),
-            "processor": platform.processor(),
-            "torch": torch.__version__,
+            **environment_record(),
             "split": args.split,
             "num_images": count,
             "rows": rows,

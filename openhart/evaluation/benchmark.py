@@ -13,6 +13,8 @@ encoder excluded); results of the same preset, batch size and device type report
 
 from __future__ import annotations
 
+import datetime
+import platform
 import resource
 import statistics
 import sys
@@ -144,6 +146,21 @@ def _is_compiled(pipeline: HartPipeline) -> bool:
     return any(
         getattr(block, "compiled_pieces", False) for block in getattr(pipeline.transformer, "blocks", ())
     )
+
+
+def environment_record() -> dict[str, object]:
+    """When and where a measurement ran: UTC date, machine, processor, torch, CPU threads and ISA.
+
+    Benchmarks store it beside their numbers, so a result file says which machine it describes.
+    """
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+    }
 
 
 def _peak_rss_bytes() -> int:
