@@ -66,6 +66,7 @@ from openhart.utils.distributed import (
     init_distributed,
     seed_everything,
 )
+from openhart.utils.memory import release_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -401,6 +402,10 @@ class Trainer:
                             "samples_per_s": window_steps * global_batch / elapsed,
                         }
                         window_start, window_steps = time.monotonic(), 0
+                        # Steps allocate tensors of varying shapes (subsampled token counts, new
+                        # cache entries); glibc keeps the freed blocks fragmented in its heap and
+                        # the resident set grows by gigabytes per epoch unless they are returned.
+                        release_freed_memory()
                         if writer is not None:
                             writer.write(last_metrics)
                             bar.set_postfix(loss=f"{last_metrics.get('loss', float('nan')):.4f}")
