@@ -25,6 +25,7 @@ from openhart.command_setup import (
     QuantizeOption,
     RandomWeightsOption,
     RevisionOption,
+    SeedOption,
     TextEncoderOption,
     apply_memory_options,
     given_sampler_options,
@@ -96,10 +97,7 @@ def generate(
     negative_prompt: Annotated[
         str | None, typer.Option(help="Prompt for CFG's unconditional branch.")
     ] = None,
-    seed: Annotated[
-        int | None,
-        typer.Option(help="Seed of image 0; image i uses seed + i (0 <= seed < 2**63). Random when unset."),
-    ] = None,
+    seed: SeedOption = None,
     guidance_scale: GuidanceOption = None,
     steps: Annotated[
         int | None, typer.Option(min=1, help="Residual diffusion steps (default: the model's, 8).")

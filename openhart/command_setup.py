@@ -67,6 +67,10 @@ GuidanceOption = Annotated[
         min=0.0, help="CFG strength, 0 = no guidance (default: the model's sampler.json, else 4.5)."
     ),
 ]
+SeedOption = Annotated[
+    int | None,
+    typer.Option(help="Seed of image 0; image i uses seed + i (0 <= seed < 2**63). Random when unset."),
+]
 
 
 def given_sampler_options(**options: object) -> dict[str, object]:

@@ -23,6 +23,7 @@ from openhart.command_setup import (
     DtypeChoice,
     GuidanceOption,
     RandomWeightsOption,
+    SeedOption,
     given_sampler_options,
     load_model,
     resolve_device,
@@ -111,10 +112,7 @@ def edit(
     model: Annotated[
         str | None, typer.Option(help="Model folder or preset name (default: the embedded model).")
     ] = None,
-    seed: Annotated[
-        int | None,
-        typer.Option(help="Seed of image 0; image i uses seed + i (0 <= seed < 2**63). Random when unset."),
-    ] = None,
+    seed: SeedOption = None,
     guidance_scale: GuidanceOption = None,
     num_images: Annotated[int, typer.Option(min=1, max=64, help="Edits to make.")] = 1,
     device: Annotated[DeviceChoice, typer.Option(help="Where to run.")] = DeviceChoice.auto,
