@@ -18,6 +18,7 @@ high-water mark (VmHWM) of loading and of the steps, each on its own.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 import sys
@@ -127,13 +128,11 @@ def main() -> None:
     finally:
         cleanup_distributed()
 
-    rows = [line.split(",") for line in (run / "metrics.csv").read_text().splitlines()]
-    header, values = rows[0], [dict(zip(rows[0], row, strict=True)) for row in rows[1:]]
-    assert "steps_per_s" in header, header
-    steps = [
-        {"step": int(v["step"]), "seconds": 1.0 / float(v["steps_per_s"]), "loss": float(v["loss"])}
-        for v in values
-    ]
+    with (run / "metrics.csv").open(newline="") as file:  # one row per step (run.log_every 1)
+        steps = [
+            {"step": int(row["step"]), "seconds": 1.0 / float(row["steps_per_s"]), "loss": float(row["loss"])}
+            for row in csv.DictReader(file)
+        ]
     adapter = run / "final" / "adapter_model.safetensors"
     record = {
         "command": " ".join(["python", *sys.argv]),
