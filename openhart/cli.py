@@ -113,6 +113,13 @@ def generate(
         float | None,
         typer.Option(help="Divides the token logits, > 0 (default: the model's)."),
     ] = None,
+    residual_temperature: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="Scales the residual head's per-step noise, >= 0 (0: no noise; default: the model's).",
+        ),
+    ] = None,
     grid: Annotated[bool, typer.Option("--grid", help="Also write all images as one grid PNG.")] = False,
     device: Annotated[DeviceChoice, typer.Option(help="Where to run.")] = DeviceChoice.auto,
     dtype: Annotated[
@@ -143,6 +150,8 @@ def generate(
         check_encodable(negative_prompt, "--negative-prompt")
     if temperature is not None and not temperature > 0:  # also refuses nan
         raise InvalidInputError(f"--temperature: expected a number > 0, got {temperature}")
+    if residual_temperature is not None and not residual_temperature >= 0:  # also refuses nan
+        raise InvalidInputError(f"--residual-temperature: expected a number >= 0, got {residual_temperature}")
     total = len(prompts) * num_images
     if seed is not None:
         check_seed(seed, total, "--seed")
@@ -168,7 +177,11 @@ def generate(
         generator=generators,
         progress=torch_device.type == "cpu",
         **given_sampler_options(
-            guidance_scale=guidance_scale, top_k=top_k, top_p=top_p, temperature=temperature
+            guidance_scale=guidance_scale,
+            top_k=top_k,
+            top_p=top_p,
+            temperature=temperature,
+            residual_temperature=residual_temperature,
         ),
     )
     images = result.images

@@ -1,8 +1,8 @@
 """A model's own sampler defaults (its ``sampler.json``) reach every command that samples it.
 
-A model folder saved with guidance 1.5, temperature 0.7 and top-k 5 must be sampled with those
-values by ``generate``, ``edit``, ``synthesize``, ``eval`` and ``serve`` when the user names none,
-and an option the user does give overrides only itself.
+A model folder saved with guidance 1.5, temperature 0.7, top-k 5 and residual temperature 0 must be
+sampled with those values by ``generate``, ``edit``, ``synthesize``, ``eval`` and ``serve`` when the
+user names none, and an option the user does give overrides only itself.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tests.conftest import make_tiny_pipeline
 from tests.test_serve import ServerProcess
 
 runner = CliRunner(env={"COLUMNS": "400"})
-MODEL_SETTINGS = SamplerSettings(guidance_scale=1.5, temperature=0.7, top_k=5)
+MODEL_SETTINGS = SamplerSettings(guidance_scale=1.5, temperature=0.7, top_k=5, residual_temperature=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,10 @@ def test_generate_uses_the_models_settings_and_an_option_overrides_only_itself(t
     assert np.array_equal(louder, _expected(tuned_model, "a cat", 5, guidance_scale=4.5))
     assert not np.array_equal(louder, plain)
     assert not np.array_equal(louder, _expected(tuned_model, "a cat", 5, sampler=SamplerSettings()))
+    # --residual-temperature likewise: the head's step noise back at full scale, the rest the model's.
+    noisy = generate("noisy.png", "--residual-temperature", "1")
+    assert np.array_equal(noisy, _expected(tuned_model, "a cat", 5, residual_temperature=1.0))
+    assert not np.array_equal(noisy, plain)
 
 
 def test_generate_refuses_a_temperature_of_zero_before_loading(tuned_model, tmp_path):
@@ -85,6 +89,13 @@ def test_generate_refuses_a_temperature_of_zero_before_loading(tuned_model, tmp_
     ]
     result = runner.invoke(app, args)
     assert result.exit_code != 0 and "--temperature" in result.output
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_generate_refuses_a_negative_residual_temperature_before_loading(tmp_path):
+    args = ["generate", "a cat", "--residual-temperature", "-0.5", "-o", str(tmp_path / "x.png")]
+    result = runner.invoke(app, args)
+    assert result.exit_code != 0 and "--residual-temperature" in result.output
     assert not (tmp_path / "x.png").exists()
 
 
