@@ -7,13 +7,15 @@ biased upwards; compare rows with each other, not with FIDs at another N.
     python scripts/sampler_sweep.py --model runs/candidate --data data/emoji-64 --num-images 500 \
         --grid "guidance_scale=3.0,4.5,6.0" --grid "top_k=0,200" --out sweep.json
 
-Each ``--grid FIELD=V1,V2`` names a :class:`openhart.sampling.SamplerSettings` field; rows are all
-combinations. Values parse as JSON (``null``, numbers, strings in quotes or bare words).
+Each ``--grid FIELD=V1,V2`` names a :class:`openhart.sampling.SamplerSettings` field or another
+keyword of the pipeline call (e.g. ``unguided_last_scales``); rows are all combinations. Values
+parse as JSON (``null``, numbers, strings in quotes or bare words).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import itertools
 import json
@@ -25,7 +27,10 @@ import torch
 
 import openhart
 from openhart.evaluation.evaluate import evaluate
+from openhart.sampling import SamplerSettings
 from openhart.utils.config import atomic_write_bytes
+
+SAMPLER_FIELDS = {field.name for field in dataclasses.fields(SamplerSettings)}
 
 
 def parse_grid(specs: list[str]) -> list[dict]:
@@ -60,7 +65,9 @@ def main() -> None:
     pipeline = openhart.load(args.model, device="cpu", dtype=torch.float32)
     rows = []
     for overrides in parse_grid(args.grid) or [{}]:
-        settings = pipeline.sampler_settings.replace(**overrides)  # fails here on a bad field
+        fields = {name: value for name, value in overrides.items() if name in SAMPLER_FIELDS}
+        call_options = {name: value for name, value in overrides.items() if name not in SAMPLER_FIELDS}
+        settings = pipeline.sampler_settings.replace(**fields)  # fails here on a bad field
         started = time.perf_counter()
         result = evaluate(
             pipeline,
@@ -70,7 +77,7 @@ def main() -> None:
             adherence_images=0,
             reconstruction_images=0,
             guidance_scale=settings.guidance_scale,
-            generation_kwargs={"sampler": settings},
+            generation_kwargs={"sampler": settings, **call_options},
             progress=False,
         )
         rows.append({"settings": overrides, "fid": result["fid"], "seconds": time.perf_counter() - started})
