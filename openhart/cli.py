@@ -120,6 +120,13 @@ def generate(
             help="Scales the residual head's per-step noise, >= 0 (0: no noise; default: the model's).",
         ),
     ] = None,
+    unguided_last_scales: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Run the last N scales and the residual head without CFG (default: the model's speed.json).",
+        ),
+    ] = None,
     grid: Annotated[bool, typer.Option("--grid", help="Also write all images as one grid PNG.")] = False,
     device: Annotated[DeviceChoice, typer.Option(help="Where to run.")] = DeviceChoice.auto,
     dtype: Annotated[
@@ -167,6 +174,13 @@ def generate(
     )
     apply_lora_options(pipeline, lora, model or DEFAULT_MODEL)  # before int8: adapters on float weights
     apply_memory_options(pipeline, quantize, offload_text_encoder)
+    if unguided_last_scales is not None:
+        from openhart.sampling import check_unguided_last_scales
+
+        try:
+            check_unguided_last_scales(unguided_last_scales, pipeline.transformer.config.num_scales)
+        except ValueError as error:
+            raise InvalidInputError(f"--unguided-last-scales: {error}") from error
     first_seed = seed if seed is not None else secrets.randbelow(2**31)
     generators = [torch.Generator().manual_seed(first_seed + i) for i in range(total)]
     result = pipeline(
@@ -176,6 +190,7 @@ def generate(
         num_images_per_prompt=num_images,
         generator=generators,
         progress=torch_device.type == "cpu",
+        unguided_last_scales=unguided_last_scales,
         **given_sampler_options(
             guidance_scale=guidance_scale,
             top_k=top_k,

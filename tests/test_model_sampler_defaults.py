@@ -92,6 +92,18 @@ def test_generate_refuses_a_temperature_of_zero_before_loading(tuned_model, tmp_
     assert not (tmp_path / "x.png").exists()
 
 
+def test_generate_unguided_last_scales_option_reaches_the_call_and_is_checked(tuned_model, tmp_path):
+    base = ["generate", "a cat", "--model", str(tuned_model), "--seed", "5", "--dtype", "float32"]
+    result = runner.invoke(app, [*base, "--unguided-last-scales", "1", "-o", str(tmp_path / "one.png")])
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(
+        _pixels(tmp_path / "one.png"), _expected(tuned_model, "a cat", 5, unguided_last_scales=1)
+    )
+    result = runner.invoke(app, [*base, "--unguided-last-scales", "99", "-o", str(tmp_path / "bad.png")])
+    assert result.exit_code != 0 and "--unguided-last-scales" in result.output
+    assert not (tmp_path / "bad.png").exists()
+
+
 def test_generate_refuses_a_negative_residual_temperature_before_loading(tmp_path):
     args = ["generate", "a cat", "--residual-temperature", "-0.5", "-o", str(tmp_path / "x.png")]
     result = runner.invoke(app, args)
