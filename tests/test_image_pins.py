@@ -56,6 +56,7 @@ def test_emoji64_images_are_unchanged_at_the_old_sampler_settings():
         guidance_scale=4.5,
         temperature=1.0,
         residual_temperature=1.0,
+        unguided_last_scales=0,
         output_type="np",
     )
     assert _digest(images.images) == "cf15c34ffeabf05046381c2eb822bdeb79aedd28a16c77a1f28097c3fd62f9ba"
