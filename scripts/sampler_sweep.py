@@ -67,7 +67,7 @@ def main() -> None:
     for overrides in parse_grid(args.grid) or [{}]:
         fields = {name: value for name, value in overrides.items() if name in SAMPLER_FIELDS}
         call_options = {name: value for name, value in overrides.items() if name not in SAMPLER_FIELDS}
-        settings = pipeline.sampler_settings.replace(**fields)  # fails here on a bad field
+        settings = pipeline.sampler_settings.replace(**fields)  # fails here on a bad value
         started = time.perf_counter()
         result = evaluate(
             pipeline,
