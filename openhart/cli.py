@@ -28,6 +28,7 @@ from openhart.command_setup import (
     SeedOption,
     TextEncoderOption,
     apply_memory_options,
+    check_unguided_option,
     given_sampler_options,
     load_model,
     resolve_device,
@@ -175,12 +176,7 @@ def generate(
     apply_lora_options(pipeline, lora, model or DEFAULT_MODEL)  # before int8: adapters on float weights
     apply_memory_options(pipeline, quantize, offload_text_encoder)
     if unguided_last_scales is not None:
-        from openhart.sampling import check_unguided_last_scales
-
-        try:
-            check_unguided_last_scales(unguided_last_scales, pipeline.transformer.config.num_scales)
-        except ValueError as error:
-            raise InvalidInputError(f"--unguided-last-scales: {error}") from error
+        check_unguided_option(unguided_last_scales, pipeline)
     first_seed = seed if seed is not None else secrets.randbelow(2**31)
     generators = [torch.Generator().manual_seed(first_seed + i) for i in range(total)]
     result = pipeline(
@@ -325,7 +321,6 @@ def bench(
     For the released sizes it also prints the ratio to the official HART's numbers (docs/performance.md).
     """
     from openhart.evaluation.benchmark import benchmark_pipeline
-    from openhart.sampling import check_unguided_last_scales
 
     if compare is not None:
         from openhart.evaluation.cli import run_compare
@@ -362,10 +357,7 @@ def bench(
         typer.echo(f"weights: random, the architecture of {model}{released}")
     if cuda_graphs and torch_device.type != "cuda":
         raise DependencyError("--cuda-graphs: CUDA graphs need a CUDA device")
-    try:
-        check_unguided_last_scales(unguided_last_scales, pipeline.transformer.config.num_scales)
-    except ValueError as error:
-        raise InvalidInputError(f"--unguided-last-scales: {error}") from error
+    check_unguided_option(unguided_last_scales, pipeline)
     if compile_:
         pipeline.compile()
     pipeline.set_speed_options(store_last_scale_keys=store_last_scale_keys)

@@ -81,6 +81,16 @@ def given_sampler_options(**options: object) -> dict[str, object]:
     return {name: value for name, value in options.items() if value is not None}
 
 
+def check_unguided_option(value: int, pipeline: HartPipeline) -> None:
+    """``--unguided-last-scales`` against the loaded model's scale count: an InvalidInputError if out of range."""
+    from openhart.sampling import check_unguided_last_scales
+
+    try:
+        check_unguided_last_scales(value, pipeline.transformer.config.num_scales)
+    except ValueError as error:
+        raise InvalidInputError(f"--unguided-last-scales: {error}") from error
+
+
 def apply_memory_options(pipeline: HartPipeline, quantize: str | None, offload_text_encoder: bool) -> None:
     """``--quantize`` and ``--offload-text-encoder``; a missing torchao is a DependencyError, a wrong value
     an InvalidInputError (one line at the CLI's error boundary)."""
