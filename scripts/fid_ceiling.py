@@ -28,6 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tokenizer_compare import parse_named  # this script's folder is on sys.path when it runs
+
 from openhart.data.image_folder import ImageFolderDataset
 from openhart.evaluation.adherence import seeded_subset
 from openhart.evaluation.benchmark import environment_record
@@ -36,21 +38,14 @@ from openhart.evaluation.metrics import fid_from_features, reconstruction_metric
 from openhart.tokenizer import HybridTokenizer, TokenizerConfig
 from openhart.utils.weights import load_component
 
-# The eval draws its FID rows with stream 0 of the seed; the other rows come from a stream it never
-# uses, so the two sets are disjoint and neither depends on the other's size.
+# The eval draws its FID rows with stream 0 of the seed; the other rows are drawn, with another
+# stream, from the rows it left, so the two sets are disjoint.
 OTHER_ROWS_STREAM = 17
-
-
-def parse_named(value: str) -> tuple[str, Path]:
-    name, sep, folder = value.partition("=")
-    if not sep or not name or not folder:
-        raise argparse.ArgumentTypeError(f"expected NAME=FOLDER, got {value!r}")
-    return name, Path(folder)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tokenizer", type=parse_named, action="append", default=[], help="NAME=FOLDER")
+    parser.add_argument("--tokenizer", type=parse_named, action="append", required=True, help="NAME=FOLDER")
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--split", default="train", help="the split openhart eval's FID rows come from")
     parser.add_argument("--num-images", type=int, default=1000)
@@ -62,7 +57,7 @@ def main() -> None:
     tokenizers = {
         name: load_component(HybridTokenizer, TokenizerConfig, folder) for name, folder in args.tokenizer
     }
-    sizes = {tokenizer.config.image_size for tokenizer in tokenizers.values()} or {64}
+    sizes = {tokenizer.config.image_size for tokenizer in tokenizers.values()}
     if len(sizes) != 1:
         raise SystemExit(f"the tokenizers decode different image sizes: {sorted(sizes)}")
     dataset = ImageFolderDataset(args.data, sizes.pop())
