@@ -28,15 +28,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tokenizer_compare import parse_named  # this script's folder is on sys.path when it runs
+from tokenizer_compare import load_tokenizers, parse_named  # this script's folder is on sys.path when it runs
 
 from openhart.data.image_folder import ImageFolderDataset
 from openhart.evaluation.adherence import seeded_subset
 from openhart.evaluation.benchmark import environment_record
 from openhart.evaluation.inception import InceptionFeatureExtractor
 from openhart.evaluation.metrics import fid_from_features, reconstruction_metrics
-from openhart.tokenizer import HybridTokenizer, TokenizerConfig
-from openhart.utils.weights import load_component
 
 # The eval draws its FID rows with stream 0 of the seed; the other rows are drawn, with another
 # stream, from the rows it left, so the two sets are disjoint.
@@ -54,13 +52,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="JSON results file")
     args = parser.parse_args()
 
-    tokenizers = {
-        name: load_component(HybridTokenizer, TokenizerConfig, folder) for name, folder in args.tokenizer
-    }
-    sizes = {tokenizer.config.image_size for tokenizer in tokenizers.values()}
-    if len(sizes) != 1:
-        raise SystemExit(f"the tokenizers decode different image sizes: {sorted(sizes)}")
-    dataset = ImageFolderDataset(args.data, sizes.pop())
+    tokenizers, image_size = load_tokenizers(args.tokenizer)
+    dataset = ImageFolderDataset(args.data, image_size)
     rows = [r for r in dataset.records if r.extra.get("split") == args.split]
     if 2 * args.num_images > len(rows):
         raise SystemExit(

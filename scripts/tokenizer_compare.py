@@ -38,6 +38,15 @@ def parse_named(value: str) -> tuple[str, Path]:
     return name, Path(folder)
 
 
+def load_tokenizers(named: list[tuple[str, Path]]) -> tuple[dict[str, HybridTokenizer], int]:
+    """Each NAME=FOLDER's tokenizer, and the one image size they all decode (else SystemExit)."""
+    tokenizers = {name: load_component(HybridTokenizer, TokenizerConfig, folder) for name, folder in named}
+    sizes = {tokenizer.config.image_size for tokenizer in tokenizers.values()}
+    if len(sizes) != 1:
+        raise SystemExit(f"the tokenizers decode different image sizes: {sorted(sizes)}")
+    return tokenizers, sizes.pop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokenizer", type=parse_named, action="append", required=True, help="NAME=FOLDER")
@@ -48,13 +57,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="JSON results file")
     args = parser.parse_args()
 
-    tokenizers = {
-        name: load_component(HybridTokenizer, TokenizerConfig, folder) for name, folder in args.tokenizer
-    }
-    sizes = {tokenizer.config.image_size for tokenizer in tokenizers.values()}
-    if len(sizes) != 1:
-        raise SystemExit(f"the tokenizers decode different image sizes: {sorted(sizes)}")
-    dataset = ImageFolderDataset(args.data, sizes.pop(), split=args.split)
+    tokenizers, image_size = load_tokenizers(args.tokenizer)
+    dataset = ImageFolderDataset(args.data, image_size, split=args.split)
     count = min(args.num_images, len(dataset))
     images = torch.stack([dataset[i]["image"] for i in range(count)])  # (N, 3, S, S) in [-1, 1]
     extractor = InceptionFeatureExtractor().eval()
