@@ -15,10 +15,10 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
+from residual_head_cost import seconds_per_call  # this script's folder is on sys.path when it runs
 
 from openhart.evaluation.benchmark import environment_record
 from openhart.loading import load
@@ -38,14 +38,6 @@ def parse_model(value: str) -> tuple[str, str, str]:
     if dtype not in DTYPES:
         raise argparse.ArgumentTypeError(f"{value!r}: dtype must be one of {sorted(DTYPES)}")
     return name, model, dtype
-
-
-def seconds_per_call(pipeline: HartPipeline, batch_size: int, seed: int) -> float:
-    prompts = [f"a happy dog {i}" for i in range(batch_size)]
-    generators = [torch.Generator().manual_seed(seed + i) for i in range(batch_size)]
-    started = time.perf_counter()
-    pipeline(prompts, generator=generators, output_type="pt")
-    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -70,11 +62,11 @@ def main() -> None:
     results: dict[str, dict[str, dict[str, float]]] = {}
     for batch_size in args.batch_size:
         for pipeline in pipelines.values():  # warm-up: one call of every model
-            seconds_per_call(pipeline, batch_size, 0)
+            seconds_per_call(pipeline, batch_size, {}, 0)
         times: dict[str, list[float]] = {name: [] for name in pipelines}
         for round_index in range(args.rounds):
             for name, pipeline in pipelines.items():
-                times[name].append(seconds_per_call(pipeline, batch_size, round_index))
+                times[name].append(seconds_per_call(pipeline, batch_size, {}, round_index))
         base = statistics.median(times[names[0]])
         rows = {}
         for name, values in times.items():
