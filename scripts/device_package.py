@@ -1,7 +1,10 @@
 """A generator-training package small enough for one device call, and its unpacking there.
 
-A device call carries the working tree plus at most 64 MiB in all, and the tracked tree is about
-29 MB, so an emoji-64 generator run must fit its data, text encoder and tokenizer in ~37 MB:
+A device call carries the working tree and the package together, 64 MiB at most, and the tracked
+tree is about 34 MiB (``build`` reports both), so an emoji-64 generator run must fit its data, text
+encoder and tokenizer in the rest (34 MiB). That leaves no room for ``candidates/`` (the models in
+training, 6 MiB and more), which the device does not need: move it out of the working tree for the
+call and ``git checkout candidates`` afterwards (only the files on disk travel).
 
 - **images**: the recipe's training rows, as the trainer sees them (``prepare_image``: RGB,
   64x64, composited on white), one uint8 array compressed with xz: the emoji share their white
@@ -14,8 +17,8 @@ A device call carries the working tree plus at most 64 MiB in all, and the track
   differ from the full encoder's by quantization noise: ``build`` measures how much on the
   captions and writes it to the manifest. The generator trains on features precomputed there,
   then runs with the full encoder here.
-- **tokenizer**: the frozen tokenizer's encoder side in fp32 (the tokens it makes are what the
-  generator learns); its decoder stays here (the trainer needs one only for sample images, so
+- **tokenizer**: the frozen tokenizer's encoder side in the dtype it is stored in (the tokens it
+  makes are what the generator learns, so its values travel unchanged); its decoder stays here (the trainer needs one only for sample images, so
   the device gets a random one and no samples; ``assemble`` puts the real one back).
 
     python scripts/device_package.py build --recipe configs/emoji-64-generator-latent16.yaml --out .device-package
@@ -32,6 +35,7 @@ import hashlib
 import json
 import lzma
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -46,6 +50,8 @@ from openhart.text.encoders import TextEncoderConfig, TransformersTextEncoder, m
 from openhart.training.recipe import load_recipe
 from openhart.utils.config import atomic_write_bytes
 
+ROOT = Path(__file__).resolve().parents[1]
+DEVICE_TREE_LIMIT = 64 * 2**20  # what one device call carries: the working tree and the package
 SCALE_SUFFIX = ".int8_row_scale"
 TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json")
 
@@ -172,7 +178,7 @@ DECODER_PREFIXES = ("decoder.", "post_quant_conv.")
 
 
 def pack_tokenizer(folder: Path, out: Path) -> None:
-    """The tokenizer's encoder side (encoder, quant_conv, quantizer) in fp32: what makes the tokens."""
+    """The tokenizer's encoder side (encoder, quant_conv, quantizer), values unchanged: what makes the tokens."""
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy(folder / "config.json", out / "config.json")
     weights = load_file(str(folder / "model.safetensors"))
@@ -199,6 +205,19 @@ def unpack_tokenizer(packed_folder: Path, out: Path) -> None:
     if unexpected or any(not name.startswith(DECODER_PREFIXES) for name in missing):
         raise SystemExit(f"the packed tokenizer does not fit its config: {unexpected or missing}")
     save_component(tokenizer, out)
+
+
+def working_tree_bytes() -> int:
+    """Bytes of what a device call carries besides its carried paths: the files git tracks or would
+    track (untracked, not ignored) that are on disk now."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    paths = {ROOT / name.decode() for name in listed if name}
+    return sum(path.stat().st_size for path in paths if path.is_file())
 
 
 def build(args: argparse.Namespace) -> None:
@@ -244,6 +263,19 @@ def build(args: argparse.Namespace) -> None:
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(json.dumps({k: v for k, v in manifest.items() if k != "files"}, indent=2))
+    tree = working_tree_bytes()
+    travelling = tree + manifest["bytes"]
+    print(
+        f"a device call would carry {travelling / 2**20:.1f} MiB: working tree {tree / 2**20:.1f} MiB + package"
+    )
+    if travelling > DEVICE_TREE_LIMIT:
+        print(
+            f"warning: over the device's {DEVICE_TREE_LIMIT / 2**20:.0f} MiB by "
+            f"{(travelling - DEVICE_TREE_LIMIT) / 2**20:.1f} MiB: move candidates/ out of the working "
+            "tree for the call (the package carries what the device needs of it; `git checkout "
+            "candidates` puts it back)",
+            file=sys.stderr,
+        )
 
 
 def unpack(args: argparse.Namespace) -> None:
@@ -321,7 +353,7 @@ def assemble(args: argparse.Namespace) -> None:
         module = module_cls(config)
         module.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()}, strict=True)
         modules[name] = module
-    shipped = Path(__file__).resolve().parents[1] / "openhart" / "weights" / "emoji-64"
+    shipped = ROOT / "openhart" / "weights" / "emoji-64"
     pipeline = HartPipeline(
         text_encoder=load_text_encoder(shipped / "text_encoder"),
         tokenizer=load_component(HybridTokenizer, TokenizerConfig, args.tokenizer),

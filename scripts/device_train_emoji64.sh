@@ -3,7 +3,8 @@
 # same recipe and steps, from the package of scripts/device_package.py, and brings their weights
 # back. Made here first:
 #   python scripts/device_package.py build --recipe configs/emoji-64-generator-latent16.yaml --out .device-package
-# then, as the device tool's command (carry: .device-package):
+# then, with candidates/ moved out of the working tree (the call carries 64 MiB; `build` says how
+# much it would), as the device tool's command (carry: .device-package):
 #   OUT=$OUT bash scripts/device_train_emoji64.sh
 # and here, with the files that came back in FILES:
 #   python scripts/device_package.py assemble --returned FILES/hart --tokenizer TOKENIZER --out runs/emoji-64-latent16-gpu/hart
