@@ -61,3 +61,13 @@ def test_latent16_tokenizer_reconstructs_and_its_residual_adds_detail():
     # emoji-64 held-out split gains 2.6 dB from the residual): sharp, and the residual still helps.
     assert hybrid > 24.0, hybrid
     assert hybrid > discrete + 0.3, (hybrid, discrete)
+
+
+def test_latent16_candidate_is_a_pipeline_that_draws():
+    from openhart import HartPipeline
+
+    pipe = HartPipeline.from_pretrained(CANDIDATES / "emoji-64-latent16")
+    image = pipe("a red apple", generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (64, 64)
+    pixels = np.asarray(image, dtype=np.float32).reshape(-1, 3) / 255
+    assert float(pixels.std(0).mean()) > 0.05  # not a flat fill
