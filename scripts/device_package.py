@@ -3,7 +3,7 @@
 A device call carries the working tree and the package together, 64 MiB at most, and the tracked
 tree is about 34 MiB (``build`` reports both), so an emoji-64 generator run must fit its data, text
 encoder and tokenizer in the rest (34 MiB). That leaves no room for ``candidates/`` (the models in
-training, 6 MiB and more), which the device does not need: move it out of the working tree for the
+training, 24 MiB), which the device does not need: move it out of the working tree for the
 call and ``git checkout candidates`` afterwards (only the files on disk travel).
 
 - **images**: the recipe's training rows, as the trainer sees them (``prepare_image``: RGB,
@@ -18,7 +18,8 @@ call and ``git checkout candidates`` afterwards (only the files on disk travel).
   captions and writes it to the manifest. The generator trains on features precomputed there,
   then runs with the full encoder here.
 - **tokenizer**: the frozen tokenizer's encoder side in the dtype it is stored in (the tokens it
-  makes are what the generator learns, so its values travel unchanged); its decoder stays here (the trainer needs one only for sample images, so
+  makes are what the generator learns, so its values travel unchanged); its decoder stays here
+  (the trainer needs one only for sample images, so
   the device gets a random one and no samples; ``assemble`` puts the real one back).
 
     python scripts/device_package.py build --recipe configs/emoji-64-generator-latent16.yaml --out .device-package
