@@ -21,7 +21,7 @@ from openhart.training.adversarial import (
     generator_adversarial_loss,
 )
 from openhart.training.recipe import RecipeError
-from openhart.training.tokenizer_trainer import TokenizerTrainer, save_tokenizer
+from openhart.training.tokenizer_trainer import TokenizerTrainer, load_tokenizer, save_tokenizer
 from tests.test_training import SquaresDataset, _max_difference, _weights, tokenizer_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,9 +173,66 @@ def test_decoder_only_fine_tuning_keeps_the_tokens(tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in trained)
 
 
+def test_a_wider_decoder_trains_on_the_frozen_tokens_of_init(tmp_path):
+    """decoder_ch / decoder_num_res_blocks with `init`: a new decoder, the same tokens and residuals."""
+    start_tokenizer = build_pipeline("tiny", seed=0).tokenizer
+    start = save_tokenizer(start_tokenizer, tmp_path / "start")
+    recipe = adversarial_recipe(
+        tmp_path / "run",
+        init=str(start),
+        decoder_only=True,
+        tokenizer={"decoder_ch": 2 * start_tokenizer.config.ch, "decoder_num_res_blocks": 2},
+        loss={"revive_every": 0},
+        adversarial={"start_step": 1},
+    )
+    trainer = TokenizerTrainer(recipe, dataset=SquaresDataset(16))
+    tokenizer = trainer.tokenizer
+    config = tokenizer.config
+    assert (config.decoder_width, config.decoder_blocks) == (2 * config.ch, 2)
+    assert tokenizer.decoder.conv_in.out_channels == 2 * start_tokenizer.decoder.conv_in.out_channels
+    assert len(tokenizer.decoder.up[0].block) == 3  # decoder_num_res_blocks + 1
+    # The encoder side is init's, weight for weight: same ids, same residual.
+    kept = {k: v for k, v in start_tokenizer.state_dict().items() if not k.startswith("decoder.")}
+    assert all(torch.equal(tokenizer.state_dict()[k], v) for k, v in kept.items())
+    images = torch.stack([SquaresDataset(4)[i]["image"] for i in range(4)])
+    with torch.no_grad():
+        ids, residual = tokenizer.split(tokenizer.encode(images))
+        start_ids, start_residual = start_tokenizer.split(start_tokenizer.encode(images))
+    assert all(torch.equal(a, b) for a, b in zip(ids, start_ids, strict=True))
+    assert torch.equal(residual, start_residual)
+    trainer.train()
+    final = load_tokenizer(tmp_path / "run")
+    assert final.config.decoder_width == 2 * config.ch
+    frozen = [k for k in kept if k.split(".")[0] in ("encoder", "quant_conv", "quantize")]
+    assert frozen and all(torch.equal(final.state_dict()[k], kept[k]) for k in frozen)
+
+
+def test_decoder_overrides_of_the_same_shape_start_a_fresh_decoder(tmp_path):
+    """A control run: a new decoder the size of the trained one, on the same frozen encoder."""
+    start_tokenizer = build_pipeline("tiny", seed=0).tokenizer
+    start = save_tokenizer(start_tokenizer, tmp_path / "start")
+    same = {"decoder_ch": start_tokenizer.config.ch}
+    trainer = TokenizerTrainer(
+        adversarial_recipe(tmp_path / "run", init=str(start), tokenizer=same), dataset=SquaresDataset(16)
+    )
+    before, now = start_tokenizer.state_dict(), trainer.tokenizer.state_dict()
+    assert now.keys() == before.keys()
+    assert all(torch.equal(now[k], before[k]) for k in now if not k.startswith("decoder."))
+    assert not torch.equal(now["decoder.conv_in.weight"], before["decoder.conv_in.weight"])
+    # Without overrides the trained decoder is kept.
+    kept = TokenizerTrainer(
+        adversarial_recipe(tmp_path / "kept", init=str(start)), dataset=SquaresDataset(16)
+    )
+    assert torch.equal(
+        kept.tokenizer.state_dict()["decoder.conv_in.weight"], before["decoder.conv_in.weight"]
+    )
+
+
 @pytest.mark.parametrize(
     ("sections", "message"),
     [
+        ({"init": "x", "tokenizer": {"ch": 64}}, r"\['ch'\] come from `init`"),
+        ({"tokenizer": {"decoder_ch": 40}}, "decoder_ch"),
         ({"decoder_only": True}, "decoder_only: needs `init`"),
         ({"decoder_only": True, "init": "x", "loss": {"revive_every": 4}}, "revive_every to 0"),
         ({"adversarial": {"loss": "wasserstein"}}, "adversarial.loss"),

@@ -19,11 +19,12 @@ from openhart.compat import (
     official_sampler_settings,
     save_official_layout,
 )
-from openhart.compat.official import transformer_configs_from_official
+from openhart.compat.official import official_tokenizer_config, transformer_configs_from_official
 from openhart.compat.verify import GoldenVerifier
 from openhart.compat.verify import main as verify_main
 from openhart.errors import ModelLoadError
 from openhart.text import HashTextEncoder, TextEncoderConfig
+from openhart.tokenizer import TokenizerConfig
 from tests.conftest import SHARED, generators
 
 HART_TINY = SHARED / "compat" / "hart-tiny"
@@ -142,6 +143,15 @@ def test_unsupported_official_fields_are_named():
             transformer_configs_from_official({**base, field: value}, 640, 8)
     with pytest.raises(UnsupportedOfficialConfig, match="brand_new_switch"):
         transformer_configs_from_official({**base, "brand_new_switch": 1}, 640, 8)
+
+
+def test_an_asymmetric_decoder_is_refused_by_the_official_export():
+    released = TokenizerConfig()
+    assert official_tokenizer_config(released)["ch"] == released.ch
+    for field in ("decoder_ch", "decoder_num_res_blocks"):
+        wider = released.replace(**{field: getattr(released, field.replace("decoder_", "")) * 2})
+        with pytest.raises(UnsupportedOfficialConfig, match="decoder"):
+            official_tokenizer_config(wider)
 
 
 def test_official_sampler_settings_and_system_prompt():

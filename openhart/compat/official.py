@@ -222,6 +222,8 @@ def official_tokenizer_config(config: TokenizerConfig) -> dict[str, Any]:
         raise UnsupportedOfficialConfig(
             "the official tokenizer has 3 input channels and 2 ResNet blocks per level"
         )
+    if (config.decoder_width, config.decoder_blocks) != (config.ch, config.num_res_blocks):
+        raise UnsupportedOfficialConfig("the official tokenizer's decoder has the encoder's width and depth")
     return {
         "architectures": ["HARTAutoEncoderWithDisc"],
         "model_type": TOKENIZER_MODEL_TYPE,

@@ -53,6 +53,13 @@ class TokenizerConfig(Config):
     dropout: float = checked(0.0, kind="number", ge=0, lt=1)
     # Weight of the commitment term of the VQ training loss.
     commitment_beta: float = checked(0.25, kind="number", ge=0)
+    # The decoder's own width and depth (None: ch and num_res_blocks, the symmetric VQGAN layout the
+    # released tokenizer has). Tokens and residuals depend on the encoder side only, so a wider
+    # decoder can be trained on a frozen encoder (a decoder-only recipe) under a trained generator.
+    decoder_ch: int | None = checked(
+        None, kind="int", ge=GROUPNORM_GROUPS, multiple_of=GROUPNORM_GROUPS, optional=True
+    )
+    decoder_num_res_blocks: int | None = checked(None, kind="int", ge=1, optional=True)
 
     def validate(self) -> None:
         if self.quant_conv_kernel % 2 != 1:
@@ -62,6 +69,16 @@ class TokenizerConfig(Config):
         pn = self.patch_nums
         if len(pn) < 2 or pn[0] != 1 or any(b <= a for a, b in itertools.pairwise(pn)):
             self.fail("patch_nums", "at least 2 strictly increasing sides starting at 1", pn)
+
+    @property
+    def decoder_width(self) -> int:
+        """Width of the decoder's level 0 (its levels are decoder_width·ch_mult[i])."""
+        return self.ch if self.decoder_ch is None else self.decoder_ch
+
+    @property
+    def decoder_blocks(self) -> int:
+        """num_res_blocks of the decoder (each of its levels has one more ResNet block)."""
+        return self.num_res_blocks if self.decoder_num_res_blocks is None else self.decoder_num_res_blocks
 
     @property
     def downsample_factor(self) -> int:
@@ -151,7 +168,9 @@ class HybridTokenizer(nn.Module):
         self.config = config
         c = config
         self.encoder = Encoder(c.in_channels, c.ch, c.ch_mult, c.num_res_blocks, c.latent_channels, c.dropout)
-        self.decoder = Decoder(c.in_channels, c.ch, c.ch_mult, c.num_res_blocks, c.latent_channels, c.dropout)
+        self.decoder = Decoder(
+            c.in_channels, c.decoder_width, c.ch_mult, c.decoder_blocks, c.latent_channels, c.dropout
+        )
         pad = c.quant_conv_kernel // 2
         self.quant_conv = nn.Conv2d(c.latent_channels, c.latent_channels, c.quant_conv_kernel, padding=pad)
         self.post_quant_conv = nn.Conv2d(

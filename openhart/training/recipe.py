@@ -224,13 +224,18 @@ def _check_frozen_sources(recipe: Any, start_from: str) -> None:
         raise RecipeError("save_ema: true needs optim.ema_decay > 0 (or set save_ema: false)")
 
 
+# TokenizerConfig fields that shape the decoder alone: the ones a recipe with `init` may change.
+DECODER_FIELDS = ("decoder_ch", "decoder_num_res_blocks")
+
+
 @dataclasses.dataclass(frozen=True)
 class TokenizerRecipe(Section):
     """``openhart train tokenizer``: the hybrid tokenizer of a preset, trained from scratch or a folder."""
 
     # Model sizes come from this preset's tokenizer config ...
     preset: str = checked(kind="choice", choices=PRESET_NAMES)
-    # ... with these fields replaced.
+    # ... with these fields replaced. With `init`, sizes are init's, and only the decoder's
+    # (DECODER_FIELDS) may be given: a new, freshly initialised decoder of that shape.
     tokenizer: dict = checked(
         kind="mapping", default_factory=dict, expect="a mapping of TokenizerConfig fields"
     )
@@ -251,6 +256,12 @@ class TokenizerRecipe(Section):
     kind: str = checked("tokenizer", kind="choice", choices=("tokenizer",), expect="'tokenizer'")
 
     def validate(self) -> None:
+        fixed_by_init = sorted(set(self.tokenizer) - set(DECODER_FIELDS))
+        if self.init is not None and fixed_by_init:
+            raise RecipeError(
+                f"tokenizer: {fixed_by_init} come from `init` ({self.init}); with `init` only "
+                f"{list(DECODER_FIELDS)} may be set (a new decoder on init's encoder and codebook)"
+            )
         if self.decoder_only and self.init is None:
             raise RecipeError("decoder_only: needs `init` (a trained tokenizer whose encoder stays frozen)")
         if self.decoder_only and self.loss.revive_every:

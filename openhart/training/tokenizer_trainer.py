@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,34 @@ def load_tokenizer(folder: str | Path) -> HybridTokenizer:
     )
 
 
+def with_new_decoder(tokenizer: HybridTokenizer, overrides: Mapping[str, Any], seed: int) -> HybridTokenizer:
+    """``tokenizer`` with a new decoder of the shape ``overrides`` gives (decoder_ch / decoder_num_res_blocks).
+
+    Everything but the decoder keeps its trained weights (post_quant_conv included), so token ids
+    and residuals are unchanged; the decoder starts from a seeded fresh initialisation, also when
+    its shape is the trained one's (a control run). No overrides: ``tokenizer`` itself.
+    """
+    if not overrides:
+        return tokenizer
+    config = tokenizer.config.replace(**dict(overrides))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        resized = HybridTokenizer(config)
+    kept = {name: value for name, value in tokenizer.state_dict().items() if not name.startswith("decoder.")}
+    missing, unexpected = resized.load_state_dict(kept, strict=False)
+    # Only the new decoder may be left at its initialisation.
+    if unexpected or any(not name.startswith("decoder.") for name in missing):
+        raise RuntimeError(f"new decoder: unexpected {unexpected}, missing {missing}")
+    logger.info(
+        "new decoder: width %d, %d ResNet blocks per level (trained one: width %d, %d)",
+        config.decoder_width,
+        config.decoder_blocks + 1,
+        tokenizer.config.decoder_width,
+        tokenizer.config.decoder_blocks + 1,
+    )
+    return resized
+
+
 def residual_vectors(quantize: MultiScaleQuantizer, latent: torch.Tensor) -> torch.Tensor:
     """(N, Cz): at every scale, the rows the codebook is matched against in ``training_forward``.
 
@@ -156,12 +185,8 @@ class TokenizerTrainer(Trainer):
     def build_model(self) -> nn.Module:
         recipe = self.recipe
         if recipe.init is not None:
-            tokenizer = load_tokenizer(recipe.init)
-            if recipe.tokenizer:
-                logger.warning(
-                    "init: tokenizer sizes come from %s; the recipe's `tokenizer` overrides are ignored",
-                    recipe.init,
-                )
+            # Sizes come from `init`; the recipe may only give it a new decoder (validated).
+            tokenizer = with_new_decoder(load_tokenizer(recipe.init), recipe.tokenizer, seed=recipe.seed)
         else:
             # Same initial weights on every rank (DDP would broadcast them anyway) and per seed.
             with torch.random.fork_rng(devices=[]):
