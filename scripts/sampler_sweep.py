@@ -59,10 +59,16 @@ def main() -> None:
     parser.add_argument("--num-images", type=int, default=500)
     parser.add_argument("--grid", action="append", default=[], help="FIELD=V1,V2 (repeatable)")
     parser.add_argument("--variant", default=None, help="hart or var (default: what the model is)")
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="weights dtype (bfloat16: about 1.5x faster at 680 tokens on a CPU with native bf16)",
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
-    pipeline = openhart.load(args.model, device="cpu", dtype=torch.float32)
+    pipeline = openhart.load(args.model, device="cpu", dtype=getattr(torch, args.dtype))
     rows = []
     for overrides in parse_grid(args.grid) or [{}]:
         fields = {name: value for name, value in overrides.items() if name in SAMPLER_FIELDS}
@@ -86,11 +92,13 @@ def main() -> None:
         "model": args.model,
         "data": str(args.data),
         "num_images": args.num_images,
+        "dtype": args.dtype,
         "base_settings": pipeline.sampler_settings.to_dict(),
         "rows": rows,
         "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "command": "python scripts/sampler_sweep.py " + " ".join(f"--grid {g}" for g in args.grid),
+        "command": f"python scripts/sampler_sweep.py --dtype {args.dtype} "
+        + " ".join(f"--grid {g}" for g in args.grid),
     }
     atomic_write_bytes(args.out, (json.dumps(report, indent=2) + "\n").encode())
     print(f"wrote {args.out}")
