@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import platform
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,6 +37,26 @@ def _digest(images: np.ndarray) -> str:
     return hashlib.sha256((np.asarray(images) * 255).round().astype(np.uint8).tobytes()).hexdigest()
 
 
+def _cpu_vendor() -> str:
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    for line in cpuinfo.splitlines():
+        if line.startswith("vendor_id"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+# The same code and weights on two x86_64 CPUs: their float32 kernels (AMX and AVX-512 paths differ
+# between vendors) round differently, enough to flip a sampled token of the 8x8 model. The Intel digest
+# was recorded from the commit whose AMD digest CI had just reproduced, with no change to code or weights.
+EMOJI64_OLD_SETTINGS_DIGESTS = {
+    "AuthenticAMD": "cf15c34ffeabf05046381c2eb822bdeb79aedd28a16c77a1f28097c3fd62f9ba",
+    "GenuineIntel": "4917f60071b93c22b08fe616c94ddc60798b2b64f1c2dfdb1461e5965fce7b30",
+}
+
+
 def _generators() -> list[torch.Generator]:
     return [torch.Generator().manual_seed(seed) for seed in (0, 1)]
 
@@ -48,7 +69,10 @@ def test_tiny_pipeline_images_are_unchanged():
 
 @pytest.mark.skipif(not (PACKAGED_WEIGHTS / "emoji-64").is_dir(), reason="no embedded emoji-64 weights")
 def test_emoji64_images_are_unchanged_at_the_old_sampler_settings():
-    # Pinned for the shipped weights: a new emoji-64 (here, its decoder) records a new digest.
+    # Pinned for the shipped weights: a new emoji-64 (here, its decoder) records new digests.
+    expected = EMOJI64_OLD_SETTINGS_DIGESTS.get(_cpu_vendor())
+    if expected is None:
+        pytest.skip(f"no emoji-64 image pin recorded for a {_cpu_vendor()} CPU")
     pipe = load("emoji-64", dtype=torch.float32)
     images = pipe(
         ["a red apple", "a happy dog"],
@@ -59,4 +83,4 @@ def test_emoji64_images_are_unchanged_at_the_old_sampler_settings():
         unguided_last_scales=0,
         output_type="np",
     )
-    assert _digest(images.images) == "cf15c34ffeabf05046381c2eb822bdeb79aedd28a16c77a1f28097c3fd62f9ba"
+    assert _digest(images.images) == expected
