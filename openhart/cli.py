@@ -444,7 +444,7 @@ def compat_verify(
     tolerance: Annotated[float, typer.Option(help="Max abs error on float32 tensors.")] = 1e-4,
 ) -> None:
     """Check OpenHART against golden tensors of the official code (one line per case)."""
-    from openhart.compat.verify import main as verify_main
+    from openhart.compat.verify_cli import main as verify_main
 
     raise typer.Exit(verify_main([str(folder), "--tolerance", str(tolerance)]))
 

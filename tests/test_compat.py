@@ -21,7 +21,7 @@ from openhart.compat import (
 )
 from openhart.compat.official import official_tokenizer_config, transformer_configs_from_official
 from openhart.compat.verify import GoldenVerifier
-from openhart.compat.verify import main as verify_main
+from openhart.compat.verify_cli import main as verify_main
 from openhart.errors import ModelLoadError
 from openhart.text import HashTextEncoder, TextEncoderConfig
 from openhart.tokenizer import TokenizerConfig

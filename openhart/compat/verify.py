@@ -3,7 +3,7 @@
 One file on purpose: the verifier is one class whose cases follow the official code's stages and share its
 golden-file bookkeeping; apart, a case would lose the bookkeeping it is checked by.
 
-    python -m openhart.compat.verify DIR [--tolerance 1e-4] [--qwen-tokenizer DIR] [--json OUT]
+    python -m openhart.compat.verify_cli DIR [--tolerance 1e-4] [--qwen-tokenizer DIR] [--json OUT]
 
 DIR holds checkpoints in the official layout (``tokenizer/``, ``llm/``, optional ``llm_<variant>/``,
 ``qwen2-tiny/``) and ``golden/`` with ``cases.json`` plus one safetensors file per group (the format
@@ -20,15 +20,12 @@ streams cannot be reproduced bit for bit by an independent implementation.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import importlib.util
 import json
 import math
 import re
-import sys
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -501,59 +498,3 @@ def _qwen_tokenizer(path: str | None):
             return None
         path = str(Path(spec.origin).parent / "tokenizer_files")
     return PreTrainedTokenizerFast(tokenizer_file=str(Path(path) / "tokenizer.json"))
-
-
-@contextlib.contextmanager
-def _exact_float32(enabled: bool) -> Iterator[None]:
-    """An exactness check wants no TF32 on CUDA (with it images differ by ~3e-3); flags are restored after."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    if enabled:
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "folder", type=Path, help="folder with golden/cases.json and official-layout checkpoints"
-    )
-    parser.add_argument(
-        "--tolerance", type=float, default=1e-4, help="max abs error allowed on float32 tensors"
-    )
-    parser.add_argument(
-        "--qwen-tokenizer", default=None, help="folder with a Qwen2 tokenizer.json (real-id cases)"
-    )
-    parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
-    parser.add_argument("--device", default="cpu", help="run the cases on this device (cpu, cuda, mps)")
-    parser.add_argument(
-        "--dtype",
-        default="float32",
-        choices=("float32", "bfloat16", "float16"),
-        help="reduced precision: raise --tolerance",
-    )
-    args = parser.parse_args(argv)
-    if not (args.folder / "golden" / "cases.json").is_file():
-        print(f"error: {args.folder} has no golden/cases.json", file=sys.stderr)
-        return 2
-    verifier = GoldenVerifier(
-        args.folder, args.tolerance, args.qwen_tokenizer, args.device, getattr(torch, args.dtype)
-    )
-    with torch.no_grad(), _exact_float32(args.dtype == "float32"):
-        results = verifier.run()
-    for result in results:
-        print(result.line())
-    failed = [r for r in results if r.status in ("FAIL", "UNKNOWN")]
-    checked = [r for r in results if r.status == "PASS"]
-    print(f"{len(checked)} passed, {len(failed)} failed ({sum(r.status == 'INPUT' for r in results)} inputs, "
-          f"{sum(r.status == 'SKIP' for r in results)} skipped)")  # fmt: skip
-    if args.json is not None:
-        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
