@@ -70,9 +70,10 @@ def test_tiny_pipeline_images_are_unchanged():
 @pytest.mark.skipif(not (PACKAGED_WEIGHTS / "emoji-64").is_dir(), reason="no embedded emoji-64 weights")
 def test_emoji64_images_are_unchanged_at_the_old_sampler_settings():
     # Pinned for the shipped weights: a new emoji-64 (here, its decoder) records new digests.
-    expected = EMOJI64_OLD_SETTINGS_DIGESTS.get(_cpu_vendor())
+    vendor = _cpu_vendor()
+    expected = EMOJI64_OLD_SETTINGS_DIGESTS.get(vendor)
     if expected is None:
-        pytest.skip(f"no emoji-64 image pin recorded for a {_cpu_vendor()} CPU")
+        pytest.skip(f"no emoji-64 image pin recorded for a {vendor} CPU")
     pipe = load("emoji-64", dtype=torch.float32)
     images = pipe(
         ["a red apple", "a happy dog"],

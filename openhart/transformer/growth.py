@@ -14,7 +14,6 @@ new block after each further old one), so that every stage of the network gains 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from openhart.transformer.blocks import TransformerBlock
 from openhart.transformer.model import HartTransformer
@@ -38,25 +37,11 @@ def new_block_positions(old_depth: int, new_depth: int) -> list[int]:
     return [count + k for k, count in enumerate(after_old)]
 
 
-@torch.no_grad()
-def _identity_block(block: TransformerBlock, generator: torch.Generator) -> None:
-    """Fresh N(0, 0.02) weights for the block's inputs; zero output projections (so it adds nothing)."""
-    std = 0.02
-    for module in block.modules():
-        if isinstance(module, nn.Linear):
-            nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std, generator=generator)
-            if module.bias is not None:
-                module.bias.zero_()
+def _silence(block: TransformerBlock) -> None:
+    """Zero the block's residual output projections (under no_grad): it then adds nothing to its input."""
     block.attn.proj.weight.zero_()
     block.attn.proj.bias.zero_()
     block.ffn.down_proj.weight.zero_()
-    block.attn.q_bias.zero_()
-    block.attn.v_bias.zero_()
-    if block.adaln == "block":
-        block.ada_lin[1].bias[: 2 * block.attn_norm.weight.shape[0]].fill_(1.0)  # gates at 1
-    elif block.adaln == "table":
-        block.scale_shift_table.zero_()
-        block.scale_shift_table[:2].fill_(1.0)
 
 
 def deepen(transformer: HartTransformer, depth: int, generator: torch.Generator) -> HartTransformer:
@@ -70,11 +55,12 @@ def deepen(transformer: HartTransformer, depth: int, generator: torch.Generator)
     config = transformer.config.replace(depth=depth)
     parameter = next(transformer.parameters())
     grown = HartTransformer(config).to(device=parameter.device, dtype=parameter.dtype)
+    grown.reset_parameters(generator)  # what the copies below do not overwrite: the new blocks
     old_blocks = iter(transformer.blocks)
     with torch.no_grad():
         for index, block in enumerate(grown.blocks):
             if index in positions:
-                _identity_block(block, generator)
+                _silence(block)
             else:
                 block.load_state_dict(next(old_blocks).state_dict())
         outside_blocks = {

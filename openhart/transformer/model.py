@@ -102,30 +102,39 @@ class HartTransformer(nn.Module):
         self.reset_parameters()
 
     # ------------------------------------------------------------------ initialisation
-    def reset_parameters(self) -> None:
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """GPT-2-style init: N(0, 0.02) weights, residual outputs scaled by 1/sqrt(2·depth).
 
         The block AdaLN starts as a plain pre-norm block (gates 1, scales and shifts 0) so that
         a freshly initialised model is a working transformer (benchmarks and tests rely on it).
+        ``generator`` draws the weights (default: torch's global generator).
         """
         std = 0.02
         for module in self.modules():
             if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+                nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std, generator=generator)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
-                nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+                nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std, generator=generator)
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
         residual_std = std / (2 * self.config.depth) ** 0.5
         C = self.config.width
         for block in self.blocks:
             nn.init.trunc_normal_(
-                block.attn.proj.weight, std=residual_std, a=-2 * residual_std, b=2 * residual_std
+                block.attn.proj.weight,
+                std=residual_std,
+                a=-2 * residual_std,
+                b=2 * residual_std,
+                generator=generator,
             )
             nn.init.trunc_normal_(
-                block.ffn.down_proj.weight, std=residual_std, a=-2 * residual_std, b=2 * residual_std
+                block.ffn.down_proj.weight,
+                std=residual_std,
+                a=-2 * residual_std,
+                b=2 * residual_std,
+                generator=generator,
             )
             nn.init.zeros_(block.attn.q_bias)
             nn.init.zeros_(block.attn.v_bias)
@@ -133,7 +142,7 @@ class HartTransformer(nn.Module):
                 if block.adaln == "block":
                     block.ada_lin[1].bias[: 2 * C].fill_(1.0)  # gamma1, gamma2
                 elif block.adaln == "table":
-                    block.scale_shift_table.normal_(std=std)
+                    block.scale_shift_table.normal_(std=std, generator=generator)
                     block.scale_shift_table[:2].add_(1.0)
 
     def compile_blocks(self, enabled: bool = True) -> HartTransformer:
