@@ -447,6 +447,8 @@ def test_bad_recipe_values_name_the_field(tmp_path, change, message):
         ({"loss": {"diffusion_batch_mul": 0}}, "loss.diffusion_batch_mul"),
         ({"loss": {"condition_dropout": 1.0}}, "loss.condition_dropout"),
         ({"loss": {"subsample_drop_min": 0.8, "subsample_drop_max": 0.6}}, "loss.subsample_drop_max"),
+        ({"loss": {"self_correction": 1.5}}, "loss.self_correction"),
+        ({"loss": {"self_correction_neighbours": 1}}, "loss.self_correction_neighbours"),
         ({"optim": {"ema_decay": 0.0}}, "save_ema"),
         ({"transformer": {"width": 63}}, "transformer"),
         ({"sampling": {"prompts": [1, 2]}}, "sampling.prompts"),

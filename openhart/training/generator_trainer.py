@@ -3,7 +3,9 @@
 One step (teacher forcing, as HART trains):
 
 1. images → frozen tokenizer → latent → ``split`` → ids per scale + continuous residual;
-   ``teacher_forcing_inputs(ids)`` are the transformer's inputs of scales 1..S−1.
+   ``teacher_forcing_inputs(ids)`` are the transformer's inputs of scales 1..S−1. With
+   ``loss.self_correction`` some earlier-scale tokens are replaced by near codes and the later
+   scales' targets re-quantized to correct them (``self_correction.py``).
 2. captions → frozen text encoder → context; each image's context is replaced by the
    unconditional (empty) context with probability ``loss.condition_dropout`` (for CFG).
 3. Optional token subsampling of the last scale: a random fraction in [drop_min, drop_max] of its
@@ -43,6 +45,7 @@ from openhart.training.checkpoint import MODEL_DIR
 from openhart.training.loop import Trainer
 from openhart.training.recipe import GeneratorLossRecipe, GeneratorRecipe
 from openhart.training.sample_grid import write_sample_grid
+from openhart.training.self_correction import corrupted_split
 from openhart.training.text_features import TextContexts, TextEncoderFromRecipe
 from openhart.training.tokenizer_trainer import load_tokenizer
 from openhart.transformer import HartTransformer
@@ -167,6 +170,7 @@ class GeneratorTrainer(TextEncoderFromRecipe, Trainer):
         "sampled_matches_target",
         "kept_tokens",
         "condition_dropped",
+        "replaced_tokens",  # self-correcting teacher forcing's share of earlier-scale tokens (0: off)
     )
     recipe: GeneratorRecipe
 
@@ -287,9 +291,7 @@ class GeneratorTrainer(TextEncoderFromRecipe, Trainer):
         quantize = self.tokenizer.quantize
         generator = step_generator(self.recipe.seed, step, "generator", rank=self.ctx.rank)
         with torch.no_grad():
-            ids, residual = self.tokenizer.split(self.latents(batch))  # [(B, pn²)], (B, Cz, P, P)
-            scale_inputs = quantize.teacher_forcing_inputs(ids)  # (B, L − 1, Cz)
-            last_latent = quantize.last_scale_target(ids, residual)  # (B, Cz, P, P)
+            ids, scale_inputs, last_latent, replaced = self.training_tokens(batch, generator)
             last_latent = last_latent.flatten(2).transpose(1, 2)  # (B, l, Cz) row-major, as the ids
             context, mask = self.contexts(batch.captions)
             context, mask, dropped = self.drop_conditions(context, mask, generator)
@@ -319,8 +321,30 @@ class GeneratorTrainer(TextEncoderFromRecipe, Trainer):
             loss=loss.item(),
             kept_tokens=float(last_ids.shape[1]),
             condition_dropped=dropped.float().mean().item(),
+            replaced_tokens=float(replaced),
         )
         return loss, metrics
+
+    def training_tokens(
+        self, batch: Batch, generator: torch.Generator
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(target ids per scale, transformer inputs (B, L − 1, Cz), last-scale latent (B, Cz, P, P),
+        fraction of earlier-scale tokens replaced) of one batch.
+
+        Plain teacher forcing reads the tokenizer's split; with ``loss.self_correction`` the inputs
+        hold plausible mistakes and the later targets correct them (``self_correction.py``).
+        """
+        quantize = self.tokenizer.quantize
+        latent = self.latents(batch)
+        loss = self.recipe.loss
+        if loss.self_correction == 0:
+            ids, residual = self.tokenizer.split(latent)  # [(B, pn²)], (B, Cz, P, P)
+            last_latent = quantize.last_scale_target(ids, residual)
+            return ids, quantize.teacher_forcing_inputs(ids), last_latent, torch.zeros(())
+        fraction = loss.self_correction * rand_tensor((latent.shape[0],), generator, device=latent.device)
+        split = corrupted_split(quantize, latent, fraction, loss.self_correction_neighbours, generator)
+        inputs = quantize.teacher_forcing_inputs(split.input_ids)
+        return split.target_ids, inputs, split.last_latent, split.replaced
 
     @torch.no_grad()
     def evaluate(self, batch: Batch, seed: int = 0) -> dict[str, float]:

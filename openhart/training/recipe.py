@@ -182,6 +182,11 @@ class GeneratorLossRecipe(Section):
     # Classifier-free guidance: each image's prompt is replaced by the unconditional (empty)
     # context with this probability.
     condition_dropout: float = checked(0.1, kind="number", ge=0, lt=1)
+    # Self-correcting teacher forcing (openhart/training/self_correction.py): each image replaces
+    # a fraction, uniform in [0, self_correction], of every earlier scale's tokens by one of the
+    # self_correction_neighbours − 1 other codes nearest to them; later targets fix the history.
+    self_correction: float = checked(0.0, kind="number", ge=0, le=1)
+    self_correction_neighbours: int = checked(8, kind="int", ge=2)
 
     def validate(self) -> None:
         if self.subsample_drop_max < self.subsample_drop_min:
