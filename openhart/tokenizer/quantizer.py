@@ -68,6 +68,12 @@ def phi_indices(num_convs: int, num_scales: int) -> tuple[int, ...]:
     return tuple(out)
 
 
+def squared_distances(rows: torch.Tensor, codes: torch.Tensor, code_sq: torch.Tensor) -> torch.Tensor:
+    """‖r‖² + ‖e‖² − 2 r·e (n, V) of float32 rows (n, Cz) to codes (V, Cz) with norms² code_sq (V,)."""
+    dist = rows.square().sum(dim=1, keepdim=True) + code_sq  # (n, V)
+    return dist.addmm_(rows, codes.T, beta=1.0, alpha=-2.0)
+
+
 class MultiScaleQuantizer(nn.Module):
     """Codebook (``embedding``, V × Cz) plus shared Φ convs (``quant_resi``), official names."""
 
@@ -114,21 +120,32 @@ class MultiScaleQuantizer(nn.Module):
     def nearest_code(self, z: torch.Tensor) -> torch.Tensor:
         """Index (N,) int64 of the codebook vector nearest to each row of ``z`` (N, Cz).
 
-        argmin ‖z‖² + ‖e‖² − 2 z·e, first index on ties; computed in float32 whatever the input dtype.
+        argmin of ``code_distances``, first index on ties; chunked so that large N stays small.
         """
-        if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] != self.latent_channels:
-            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
-            raise ValueError(f"z: expected a tensor (N, {self.latent_channels}), got {shape}")
-        codes = self.embedding.weight.detach().float()  # (V, Cz)
-        code_sq = codes.square().sum(dim=1)  # (V,)
+        codes, code_sq = self._rows_and_codes(z)
         z = z.detach().float()
         out = torch.empty(z.shape[0], dtype=torch.int64, device=z.device)
         for start in range(0, z.shape[0], NEAREST_CODE_CHUNK_ROWS):
             rows = z[start : start + NEAREST_CODE_CHUNK_ROWS]  # (n, Cz)
-            dist = rows.square().sum(dim=1, keepdim=True) + code_sq  # (n, V)
-            dist.addmm_(rows, codes.T, beta=1.0, alpha=-2.0)
-            out[start : start + rows.shape[0]] = dist.argmin(dim=1)
+            out[start : start + rows.shape[0]] = squared_distances(rows, codes, code_sq).argmin(dim=1)
         return out
+
+    @torch.no_grad()
+    def code_distances(self, z: torch.Tensor) -> torch.Tensor:
+        """Squared distances (N, V) float32 from each row of ``z`` (N, Cz) to every code, unchunked.
+
+        ‖z‖² + ‖e‖² − 2 z·e in float32 whatever the input dtype: ``nearest_code``'s numbers exactly.
+        """
+        codes, code_sq = self._rows_and_codes(z)
+        return squared_distances(z.detach().float(), codes, code_sq)
+
+    def _rows_and_codes(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Check ``z`` is (N, Cz); the codebook (V, Cz) and its squared norms (V,), float32."""
+        if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] != self.latent_channels:
+            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"z: expected a tensor (N, {self.latent_channels}), got {shape}")
+        codes = self.embedding.weight.detach().float()  # (V, Cz)
+        return codes, codes.square().sum(dim=1)
 
     def embed(self, ids: torch.Tensor, check: bool = True) -> torch.Tensor:
         """Codebook vectors (B, l, Cz) of ids (B, l).

@@ -38,22 +38,6 @@ class CorruptedSplit:
 
 
 @torch.no_grad()
-def other_near_codes(
-    quantize: MultiScaleQuantizer, rows: torch.Tensor, ids: torch.Tensor, count: int
-) -> torch.Tensor:
-    """The ``count`` codes nearest to each row of ``rows`` (N, Cz) other than its own ``ids`` (N,).
-
-    Returns (N, count) int64, nearest first; distances in float32, as ``nearest_code``'s.
-    """
-    codes = quantize.embedding.weight.detach().float()  # (V, Cz)
-    rows = rows.detach().float()
-    dist = rows.square().sum(dim=1, keepdim=True) + codes.square().sum(dim=1)  # (N, V)
-    dist.addmm_(rows, codes.T, beta=1.0, alpha=-2.0)
-    dist.scatter_(1, ids.view(-1, 1), float("inf"))  # never "replace" a token by itself
-    return dist.topk(count, dim=1, largest=False).indices
-
-
-@torch.no_grad()
 def corrupted_split(
     quantize: MultiScaleQuantizer,
     latent: torch.Tensor,
@@ -78,23 +62,24 @@ def corrupted_split(
     target_ids: list[torch.Tensor] = []
     input_ids: list[torch.Tensor] = []
     replaced = torch.zeros((), device=latent.device)
-    for k in range(last):
+    for k in range(quantize.num_scales):
         rows = quantize.downsample_to_scale(rest, k).permute(0, 2, 3, 1).reshape(-1, Cz)  # (B·pn², Cz)
-        ids = quantize.nearest_code(rows).view(B, -1)  # (B, pn²)
+        dist = quantize.code_distances(rows)  # (B·pn², V), nearest_code's numbers
+        ids = dist.argmin(dim=1).view(B, -1)  # (B, pn²): the split's token, first index on ties
+        target_ids.append(ids)
+        if k == last:  # never read by a later scale: nothing to replace
+            input_ids.append(ids)
+            break
         n = ids.shape[1]
         swap = rand_tensor((B, n), generator, device=latent.device) < fraction.view(B, 1).to(latent.device)
         pick = (rand_tensor((B, n), generator, device=latent.device) * (neighbours - 1)).long()
         pick = pick.clamp_(max=neighbours - 2)  # (B, pn²) which of the other near codes
-        near = other_near_codes(quantize, rows, ids.view(-1), neighbours - 1).view(B, n, -1)
+        dist.scatter_(1, ids.view(-1, 1), float("inf"))  # never "replace" a token by itself
+        near = dist.topk(neighbours - 1, dim=1, largest=False).indices.view(B, n, -1)  # nearest first
         inputs = torch.where(swap, near.gather(2, pick.unsqueeze(-1)).squeeze(-1), ids)
-        target_ids.append(ids)
         input_ids.append(inputs)
         replaced = replaced + swap.sum()
         rest = rest - quantize.phi(quantize.upsample_to_latent(quantize.code_map(inputs, k)), k)
-    # The last scale is never read by a later one: its target is the nearest code, as in the split.
-    rows = rest.permute(0, 2, 3, 1).reshape(-1, Cz)
-    last_ids = quantize.nearest_code(rows).view(B, -1)
-    target_ids.append(last_ids)
-    input_ids.append(last_ids)
     earlier_tokens = B * sum(quantize.scale_lengths[:last])
+    # rest: the latent minus the earlier scales' input codes, what the last scale and head explain
     return CorruptedSplit(target_ids, input_ids, rest, replaced / max(earlier_tokens, 1))
