@@ -15,9 +15,11 @@ import torch
 import typer
 
 from openhart.errors import InvalidInputError, ModelLoadError, OpenHARTError
-from openhart.loading import load
+from openhart.loading import DEFAULT_MODEL, PACKAGED_WEIGHTS, load
+from openhart.models.fast_path import SPEED_OPTIONS_NAME, SpeedOptions
 from openhart.models.hart import HartPipeline
 from openhart.presets import PRESETS
+from openhart.utils.config import read_json
 from openhart.validation import check_device
 
 logger = logging.getLogger("openhart")
@@ -116,23 +118,45 @@ def resolve_device(choice: str) -> torch.device:
 
 
 # Below this much weight data a model's CPU time goes to per-operation overheads, where bfloat16
-# only adds conversions (tiny: 0.51 vs 0.34 s per image) and changes the samples (emoji-64: mean
-# 34/255 from float32), so ``auto`` keeps small models in float32 on CPUs.
+# only adds conversions (tiny: 0.51 vs 0.34 s per image), so ``auto`` keeps small models in float32
+# on CPUs unless their speed.json says otherwise (``cpu_dtype``).
 AUTO_BF16_MIN_WEIGHT_BYTES = 200 * 2**20
 
 
 def resolve_dtype(choice: str, device: torch.device, model: str | None = None) -> torch.dtype:
     """``auto``: bfloat16 where the hardware computes it natively (CUDA, MPS, CPUs with AMX or
-    AVX512-BF16, there for models large enough to gain: ~3.7x faster than float32 at 512 px on a
-    2-core x86 CPU with AVX512-BF16), float32 elsewhere, where bf16 would be emulated and slower. ``model`` is what the
-    command loads (folder, preset, repo id; None: the embedded default)."""
+    AVX512-BF16), float32 elsewhere, where bf16 would be emulated and slower. On a native-bf16 CPU,
+    the model's own ``cpu_dtype`` (its speed.json) decides; without one, bf16 for models large
+    enough to gain (~3.7x faster than float32 at 512 px on a 2-core x86 CPU with AVX512-BF16).
+    ``model`` is what the command loads (folder, preset, repo id; None: the embedded default)."""
     if choice == "auto":
         if device.type in ("cuda", "mps"):
             return torch.bfloat16
-        if device.type == "cpu" and cpu_has_native_bf16() and not is_small_model(model):
-            return torch.bfloat16
+        if device.type == "cpu" and cpu_has_native_bf16():
+            declared = declared_cpu_dtype(model)
+            if declared is not None:
+                return getattr(torch, declared)
+            if not is_small_model(model):
+                return torch.bfloat16
         return torch.float32
     return getattr(torch, choice)
+
+
+def model_folder(model: str | None) -> Path | None:
+    """The local folder a command's ``--model`` names (the embedded default for None), if any."""
+    if model is None:
+        model = DEFAULT_MODEL
+    if model in PRESETS:
+        return PACKAGED_WEIGHTS / model if (PACKAGED_WEIGHTS / model).is_dir() else None
+    return Path(model) if Path(model).is_dir() else None
+
+
+def declared_cpu_dtype(model: str | None) -> str | None:
+    """The ``cpu_dtype`` in the speed.json of a local model folder (None: none declared)."""
+    folder = model_folder(model)
+    if folder is None or not (folder / SPEED_OPTIONS_NAME).is_file():
+        return None
+    return SpeedOptions.from_dict(read_json(folder / SPEED_OPTIONS_NAME)).cpu_dtype
 
 
 def is_small_model(model: str | None) -> bool:

@@ -133,7 +133,12 @@ PRESETS: dict[str, Preset] = {
     preset.name: preset
     for preset in (
         Preset("tiny", "32 px test model (hash text encoder, 6 scales, ~0.3M params)", _tiny),
-        Preset("emoji-64", "64 px embedded default (all-MiniLM-L6-v2 text encoder, 7 scales)", _emoji_64),
+        Preset(
+            "emoji-64",
+            "64 px emoji architecture, 8x8 latent, 7 scales (all-MiniLM-L6-v2 text encoder); the embedded"
+            " emoji-64 weights carry their own configs: 16x16 latent, 10 scales",
+            _emoji_64,
+        ),
         Preset(
             "hart-0.7b-1024",
             "released HART-0.7B architecture at 1024 px (14 scales); Qwen2-shaped stand-in text encoder",

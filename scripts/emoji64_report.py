@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from openhart import HartPipeline
+from openhart.command_setup import resolve_dtype
 from openhart.data.datasets import ImageFolderDataset
 from openhart.data.emoji import heldout_prompts
 from openhart.evaluation.metrics import reconstruction_metrics
@@ -61,9 +62,16 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--num-recon", type=int, default=512, help="held-out images for the PSNR")
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16"),
+        default="auto",
+        help="auto: what `openhart generate --dtype auto` picks on this machine for the model",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    pipe = HartPipeline.from_pretrained(args.model)
+    dtype = resolve_dtype(args.dtype, torch.device("cpu"), str(args.model))
+    pipe = HartPipeline.from_pretrained(args.model, dtype=dtype)
     check_training_concepts(args.data)
     train_prompts = [prompt for prompt, _ in TRAINING_CONCEPT_PROMPTS]
     prompts = heldout_prompts(args.data, 16)
@@ -76,8 +84,9 @@ def main() -> None:
     count = min(args.num_recon, len(heldout))
     batch = torch.stack([heldout[i]["image"] for i in range(count)])
     with torch.no_grad():
-        recon = reconstruction_metrics(pipe.tokenizer, batch)
+        recon = reconstruction_metrics(pipe.tokenizer.float(), batch)  # PSNR of the weights, in float32
     report = {
+        "dtype": str(dtype).removeprefix("torch."),
         "train_prompts": train_prompts,
         "heldout_prompts": prompts,
         "reconstruction_heldout": recon,

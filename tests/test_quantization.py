@@ -106,18 +106,36 @@ def test_native_bf16_is_read_from_cpu_flags(tmp_path, flags, native):
     assert cpu_has_native_bf16(write_cpuinfo(tmp_path, flags)) is native
 
 
-def test_dtype_auto_follows_the_cpu(monkeypatch):
+def test_dtype_auto_follows_the_cpu_and_the_model(monkeypatch, tmp_path):
     import openhart.command_setup as command_setup
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(command_setup, "cpu_has_native_bf16", lambda: True)
     assert resolve_dtype("auto", cpu, "mit-han-lab/hart-0.7b-1024px") == torch.bfloat16
     assert resolve_dtype("auto", cpu, "hart-0.7b-1024") == torch.bfloat16
-    # Small models stay float32 on CPUs: bf16 gains them nothing and changes their samples.
-    for small in (None, "tiny", "emoji-64", str(PACKAGED_WEIGHTS / "emoji-64")):
-        assert resolve_dtype("auto", cpu, small) == torch.float32, small
+    # Small models stay float32 on CPUs (bf16 gains them nothing) unless their speed.json says otherwise.
+    assert resolve_dtype("auto", cpu, "tiny") == torch.float32
+    small = tmp_path / "small"
+    small.mkdir()
+    (small / "model.safetensors").write_bytes(b"0" * 1024)
+    assert resolve_dtype("auto", cpu, str(small)) == torch.float32
+    (small / "speed.json").write_text('{"unguided_last_scales": 1}')
+    assert resolve_dtype("auto", cpu, str(small)) == torch.float32
+    (small / "speed.json").write_text('{"cpu_dtype": "bfloat16"}')
+    assert resolve_dtype("auto", cpu, str(small)) == torch.bfloat16
+    assert resolve_dtype("float32", cpu, str(small)) == torch.float32  # a given dtype wins
+    (small / "speed.json").write_text('{"cpu_dtype": "float16"}')
+    with pytest.raises(ValueError, match="cpu_dtype"):
+        resolve_dtype("auto", cpu, str(small))
+    if (PACKAGED_WEIGHTS / "emoji-64").is_dir():  # the embedded model was measured in bfloat16
+        for embedded in (None, "emoji-64", str(PACKAGED_WEIGHTS / "emoji-64")):
+            assert resolve_dtype("auto", cpu, embedded) == torch.bfloat16, embedded
     monkeypatch.setattr(command_setup, "cpu_has_native_bf16", lambda: False)
     assert resolve_dtype("auto", cpu, "hart-0.7b-1024") == torch.float32
+    assert resolve_dtype("auto", cpu, str(small.parent / "none")) == torch.float32
+    (small / "speed.json").write_text('{"cpu_dtype": "bfloat16"}')
+    assert resolve_dtype("auto", cpu, str(small)) == torch.float32  # emulated bf16 would be slower
+    assert resolve_dtype("auto", cpu) == torch.float32
     assert resolve_dtype("auto", torch.device("mps")) == torch.bfloat16
     assert resolve_dtype("float32", torch.device("mps")) == torch.float32
 

@@ -3,10 +3,11 @@
 Legend: B images, P side of the last scale, Cz latent channels, H×W image size.
 
 Everything here makes :class:`~openhart.models.hart.HartPipeline` faster and nothing here changes
-what it computes, except ``unguided_last_scales``, a speed/quality trade the caller opts in to.
+what it computes, except ``unguided_last_scales``, a speed/quality trade the caller opts in to, and
+``cpu_dtype``, which commands read before they load a model.
 The options are one value, :class:`SpeedOptions`, checked once and set on a pipeline with
-``pipe.speed = SpeedOptions(...)`` or ``pipe.set_speed_options(field=value)``; the field that
-changes images is saved with the model (``speed.json``). Compiling is an action on the modules
+``pipe.speed = SpeedOptions(...)`` or ``pipe.set_speed_options(field=value)``; the fields that
+change images are saved with the model (``speed.json``). Compiling is an action on the modules
 (``pipe.compile()``), not a per-call choice, so it stays a method; what it changes for later
 calls (the decoder's memory format) it writes into the options.
 """
@@ -52,7 +53,7 @@ class SpeedOptions(Config):
 
     field_prefix = "speed."
     # The fields that change images: what ``save_pretrained`` writes beside the sampler settings.
-    RESULT_FIELDS: ClassVar[tuple[str, ...]] = ("unguided_last_scales",)
+    RESULT_FIELDS: ClassVar[tuple[str, ...]] = ("unguided_last_scales", "cpu_dtype")
 
     # Replay one captured CUDA graph per scale and for the residual loop (None: on CUDA devices).
     cuda_graphs: bool | None = checked(None, kind="bool", optional=True)
@@ -70,6 +71,12 @@ class SpeedOptions(Config):
     decoder_memory_format: str | None = checked(
         None, kind="choice", choices=tuple(MEMORY_FORMATS), optional=True
     )
+
+    # The dtype ``--dtype auto`` loads the model in on a CPU that computes bfloat16 natively (None: by
+    # the size of its weights, see ``openhart.command_setup.resolve_dtype``). A model's trainers set
+    # it to the dtype they measured it in when that is the faster one: the pipeline itself runs in
+    # whatever dtype it was loaded in and does not read it.
+    cpu_dtype: str | None = checked(None, kind="choice", choices=("float32", "bfloat16"), optional=True)
 
     def check_scales(self, num_scales: int) -> None:
         """``unguided_last_scales`` may not exceed the scales of the model it runs."""
