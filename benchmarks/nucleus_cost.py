@@ -27,16 +27,6 @@ from openhart.models.hart import HartPipeline
 from openhart.utils.config import atomic_write_bytes
 
 
-def full_sort_drop_mask(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """The same nucleus (ties of the last kept code kept) from a sort of every row."""
-    vocab = logits.shape[-1]
-    probs = logits.reshape(-1, vocab).softmax(dim=-1)
-    ranked = probs.sort(dim=-1, descending=True).values
-    mass_above = torch.nn.functional.pad(ranked.cumsum(dim=-1)[:, :-1], (1, 0))
-    num_kept = (mass_above < top_p).sum(dim=-1, keepdim=True)
-    return (probs < ranked.gather(-1, num_kept - 1)).view(logits.shape)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="candidates/emoji-64-latent16")
@@ -60,17 +50,19 @@ def main() -> None:
         rows_seen["wide_rows"] += int((ranked_mass < top_p).sum())
         return partial(logits, top_p)
 
-    variants = {"partial_top_k": partial, "full_sort": full_sort_drop_mask}
+    # The full sort is the sampler's own path with every code a candidate.
+    variants = {"partial_top_k": sampling.NUCLEUS_CANDIDATES, "full_sort": 2**31}
     options = {"top_p": args.top_p}
     results: dict[str, dict[str, dict[str, float]]] = {}
     try:
         sampling.nucleus_drop_mask = counting_partial  # one call counts how often rows are wide
         seconds_per_call(pipeline, 4, options, 0)
+        sampling.nucleus_drop_mask = partial
         for batch_size in args.batch_size:
             times: dict[str, list[float]] = {name: [] for name in variants}
             for round_index in range(args.rounds + 1):  # round 0 warms both up
-                for name, mask in variants.items():
-                    sampling.nucleus_drop_mask = mask
+                for name, candidates in variants.items():
+                    sampling.NUCLEUS_CANDIDATES = candidates
                     seconds = seconds_per_call(pipeline, batch_size, options, round_index)
                     if round_index:
                         times[name].append(seconds)
@@ -89,6 +81,7 @@ def main() -> None:
                 )
     finally:
         sampling.nucleus_drop_mask = partial
+        sampling.NUCLEUS_CANDIDATES = variants["partial_top_k"]
     report = {
         "model": args.model,
         "dtype": args.dtype,

@@ -15,7 +15,7 @@ import torch
 import typer
 
 from openhart.errors import InvalidInputError, ModelLoadError, OpenHARTError
-from openhart.loading import DEFAULT_MODEL, PACKAGED_WEIGHTS, load
+from openhart.loading import load, local_model_folder
 from openhart.models.fast_path import SPEED_OPTIONS_NAME, SpeedOptions
 from openhart.models.hart import HartPipeline
 from openhart.presets import PRESETS
@@ -142,18 +142,9 @@ def resolve_dtype(choice: str, device: torch.device, model: str | None = None) -
     return getattr(torch, choice)
 
 
-def model_folder(model: str | None) -> Path | None:
-    """The local folder a command's ``--model`` names (the embedded default for None), if any."""
-    if model is None:
-        model = DEFAULT_MODEL
-    if model in PRESETS:
-        return PACKAGED_WEIGHTS / model if (PACKAGED_WEIGHTS / model).is_dir() else None
-    return Path(model) if Path(model).is_dir() else None
-
-
 def declared_cpu_dtype(model: str | None) -> str | None:
     """The ``cpu_dtype`` in the speed.json of a local model folder (None: none declared)."""
-    folder = model_folder(model)
+    folder = local_model_folder(model)
     if folder is None or not (folder / SPEED_OPTIONS_NAME).is_file():
         return None
     return SpeedOptions.from_dict(read_json(folder / SPEED_OPTIONS_NAME)).cpu_dtype

@@ -94,6 +94,18 @@ def load(
     )
 
 
+def local_model_folder(name_or_path: str | os.PathLike[str] | None = None) -> Path | None:
+    """The folder on this machine that :func:`load` reads ``name_or_path`` from, in its order: the
+    folder itself, else the weights shipped for a preset; None for a repo id or a preset without
+    shipped weights. None is the embedded default model."""
+    name = os.fspath(name_or_path) if name_or_path is not None else DEFAULT_MODEL
+    if name and Path(name).is_dir():
+        return Path(name)
+    if name in PRESETS and (PACKAGED_WEIGHTS / name).is_dir():
+        return PACKAGED_WEIGHTS / name
+    return None
+
+
 def _load_folder(
     path: Path,
     device: torch.device | str | None,

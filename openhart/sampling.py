@@ -117,17 +117,21 @@ def nucleus_drop_mask(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     """
     vocab = logits.shape[-1]
     probs = logits.reshape(-1, vocab).softmax(dim=-1)  # (N, V)
-    if logits.device.type != "cpu" or vocab <= NUCLEUS_CANDIDATES:
-        return (probs < _last_kept(probs.sort(dim=-1, descending=True).values, top_p)[0]).view(logits.shape)
-    ranked = probs.topk(NUCLEUS_CANDIDATES, dim=-1).values  # (N, k), descending
+    partial = logits.device.type == "cpu" and vocab > NUCLEUS_CANDIDATES
+    ranked = probs.topk(NUCLEUS_CANDIDATES, dim=-1).values if partial else _ranked(probs)  # descending
     threshold, ranked_mass = _last_kept(ranked, top_p)  # (N, 1) each
-    # A code ranked past the candidates has all their mass above it: the rows where that mass is
-    # short of top_p keep more codes than were ranked, and are sorted in full.
-    wide = (ranked_mass < top_p).squeeze(1)  # (N,)
-    if bool(wide.any()):
-        rows = wide.nonzero().squeeze(1)
-        threshold[rows] = _last_kept(probs[rows].sort(dim=-1, descending=True).values, top_p)[0]
+    if partial:
+        # A code ranked past the candidates has all their mass above it: the rows where that mass
+        # is short of top_p keep more codes than were ranked, and are sorted in full.
+        wide = (ranked_mass < top_p).squeeze(1)  # (N,)
+        if bool(wide.any()):
+            rows = wide.nonzero().squeeze(1)
+            threshold[rows] = _last_kept(_ranked(probs[rows]), top_p)[0]
     return (probs < threshold).view(logits.shape)
+
+
+def _ranked(probs: torch.Tensor) -> torch.Tensor:
+    return probs.sort(dim=-1, descending=True).values
 
 
 def _last_kept(ranked: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
