@@ -250,6 +250,10 @@ class TokenizerRecipe(Section):
     # Φ) stay those of `init`, so token ids and residuals do not change and a generator trained on
     # `init`'s tokens stays valid with the new decoder (decoder fine-tuning, e.g. adversarial).
     decoder_only: bool = checked(False, kind="bool")
+    # How a new decoder (decoder_ch / decoder_num_res_blocks with `init`) starts: "fresh", a seeded
+    # initialisation, or "widened", init's decoder widened to decoder_ch so that it draws init's
+    # images on the first step (openhart.tokenizer.widen; decoder_ch a multiple of init's width).
+    new_decoder: str = checked("fresh", kind="choice", choices=("fresh", "widened"))
     seed: int = checked(0, kind="int", ge=0)
     # Reconstructions shown in the sample grid (and its PSNR).
     num_sample_images: int = checked(8, kind="int", ge=1)
@@ -269,6 +273,11 @@ class TokenizerRecipe(Section):
             )
         if self.decoder_only and self.init is None:
             raise RecipeError("decoder_only: needs `init` (a trained tokenizer whose encoder stays frozen)")
+        if self.new_decoder == "widened" and (self.init is None or set(self.tokenizer) != {"decoder_ch"}):
+            raise RecipeError(
+                "new_decoder: 'widened' needs `init` and tokenizer.decoder_ch alone (init's decoder, "
+                "made wider; its depth stays init's)"
+            )
         if self.decoder_only and self.loss.revive_every:
             raise RecipeError("decoder_only: the codebook is frozen; set loss.revive_every to 0")
         self.tokenizer_config()  # fail now, with the field named, rather than after loading data

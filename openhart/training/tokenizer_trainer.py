@@ -41,6 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from openhart.tokenizer import HybridTokenizer, TokenizerConfig
 from openhart.tokenizer.quantizer import MultiScaleQuantizer
+from openhart.tokenizer.widen import widen_tokenizer_decoder
 from openhart.training.adversarial import (
     PatchDiscriminator,
     adaptive_adversarial_weight,
@@ -50,7 +51,7 @@ from openhart.training.adversarial import (
 from openhart.training.batches import Batch
 from openhart.training.checkpoint import flatten_optimizer_state, unflatten_optimizer_state
 from openhart.training.loop import SAMPLES_DIR, Trainer
-from openhart.training.recipe import TokenizerRecipe
+from openhart.training.recipe import RecipeError, TokenizerRecipe
 from openhart.utils.config import read_json, write_json
 from openhart.utils.distributed import all_reduce_sum_, broadcast_, step_generator
 from openhart.utils.images import save_png, tensor_grid
@@ -186,7 +187,17 @@ class TokenizerTrainer(Trainer):
         recipe = self.recipe
         if recipe.init is not None:
             # Sizes come from `init`; the recipe may only give it a new decoder (validated).
-            tokenizer = with_new_decoder(load_tokenizer(recipe.init), recipe.tokenizer, seed=recipe.seed)
+            start = load_tokenizer(recipe.init)
+            if recipe.new_decoder == "widened":
+                width = int(recipe.tokenizer["decoder_ch"])
+                try:
+                    generator = torch.Generator().manual_seed(recipe.seed)
+                    tokenizer = widen_tokenizer_decoder(start, width, generator)
+                except ValueError as error:
+                    raise RecipeError(f"new_decoder: {error}") from error
+                logger.info("widened decoder: width %d -> %d", start.config.decoder_width, width)
+            else:
+                tokenizer = with_new_decoder(start, recipe.tokenizer, seed=recipe.seed)
         else:
             # Same initial weights on every rank (DDP would broadcast them anyway) and per seed.
             with torch.random.fork_rng(devices=[]):
