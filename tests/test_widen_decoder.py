@@ -76,6 +76,8 @@ def _decoder_64_wide() -> HybridTokenizer:
 def test_widening_needs_a_whole_multiple_of_the_width():
     with pytest.raises(ValueError, match="whole multiple"):
         widen_tokenizer_decoder(_decoder_64_wide(), 96, torch.Generator())
+    with pytest.raises(ValueError, match="2x or more"):
+        widen_tokenizer_decoder(_decoder_64_wide(), 64, torch.Generator())
 
 
 def test_a_widened_recipe_starts_from_inits_images(tmp_path):

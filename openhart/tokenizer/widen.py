@@ -40,14 +40,15 @@ def widen_tokenizer_decoder(
     """``tokenizer`` with its decoder widened to ``decoder_ch``, computing the same images.
 
     Everything outside the decoder is copied unchanged. ``decoder_ch`` must be a whole multiple of
-    the current decoder width (ValueError otherwise); ``generator`` draws the weight shares.
+    the current decoder width, at least twice it (ValueError otherwise: widening to the same width
+    would silently train the trained decoder); ``generator`` draws the weight shares.
     """
     config = tokenizer.config
     width = config.decoder_width
-    if decoder_ch % width != 0 or decoder_ch < width:
+    if decoder_ch % width != 0 or decoder_ch <= width:
         raise ValueError(
-            f"a widened decoder needs decoder_ch a whole multiple of the trained decoder's width "
-            f"{width}, got {decoder_ch}"
+            f"a widened decoder needs decoder_ch a whole multiple (2x or more) of the trained "
+            f"decoder's width {width}, got {decoder_ch}"
         )
     factor = decoder_ch // width
     reference = next(tokenizer.parameters())
