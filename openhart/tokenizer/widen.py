@@ -70,9 +70,8 @@ def widen_decoder_into(narrow: Decoder, wide: Decoder, factor: int, generator: t
         if isinstance(module, nn.Conv2d):
             in_factor = 1 if name == "conv_in" else factor
             out_factor = 1 if name == "conv_out" else factor
-            is_qkv = isinstance(narrow.get_submodule(name.rpartition(".")[0]), AttnBlock) and name.endswith(
-                "qkv"
-            )
+            parent = narrow.get_submodule(name.rpartition(".")[0])
+            is_qkv = isinstance(parent, AttnBlock) and module is parent.qkv
             _widen_conv(module, target, in_factor, out_factor, is_qkv, generator)
         elif isinstance(module, nn.GroupNorm):
             # Affine parameters per channel: each copy keeps its narrow channel's.
