@@ -252,3 +252,20 @@ class HybridTokenizer(nn.Module):
             )
         if not images.is_floating_point():
             raise TypeError(f"{name}: expected a floating-point tensor, got {images.dtype}")
+
+
+def with_decoder_of(tokenizer: HybridTokenizer, config: TokenizerConfig) -> HybridTokenizer:
+    """A tokenizer of ``config`` holding ``tokenizer``'s weights everywhere but the decoder.
+
+    ``config`` may differ from ``tokenizer.config`` in the decoder's fields only; the new decoder is
+    left at its initialisation (drawn from the global RNG) for the caller to fill or train. Same
+    device and dtype as ``tokenizer``, so token ids and residuals are unchanged.
+    """
+    reference = next(tokenizer.parameters())
+    resized = HybridTokenizer(config).to(reference.device, reference.dtype)
+    kept = {name: value for name, value in tokenizer.state_dict().items() if not name.startswith("decoder.")}
+    missing, unexpected = resized.load_state_dict(kept, strict=False)
+    # Only the new decoder may be left at its initialisation.
+    if unexpected or any(not name.startswith("decoder.") for name in missing):
+        raise RuntimeError(f"new decoder: unexpected {unexpected}, missing {missing}")
+    return resized

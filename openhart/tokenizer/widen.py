@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from openhart.tokenizer.autoencoder import AttnBlock, Decoder
-from openhart.tokenizer.hybrid import HybridTokenizer
+from openhart.tokenizer.hybrid import HybridTokenizer, with_decoder_of
 
 # Copies get shares drawn from U(SHARE_LOW, SHARE_HIGH) before normalising: bounded away from 0,
 # so no copy starts dead and none holds more than a few times another's weight.
@@ -50,14 +50,8 @@ def widen_tokenizer_decoder(
             f"a widened decoder needs decoder_ch a whole multiple (2x or more) of the trained "
             f"decoder's width {width}, got {decoder_ch}"
         )
-    factor = decoder_ch // width
-    reference = next(tokenizer.parameters())
-    wide = HybridTokenizer(config.replace(decoder_ch=decoder_ch)).to(reference.device, reference.dtype)
-    kept = {name: value for name, value in tokenizer.state_dict().items() if not name.startswith("decoder.")}
-    missing, unexpected = wide.load_state_dict(kept, strict=False)
-    if unexpected or any(not name.startswith("decoder.") for name in missing):
-        raise RuntimeError(f"widened decoder: unexpected {unexpected}, missing {missing}")
-    widen_decoder_into(tokenizer.decoder, wide.decoder, factor, generator)
+    wide = with_decoder_of(tokenizer, config.replace(decoder_ch=decoder_ch))
+    widen_decoder_into(tokenizer.decoder, wide.decoder, decoder_ch // width, generator)
     return wide
 
 

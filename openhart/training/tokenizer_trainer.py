@@ -40,6 +40,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from openhart.tokenizer import HybridTokenizer, TokenizerConfig
+from openhart.tokenizer.hybrid import with_decoder_of
 from openhart.tokenizer.quantizer import MultiScaleQuantizer
 from openhart.tokenizer.widen import widen_tokenizer_decoder
 from openhart.training.adversarial import (
@@ -112,12 +113,7 @@ def with_new_decoder(tokenizer: HybridTokenizer, overrides: Mapping[str, Any], s
     config = tokenizer.config.replace(**dict(overrides))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        resized = HybridTokenizer(config)
-    kept = {name: value for name, value in tokenizer.state_dict().items() if not name.startswith("decoder.")}
-    missing, unexpected = resized.load_state_dict(kept, strict=False)
-    # Only the new decoder may be left at its initialisation.
-    if unexpected or any(not name.startswith("decoder.") for name in missing):
-        raise RuntimeError(f"new decoder: unexpected {unexpected}, missing {missing}")
+        resized = with_decoder_of(tokenizer, config)
     logger.info(
         "new decoder: width %d, %d ResNet blocks per level (trained one: width %d, %d)",
         config.decoder_width,
