@@ -2,9 +2,10 @@
 
 The hashes were recorded from the code before the models wing, the loader and the sampler
 settings moved (commit d4d1c3a's parent), and reproduced after; a refactor that changes what the
-pipeline computes changes them. Recorded on an x86_64 CPU in float32 with one torch thread (the
-reduction order of some kernels depends on the thread count, and a different rounding can flip a
-sampled token); other CPU architectures round some kernels differently, so they skip.
+pipeline computes changes them. Recorded in float32 with one torch thread (the reduction order of
+some kernels depends on the thread count, and a different rounding can flip a sampled token).
+Different CPUs round some float32 kernels differently, so each digest is keyed by the CPU's vendor
+and the kernel set torch dispatches to on it (AVX2, AVX512); a CPU without a recorded digest skips.
 """
 
 from __future__ import annotations
@@ -48,12 +49,27 @@ def _cpu_vendor() -> str:
     return "unknown"
 
 
-# The same code and weights on two x86_64 CPUs: their float32 kernels (AMX and AVX-512 paths differ
-# between vendors) round differently, enough to flip a sampled token. Pinned for the shipped weights
-# (16x16 latent, sampler.json's top-p 0.8), recorded on an Intel Xeon with AMX; a CPU of another
-# vendor skips until a run there records its digest from the same commit.
+def _cpu_kind() -> tuple[str, str]:
+    """The CPU's vendor and torch's kernel capability: what decides how float32 kernels round here."""
+    return _cpu_vendor(), torch.backends.cpu.get_cpu_capability()
+
+
+# The tiny pipeline's images. The AVX512 digest was recorded on an Intel Xeon (AMX) and held on an
+# AMD EPYC with AVX512 too; an AMD EPYC with AVX2 only computes a different one.
+TINY_DIGESTS = {
+    ("GenuineIntel", "AVX512"): "6f05a0675bf7ee073bb1bdb82ec6f1c5ea2bac30637c6dc4b882bdc1a1b09208",
+    ("AuthenticAMD", "AVX512"): "6f05a0675bf7ee073bb1bdb82ec6f1c5ea2bac30637c6dc4b882bdc1a1b09208",
+    ("AuthenticAMD", "AVX2"): "b5f3257329de58ba7d262081929d52c3685106f987671eadbd6800e6750aa2b8",
+}
+
+
+# The same code and weights on two x86_64 CPUs: their float32 kernels round differently, enough to
+# flip a sampled token. Pinned for the shipped weights (16x16 latent, widened decoder), recorded on
+# an Intel Xeon with AMX and on an AMD EPYC with AVX2 only, each from the same commit; another CPU
+# skips until a run there records its digest.
 EMOJI64_OLD_SETTINGS_DIGESTS = {
-    "GenuineIntel": "396bd42927ba6fad96c30a21f933d21fb24183bdbd565f947d0d84f5715b669b",
+    ("GenuineIntel", "AVX512"): "396bd42927ba6fad96c30a21f933d21fb24183bdbd565f947d0d84f5715b669b",
+    ("AuthenticAMD", "AVX2"): "37ae52caf08c2f06915ddb749ab7270c006248372dd93a9a03c6a114fda7d0a6",
 }
 
 
@@ -62,18 +78,20 @@ def _generators() -> list[torch.Generator]:
 
 
 def test_tiny_pipeline_images_are_unchanged():
+    expected = TINY_DIGESTS.get(_cpu_kind())
+    if expected is None:
+        pytest.skip(f"no tiny-pipeline image pin recorded for a {_cpu_kind()} CPU")
     pipe = make_tiny_pipeline()
     images = pipe(["a red fox", "a blue car"], generator=_generators(), guidance_scale=4.5, output_type="np")
-    assert _digest(images.images) == "6f05a0675bf7ee073bb1bdb82ec6f1c5ea2bac30637c6dc4b882bdc1a1b09208"
+    assert _digest(images.images) == expected
 
 
 @pytest.mark.skipif(not (PACKAGED_WEIGHTS / "emoji-64").is_dir(), reason="no embedded emoji-64 weights")
 def test_emoji64_images_are_unchanged_at_the_old_sampler_settings():
     # Pinned for the shipped weights: a new emoji-64 (here, its decoder) records new digests.
-    vendor = _cpu_vendor()
-    expected = EMOJI64_OLD_SETTINGS_DIGESTS.get(vendor)
+    expected = EMOJI64_OLD_SETTINGS_DIGESTS.get(_cpu_kind())
     if expected is None:
-        pytest.skip(f"no emoji-64 image pin recorded for a {vendor} CPU")
+        pytest.skip(f"no emoji-64 image pin recorded for a {_cpu_kind()} CPU")
     pipe = load("emoji-64", dtype=torch.float32)
     images = pipe(
         ["a red apple", "a happy dog"],
