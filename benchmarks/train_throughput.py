@@ -8,10 +8,11 @@ epoch of a long run) and lets oneDNN pick its kernels.
 
     python benchmarks/train_throughput.py --data data/emoji-64 --out benchmarks/results/train_throughput_cpu.json
 
-Variants: ``tokenizer:`` ``fp32``, ``bf16``, ``bf16+channels_last``, ``bf16+adversarial``
+Variants: ``tokenizer:`` ``fp32``, ``bf16``, ``bf16+channels_last``, ``fp32+adversarial``, ``bf16+adversarial``
 (discriminator on from step 1) and ``bf16+adversarial+channels_last``; ``generator:fp32`` and
-``generator:bf16``; each from the emoji-64 recipes in configs/ at their own batch sizes (or
-``--batch-size``).
+``generator:bf16``; each from a recipe in configs/ at its own batch size (or ``--batch-size``):
+``--tokenizer-recipe`` and ``--generator-recipe``, by default the recipes of the embedded
+emoji-64 (its 16x16 latent, its 64-channel decoder, its generator's self-correction rounds).
 """
 
 from __future__ import annotations
@@ -35,14 +36,24 @@ VARIANTS = (
     "tokenizer:fp32",
     "tokenizer:bf16",
     "tokenizer:bf16+channels_last",
+    "tokenizer:fp32+adversarial",
     "tokenizer:bf16+adversarial",
     "tokenizer:bf16+adversarial+channels_last",
     "generator:fp32",
     "generator:bf16",
 )
+DEFAULT_TOKENIZER_RECIPE = ROOT / "configs" / "emoji-64-tokenizer-latent16-adversarial.yaml"
+DEFAULT_GENERATOR_RECIPE = ROOT / "configs" / "emoji-64-generator-latent16-self-correction.yaml"
 
 
-def build_trainer(variant: str, data: str, out_dir: Path, batch_size: int | None) -> Trainer:
+def build_trainer(
+    variant: str,
+    data: str,
+    out_dir: Path,
+    batch_size: int | None,
+    tokenizer_recipe: Path = DEFAULT_TOKENIZER_RECIPE,
+    generator_recipe: Path = DEFAULT_GENERATOR_RECIPE,
+) -> Trainer:
     kind, options = variant.split(":")
     precision, *extras = options.split("+")
     overrides = [
@@ -58,10 +69,17 @@ def build_trainer(variant: str, data: str, out_dir: Path, batch_size: int | None
     if kind == "tokenizer":
         overrides.append("adversarial.weight=" + ("0.5" if "adversarial" in extras else "0"))
         overrides.append("adversarial.start_step=0")
-        recipe = load_recipe(ROOT / "configs" / "emoji-64-tokenizer-adversarial.yaml", overrides)
+        recipe = load_recipe(tokenizer_recipe, overrides)
         return TokenizerTrainer(recipe, out_dir=out_dir)
-    recipe = load_recipe(ROOT / "configs" / "emoji-64-generator-continue.yaml", overrides)
+    recipe = load_recipe(generator_recipe, overrides)
     return GeneratorTrainer(recipe, out_dir=out_dir)
+
+
+def _shown(value: object) -> str:
+    """A command-line value as a reader reruns it: paths inside the repository relative to it."""
+    if isinstance(value, Path) and value.resolve().is_relative_to(ROOT):
+        return str(value.resolve().relative_to(ROOT))
+    return str(value)
 
 
 def time_steps(trainer: Trainer, batches: list[Batch]) -> float:
@@ -82,6 +100,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--tokenizer-recipe", type=Path, default=DEFAULT_TOKENIZER_RECIPE)
+    parser.add_argument("--generator-recipe", type=Path, default=DEFAULT_GENERATOR_RECIPE)
     parser.add_argument("--out", type=Path, default=None, help="JSON results file")
     args = parser.parse_args()
 
@@ -93,7 +113,14 @@ def main() -> None:
         trainers: dict[str, Trainer] = {}
         batches: dict[str, list[Batch]] = {}
         for index, variant in enumerate(variants):
-            trainer = build_trainer(variant, args.data, Path(scratch) / str(index), args.batch_size)
+            trainer = build_trainer(
+                variant,
+                args.data,
+                Path(scratch) / str(index),
+                args.batch_size,
+                args.tokenizer_recipe,
+                args.generator_recipe,
+            )
             stream = trainer.batches()
             batches[variant] = [next(stream) for _ in range(args.steps)]
             time_steps(trainer, batches[variant])  # untimed: caches filled, kernels chosen
@@ -126,7 +153,9 @@ def main() -> None:
         result = {
             "command": "python benchmarks/train_throughput.py "
             + " ".join(
-                f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "out"
+                f"--{k.replace('_', '-')} {_shown(v)}"
+                for k, v in vars(args).items()
+                if v is not None and k != "out"
             ),
             **environment_record(),
             "rows": rows,

@@ -20,6 +20,7 @@ from openhart.models.fast_path import SPEED_OPTIONS_NAME, SpeedOptions
 from openhart.models.hart import HartPipeline
 from openhart.presets import PRESETS
 from openhart.utils.config import read_json
+from openhart.utils.hardware import cpu_has_native_bf16
 from openhart.validation import check_device
 
 logger = logging.getLogger("openhart")
@@ -158,23 +159,6 @@ def is_small_model(model: str | None) -> bool:
     if path.is_dir():
         return sum(f.stat().st_size for f in path.rglob("*.safetensors")) < AUTO_BF16_MIN_WEIGHT_BYTES
     return False
-
-
-def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether this CPU has bfloat16 instructions (AMX-BF16 or AVX512-BF16), by feature, not vendor.
-
-    Read from the kernel's CPU flags (``/proc/cpuinfo``); where that file does not exist (macOS,
-    Windows) PyTorch's own oneDNN probes answer.
-    """
-    if cpuinfo.is_file():
-        flags: set[str] = set()
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith("flags"):
-                flags.update(line.partition(":")[2].split())
-                break
-        return bool(flags & {"amx_bf16", "avx512_bf16"})
-    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private, hence the getattr
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
 def load_model(

@@ -45,6 +45,7 @@ def diffusion_recipe(out_dir: Path, tokenizer_dir: Path, **sections) -> object:
             "sample_every": 0,
             "progress": False,
             "deterministic": True,
+            "precision": "fp32",  # exact numerics on every CPU; auto is tested on its own
         },
     }
     for key, value in sections.items():

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from openhart import HartPipeline
-from openhart.command_setup import cpu_has_native_bf16, resolve_dtype
+from openhart.command_setup import resolve_dtype
 from openhart.loading import PACKAGED_WEIGHTS
+from openhart.utils.hardware import cpu_has_native_bf16
 from tests.conftest import generators, make_tiny_pipeline
 
 

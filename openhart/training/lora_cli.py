@@ -58,7 +58,11 @@ def train_lora(
         bool, typer.Option("--gradient-checkpointing", help="Recompute activations: less memory, slower.")
     ] = False,
     precision: Annotated[
-        str | None, typer.Option("--precision", help=f"One of {PRECISIONS} (auto: bf16 autocast on CUDA).")
+        str | None,
+        typer.Option(
+            "--precision",
+            help=f"One of {PRECISIONS} (auto: bf16 autocast where native: CUDA, AMX or AVX512-BF16 CPUs).",
+        ),
     ] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or mps.")] = None,
     sample_every: Annotated[

@@ -95,7 +95,7 @@ class RunRecipe(Section):
     device: str = checked(
         "auto", kind="choice", choices=DEVICES
     )  # auto: this process's CUDA GPU, else MPS, else CPU
-    # auto: bf16 autocast on CUDA (if supported), fp32 elsewhere.
+    # auto: bf16 autocast where the hardware has it natively (CUDA, CPUs with AMX or AVX512-BF16), fp32 elsewhere.
     precision: str = checked("auto", kind="choice", choices=PRECISIONS)
     deterministic: bool = checked(
         False, kind="bool"
