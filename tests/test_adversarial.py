@@ -238,6 +238,10 @@ def test_decoder_overrides_of_the_same_shape_start_a_fresh_decoder(tmp_path):
         ({"adversarial": {"loss": "wasserstein"}}, "adversarial.loss"),
         ({"adversarial": {"start_step": -1}}, "adversarial.start_step"),
         ({"adversarial": {"channels": 24}}, "adversarial.channels"),
+        (
+            {"adversarial": {"start_step": 3, "discriminator_warmup_steps": 4}},
+            "adversarial.discriminator_warmup_steps",
+        ),
     ],
 )
 def test_bad_adversarial_recipes_name_the_field(tmp_path, sections, message):
@@ -285,3 +289,41 @@ def test_channels_last_trainer_keeps_the_convolutions_arithmetic(tmp_path):
     (decoded_a, logits_a), (decoded_b, logits_b) = outputs
     assert float((decoded_a - decoded_b).abs().max()) <= 1e-9
     assert float((logits_a - logits_b).abs().max()) <= 1e-9
+
+
+def test_the_discriminator_warms_up_alone_before_the_adversarial_phase(tmp_path):
+    dataset = SquaresDataset(24)
+    recipe = adversarial_recipe(
+        tmp_path / "run", adversarial={"start_step": 8, "discriminator_warmup_steps": 4}, run={"log_every": 1}
+    )
+    trainer = TokenizerTrainer(recipe, dataset=dataset)
+    initial = _weights(trainer.discriminator)
+    trainer.train(stop_at_step=3)
+    assert _max_difference(initial, _weights(trainer.discriminator)) == 0.0  # starts at step 4
+    trainer = TokenizerTrainer(recipe, dataset=dataset, resume=True)
+    trainer.train()
+    rows = {int(r["step"]): r for r in _rows(tmp_path / "run")}
+    for step in range(1, 4):
+        assert rows[step]["discriminator"] == "" and rows[step]["adversarial"] == "", step
+    for step in range(4, 8):  # the warm-up: the discriminator learns, the decoder's loss has no term of it
+        assert float(rows[step]["discriminator"]) > 0 and rows[step]["adversarial"] == "", step
+        assert float(rows[step]["loss"]) == pytest.approx(
+            float(rows[step]["l1"]) + float(rows[step]["l2"]) + float(rows[step]["vq"]), rel=1e-5
+        )
+    for step in range(8, 13):
+        assert rows[step]["adversarial"] != "" and float(rows[step]["discriminator"]) > 0, step
+
+
+def test_resume_inside_the_discriminator_warm_up_is_exact(tmp_path):
+    dataset = SquaresDataset(20)
+    sections = {"adversarial": {"start_step": 8, "discriminator_warmup_steps": 5}}
+    whole = TokenizerTrainer(adversarial_recipe(tmp_path / "whole", **sections), dataset=dataset)
+    whole.train()
+    first = TokenizerTrainer(adversarial_recipe(tmp_path / "parts", **sections), dataset=dataset)
+    first.train(stop_at_step=5)  # inside the warm-up
+    second = TokenizerTrainer(
+        adversarial_recipe(tmp_path / "parts", **sections), dataset=dataset, resume=True
+    )
+    second.train()
+    assert _max_difference(_weights(whole.model), _weights(second.model)) <= 1e-6
+    assert _max_difference(_weights(whole.discriminator), _weights(second.discriminator)) <= 1e-6

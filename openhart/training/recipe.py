@@ -143,12 +143,18 @@ class AdversarialRecipe(Section):
     The reconstruction losses train alone for the first ``start_step`` steps (a discriminator
     facing blurry early reconstructions wins at once and teaches nothing); from then on the decoder
     also minimises ``weight · adaptive · adversarial`` and the discriminator trains every step.
+    With ``discriminator_warmup_steps``, the discriminator starts that many steps earlier, alone:
+    a new discriminator gives the decoder no signal, only noise, and a trained decoder fine-tuned
+    against one loses PSNR before the discriminator learns anything (the emoji-64 logs in
+    docs/results/emoji64-latent16/README.md).
     """
 
     field_prefix = "adversarial."
     # 0: no discriminator; VQGAN uses 0.8, VAR/HART 0.2 (with a perceptual loss).
     weight: float = checked(0.0, kind="number", ge=0)
     start_step: int = checked(0, kind="int", ge=0)  # optimiser step at which the adversarial phase begins
+    # Steps before start_step in which the discriminator trains alone (at most start_step).
+    discriminator_warmup_steps: int = checked(0, kind="int", ge=0)
     loss: str = checked("hinge", kind="choice", choices=LOSS_KINDS)  # "hinge" or "non-saturating"
     channels: int = checked(64, kind="int", ge=16, multiple_of=16)  # width of the discriminator's first conv
     # Stride-2 convs; the patch each logit sees grows with them (70 px at 3).
@@ -162,6 +168,19 @@ class AdversarialRecipe(Section):
     @property
     def enabled(self) -> bool:
         return self.weight > 0
+
+    @property
+    def discriminator_start_step(self) -> int:
+        """The first optimiser step at which the discriminator trains."""
+        return self.start_step - self.discriminator_warmup_steps
+
+    def validate(self) -> None:
+        if self.discriminator_warmup_steps > self.start_step:
+            self.fail(
+                "discriminator_warmup_steps",
+                f"an int in [0, adversarial.start_step={self.start_step}]",
+                self.discriminator_warmup_steps,
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,9 @@ With ``adversarial.weight > 0`` (VQGAN's recipe, ``training/adversarial.py``), f
 ``adversarial.start_step`` on the loss also has ``weight · adaptive · adversarial``, where the
 adaptive factor balances the two terms' gradients at the decoder's last layer, and after each
 optimiser step a PatchGAN discriminator takes one step of its own on (this batch, its
-reconstruction). The discriminator and its optimiser live in the checkpoints, never in the model.
+reconstruction), from ``adversarial.discriminator_warmup_steps`` steps before ``start_step`` on
+(the warm-up: it learns alone first). The discriminator and its optimiser live in the
+checkpoints, never in the model.
 
 Codebook usage is counted per scale over windows of ``loss.revive_every`` steps (over all ranks); codes no
 rank picked in a window are dead and are re-initialised from this step's encoder outputs: the
@@ -246,6 +248,10 @@ class TokenizerTrainer(Trainer):
         """Whether ``step`` is in the adversarial phase (a discriminator exists and step ≥ start)."""
         return self.discriminator is not None and step >= self.recipe.adversarial.start_step
 
+    def discriminator_active(self, step: int) -> bool:
+        """Whether the discriminator trains at ``step``: the adversarial phase and its warm-up."""
+        return self.discriminator is not None and step >= self.recipe.adversarial.discriminator_start_step
+
     @property
     def image_size(self) -> int:
         return self.tokenizer.config.image_size
@@ -279,6 +285,8 @@ class TokenizerTrainer(Trainer):
         metrics: dict[str, Any] = {}
         if self.adversarial_active(step):
             loss = loss + self._adversarial_term(reconstruction, reconstruction_loss, metrics)
+        elif self.discriminator_active(step):
+            self._fake_images = reconstruction.detach()  # the warm-up: the discriminator alone learns
 
         codebook_size = self.usage_counts.shape[1]
         for k, scale_ids in enumerate(ids):
@@ -347,7 +355,7 @@ class TokenizerTrainer(Trainer):
 
     def after_step(self, batch: Batch, step: int) -> dict[str, float]:
         metrics: dict[str, float] = {}
-        if self.adversarial_active(step):
+        if self.discriminator_active(step):
             metrics.update(self._discriminator_step(self._last_images))
         self.usage_window_steps += 1
         window = self.recipe.loss.revive_every or self.recipe.run.log_every
