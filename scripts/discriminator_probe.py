@@ -10,7 +10,9 @@ alternates), and every ``--eval-every`` steps reports on held-out images:
 * pair accuracy: how often an image's mean patch logit is higher than its own reconstruction's.
 
 The hinge loss alone misleads: the logits drift together between steps, so a discriminator that
-ranks nearly every pair right can still sit near 1.0. Pair accuracy says whether it separates them.
+ranks nearly every pair right can still sit near 1.0. Pair accuracy alone flatters: an untrained
+discriminator already ranks most pairs right (smoother images, smaller responses from random
+filters). The gap between the two mean logits is the measure to watch.
 
     python scripts/discriminator_probe.py --tokenizer openhart/weights/emoji-64/tokenizer \\
         --data data/emoji-64 --out docs/results/emoji64-latent16/discriminator-probe.json

@@ -283,10 +283,10 @@ class TokenizerTrainer(Trainer):
         reconstruction_loss = loss_recipe.l1_weight * l1 + loss_recipe.l2_weight * l2
         loss = reconstruction_loss + loss_recipe.vq_weight * vq_loss
         metrics: dict[str, Any] = {}
+        if self.discriminator_active(step):
+            self._fake_images = reconstruction.detach()  # what after_step's discriminator step judges
         if self.adversarial_active(step):
             loss = loss + self._adversarial_term(reconstruction, reconstruction_loss, metrics)
-        elif self.discriminator_active(step):
-            self._fake_images = reconstruction.detach()  # the warm-up: the discriminator alone learns
 
         codebook_size = self.usage_counts.shape[1]
         for k, scale_ids in enumerate(ids):
@@ -309,7 +309,7 @@ class TokenizerTrainer(Trainer):
     def _adversarial_term(
         self, reconstruction: torch.Tensor, reconstruction_loss: torch.Tensor, metrics: dict[str, Any]
     ) -> torch.Tensor:
-        """weight · adaptive · adversarial for the decoder; keeps the reconstruction for the D step."""
+        """weight · adaptive · adversarial for the decoder."""
         assert self.discriminator is not None
         adversarial = self.recipe.adversarial
         # The decoder's pass through the discriminator must not leave gradients on it.
@@ -326,7 +326,6 @@ class TokenizerTrainer(Trainer):
             self.tokenizer.decoder.conv_out.weight,
             adversarial.max_adaptive_weight,
         )
-        self._fake_images = reconstruction.detach()
         metrics["adversarial"] = generator_loss.item()
         metrics["adaptive_weight"] = adaptive.item()
         return adversarial.weight * adaptive * generator_loss

@@ -3,7 +3,7 @@
 bfloat16 pays off on a CPU only with its own instructions (AMX-BF16 on Intel Xeons since Sapphire
 Rapids, AVX512-BF16 on AMD Zen 4 and some Intel parts). Elsewhere torch emulates it with float32
 conversions around reference kernels: on a 2-core AMD EPYC with AVX2 only, one emoji-64
-tokenizer training step took 135 s under bf16 autocast against 3.4 s in float32
+tokenizer training step took 132 s under bf16 autocast against 3.2 s in float32
 (``benchmarks/train_throughput.py``; the table in docs/performance.md).
 """
 
