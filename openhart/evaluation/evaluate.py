@@ -140,7 +140,8 @@ def _has_split_field(root: Path) -> bool:
     return False
 
 
-def _data_fingerprint(root: Path) -> str:
+def data_fingerprint(root: Path) -> str:
+    """What identifies a dataset folder's contents for the feature cache: its path, metadata size and mtime."""
     metadata = root / "metadata.jsonl"
     stat = metadata.stat() if metadata.is_file() else root.stat()
     return f"{root.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
@@ -350,7 +351,7 @@ def evaluate(
             "num_images=%d > %d rows of split %r: using %d", num_images, len(rows), split, len(rows)
         )
     fid_rows = seeded_subset(rows, num_images, seed, stream=0)
-    fingerprint = _data_fingerprint(root)
+    fingerprint = data_fingerprint(root)
     feature_options = {
         "image_size": image_size,
         "extractor": extractor,
