@@ -18,6 +18,7 @@ from openhart.training.adversarial import (
     PatchDiscriminator,
     adaptive_adversarial_weight,
     discriminator_loss,
+    feature_matching_loss,
     generator_adversarial_loss,
 )
 from openhart.training.recipe import RecipeError
@@ -101,6 +102,27 @@ def test_patch_discriminator_gives_one_logit_per_patch_and_learns():
         PatchDiscriminator(channels=24)
 
 
+def test_feature_matching_compares_each_activation_with_its_own_original():
+    torch.manual_seed(0)
+    discriminator = PatchDiscriminator(channels=16, layers=2)
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    features = discriminator.features(images)
+    # One map per LeakyReLU (the first conv, then each of the `layers` widening convs), no logits.
+    assert [tuple(f.shape[1:]) for f in features] == [(16, 16, 16), (32, 8, 8), (64, 7, 7)]
+    # The logits are the last conv applied to the deepest map.
+    assert torch.allclose(discriminator.layers[-1](features[-1]), discriminator(images), atol=1e-6)
+    assert feature_matching_loss(features, features).item() == 0.0
+    # Mean over layers of the mean absolute gap: layers weigh the same whatever their size.
+    fake = [torch.zeros(1, 2, 2, 2), torch.zeros(1, 1, 4, 4)]
+    real = [torch.ones(1, 2, 2, 2), torch.full((1, 1, 4, 4), 3.0)]
+    assert feature_matching_loss(fake, real).item() == pytest.approx((1.0 + 3.0) / 2)
+    # Per image: swapping the originals between images is a mismatch, not the same statistics.
+    swapped = discriminator.features(images.flip(0))
+    assert feature_matching_loss(features, swapped).item() > 0.01
+    with pytest.raises(ValueError, match="same non-zero length"):
+        feature_matching_loss(fake, real[:1])
+
+
 # ---------------------------------------------------------------------- the trainer
 def _rows(out_dir: Path) -> list[dict[str, str]]:
     with open(out_dir / "metrics.csv", newline="") as handle:
@@ -132,6 +154,40 @@ def test_adversarial_phase_switches_on_at_the_configured_step(tmp_path):
         assert float(window_row[f"code_perplexity_s{k}"]) >= 1
     # The model folder holds the tokenizer alone; the discriminator lives in checkpoints only.
     assert not any("discriminator" in p.name for p in (tmp_path / "run" / "final").rglob("*"))
+
+
+def test_feature_matching_alone_trains_the_discriminator_and_moves_the_decoder(tmp_path):
+    """weight 0, feature_matching_weight > 0: no adversarial term, the discriminator still trains."""
+    dataset = SquaresDataset(24)
+    matching = {"weight": 0.0, "feature_matching_weight": 0.5}
+    recipe = adversarial_recipe(tmp_path / "fm", adversarial=matching, run={"log_every": 1})
+    trainer = TokenizerTrainer(recipe, dataset=dataset)
+    initial = _weights(trainer.discriminator)
+    trainer.train()
+    assert _max_difference(initial, _weights(trainer.discriminator)) > 0.0
+    rows = {int(r["step"]): r for r in _rows(tmp_path / "fm")}
+    for step in range(1, 5):
+        assert rows[step]["feature_matching"] == "", step
+    for step in range(5, 13):
+        row = rows[step]
+        assert row["adversarial"] == "" and float(row["discriminator"]) > 0, step
+        assert float(row["feature_matching"]) > 0 and float(row["feature_matching_weight"]) > 0, step
+        reconstruction = float(row["l1"]) + float(row["l2"]) + float(row["vq"])
+        # loss = reconstruction + 0.5 · adaptive · matching, the balance the recipe asks for
+        term = 0.5 * float(row["feature_matching_weight"]) * float(row["feature_matching"])
+        assert float(row["loss"]) == pytest.approx(reconstruction + term, rel=1e-4), step
+    # The same run without the term trains another decoder from the same start.
+    plain = TokenizerTrainer(
+        adversarial_recipe(tmp_path / "plain", adversarial={"weight": 0.0}), dataset=dataset
+    )
+    assert plain.discriminator is None
+    plain.train()
+    assert _max_difference(_weights(plain.model), _weights(trainer.model)) > 0.0
+    # Both terms at once: both columns are filled.
+    both = adversarial_recipe(tmp_path / "both", adversarial={"feature_matching_weight": 0.5})
+    TokenizerTrainer(both, dataset=dataset).train()
+    last = _rows(tmp_path / "both")[-1]
+    assert float(last["feature_matching"]) > 0 and last["adversarial"] != ""
 
 
 def test_tokenizer_resume_with_the_discriminator_is_exact(tmp_path):
@@ -238,6 +294,7 @@ def test_decoder_overrides_of_the_same_shape_start_a_fresh_decoder(tmp_path):
         ({"adversarial": {"loss": "wasserstein"}}, "adversarial.loss"),
         ({"adversarial": {"start_step": -1}}, "adversarial.start_step"),
         ({"adversarial": {"channels": 24}}, "adversarial.channels"),
+        ({"adversarial": {"feature_matching_weight": -1}}, "adversarial.feature_matching_weight"),
         (
             {"adversarial": {"start_step": 3, "discriminator_warmup_steps": 4}},
             "adversarial.discriminator_warmup_steps",

@@ -8,6 +8,9 @@ HART:
 * :class:`PatchDiscriminator`: strided convs, one real/fake logit per overlapping patch;
 * :func:`discriminator_loss`: hinge (or non-saturating) loss on real and reconstructed images;
 * :func:`generator_adversarial_loss`: what the decoder minimises to fool it;
+* :func:`feature_matching_loss`: L1 between the discriminator's activations on a reconstruction
+  and on its original (pix2pixHD's feature matching), a learned perceptual loss that gives the
+  decoder dense gradients even while the discriminator's verdict is near chance;
 * :func:`adaptive_adversarial_weight`: the ratio of the reconstruction loss's gradient norm to the
   adversarial loss's, both taken at the decoder's last layer, so neither term swamps the other
   whatever their raw scales.
@@ -58,6 +61,16 @@ class PatchDiscriminator(nn.Module):
         """(B, 3, S, S) in [−1, 1] → (B, 1, P, P) logits (positive = judged real)."""
         return self.layers(images)
 
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The activations after each LeakyReLU, shallow to deep: ``layers + 1`` maps, no logits."""
+        activations = []
+        hidden = images
+        for module in self.layers:
+            hidden = module(hidden)
+            if isinstance(module, nn.LeakyReLU):
+                activations.append(hidden)
+        return activations
+
 
 def _init_weights(module: nn.Module) -> None:
     # DCGAN's initialisation, as VQGAN's discriminator: N(0, 0.02) convs, N(1, 0.02) norm scales.
@@ -92,6 +105,19 @@ def generator_adversarial_loss(fake_logits: torch.Tensor, kind: str = "hinge") -
     if kind == "non-saturating":
         return F.softplus(-fake_logits).mean()
     raise ValueError(f"kind: expected one of {LOSS_KINDS}, got {kind!r}")
+
+
+def feature_matching_loss(fake: list[torch.Tensor], real: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over layers of mean |fake − real|: each layer weighs the same whatever its width.
+
+    ``fake`` and ``real`` are :meth:`PatchDiscriminator.features` of a reconstruction and of its
+    own original, so the match is per image and per position, not of batch statistics.
+    """
+    if len(fake) != len(real) or not fake:
+        raise ValueError(
+            f"feature lists: expected two of the same non-zero length, got {len(fake)} and {len(real)}"
+        )
+    return torch.stack([(f.float() - r.float()).abs().mean() for f, r in zip(fake, real, strict=True)]).mean()
 
 
 def adaptive_adversarial_weight(

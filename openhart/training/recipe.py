@@ -138,7 +138,8 @@ class TokenizerLossRecipe(Section):
 
 @dataclasses.dataclass(frozen=True)
 class AdversarialRecipe(Section):
-    """VQGAN-style PatchGAN loss for the tokenizer (``training/adversarial.py``); off when weight is 0.
+    """VQGAN-style PatchGAN loss for the tokenizer (``training/adversarial.py``); off when both
+    ``weight`` and ``feature_matching_weight`` are 0.
 
     The reconstruction losses train alone for the first ``start_step`` steps (a discriminator
     facing blurry early reconstructions wins at once and teaches nothing); from then on the decoder
@@ -164,10 +165,15 @@ class AdversarialRecipe(Section):
     betas: tuple[float, float] = checked((0.5, 0.9), kind="numbers", length=2, ge=0, lt=1)
     # Clamp of ‖∇ reconstruction‖ / ‖∇ adversarial‖.
     max_adaptive_weight: float = checked(1.0e4, kind="number", ge=0)
+    # Feature matching (L1 between the discriminator's activations on x̂ and on x), balanced like
+    # the adversarial term: 0.5 makes its gradient at the decoder's last layer half the
+    # reconstruction loss's. Works with weight 0 too (the discriminator still trains).
+    feature_matching_weight: float = checked(0.0, kind="number", ge=0)
 
     @property
     def enabled(self) -> bool:
-        return self.weight > 0
+        """Whether a discriminator exists: either of its terms is on."""
+        return self.weight > 0 or self.feature_matching_weight > 0
 
     @property
     def discriminator_start_step(self) -> int:

@@ -16,8 +16,10 @@ With ``adversarial.weight > 0`` (VQGAN's recipe, ``training/adversarial.py``), f
 adaptive factor balances the two terms' gradients at the decoder's last layer, and after each
 optimiser step a PatchGAN discriminator takes one step of its own on (this batch, its
 reconstruction), from ``adversarial.discriminator_warmup_steps`` steps before ``start_step`` on
-(the warm-up: it learns alone first). The discriminator and its optimiser live in the
-checkpoints, never in the model.
+(the warm-up: it learns alone first). With ``adversarial.feature_matching_weight > 0`` the decoder
+also matches the discriminator's activations on each original (pix2pixHD's feature matching),
+balanced the same way. The discriminator and its optimiser live in the checkpoints, never in the
+model.
 
 Codebook usage is counted per scale over windows of ``loss.revive_every`` steps (over all ranks); codes no
 rank picked in a window are dead and are re-initialised from this step's encoder outputs: the
@@ -49,6 +51,7 @@ from openhart.training.adversarial import (
     PatchDiscriminator,
     adaptive_adversarial_weight,
     discriminator_loss,
+    feature_matching_loss,
     generator_adversarial_loss,
 )
 from openhart.training.batches import Batch
@@ -173,6 +176,8 @@ class TokenizerTrainer(Trainer):
         "code_perplexity",
         "adversarial",
         "adaptive_weight",
+        "feature_matching",
+        "feature_matching_weight",
         "discriminator",
         "logits_real",
         "logits_fake",
@@ -286,7 +291,7 @@ class TokenizerTrainer(Trainer):
         if self.discriminator_active(step):
             self._fake_images = reconstruction.detach()  # what after_step's discriminator step judges
         if self.adversarial_active(step):
-            loss = loss + self._adversarial_term(reconstruction, reconstruction_loss, metrics)
+            loss = loss + self._adversarial_term(images, reconstruction, reconstruction_loss, metrics)
 
         codebook_size = self.usage_counts.shape[1]
         for k, scale_ids in enumerate(ids):
@@ -307,28 +312,47 @@ class TokenizerTrainer(Trainer):
         return loss, metrics
 
     def _adversarial_term(
-        self, reconstruction: torch.Tensor, reconstruction_loss: torch.Tensor, metrics: dict[str, Any]
+        self,
+        images: torch.Tensor,
+        reconstruction: torch.Tensor,
+        reconstruction_loss: torch.Tensor,
+        metrics: dict[str, Any],
     ) -> torch.Tensor:
-        """weight · adaptive · adversarial for the decoder."""
+        """The decoder's discriminator terms, each balanced against the reconstruction loss:
+        weight · adaptive · adversarial + feature_matching_weight · adaptive' · feature matching."""
         assert self.discriminator is not None
         adversarial = self.recipe.adversarial
+        last_layer = self.tokenizer.decoder.conv_out.weight
+        term = reconstruction.new_zeros(())
         # The decoder's pass through the discriminator must not leave gradients on it.
         self.discriminator.requires_grad_(False)
         try:
             with self.autocast_context():
-                fake_logits = self.discriminator(reconstruction).float()  # (B, 1, P, P)
+                if adversarial.weight > 0:
+                    fake_logits = self.discriminator(reconstruction).float()  # (B, 1, P, P)
+                if adversarial.feature_matching_weight > 0:
+                    fake_features = self.discriminator.features(reconstruction)
+                    with torch.no_grad():
+                        real_features = self.discriminator.features(images)
         finally:
             self.discriminator.requires_grad_(True)
-        generator_loss = generator_adversarial_loss(fake_logits, adversarial.loss)
-        adaptive = adaptive_adversarial_weight(
-            reconstruction_loss,
-            generator_loss,
-            self.tokenizer.decoder.conv_out.weight,
-            adversarial.max_adaptive_weight,
-        )
-        metrics["adversarial"] = generator_loss.item()
-        metrics["adaptive_weight"] = adaptive.item()
-        return adversarial.weight * adaptive * generator_loss
+        if adversarial.weight > 0:
+            generator_loss = generator_adversarial_loss(fake_logits, adversarial.loss)
+            adaptive = adaptive_adversarial_weight(
+                reconstruction_loss, generator_loss, last_layer, adversarial.max_adaptive_weight
+            )
+            metrics["adversarial"] = generator_loss.item()
+            metrics["adaptive_weight"] = adaptive.item()
+            term = term + adversarial.weight * adaptive * generator_loss
+        if adversarial.feature_matching_weight > 0:
+            matching = feature_matching_loss(fake_features, real_features)
+            adaptive = adaptive_adversarial_weight(
+                reconstruction_loss, matching, last_layer, adversarial.max_adaptive_weight
+            )
+            metrics["feature_matching"] = matching.item()
+            metrics["feature_matching_weight"] = adaptive.item()
+            term = term + adversarial.feature_matching_weight * adaptive * matching
+        return term
 
     def _discriminator_step(self, images: torch.Tensor) -> dict[str, float]:
         """One AdamW step of the discriminator on (real batch, the reconstruction just trained on)."""
