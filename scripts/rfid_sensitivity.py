@@ -7,6 +7,12 @@ them the same way against the same cached Inception features, so a tokenizer's r
 among them: a decoder whose rFID sits where blur of its PSNR sits is blurry; one far above that
 line errs in some other way.
 
+With ``--tokenizer FOLDER`` the degradations apply to that tokenizer's hybrid reconstructions
+instead (still scored against the originals), after a row for the reconstructions as they are:
+does smoothing a decoder's output move it toward or away from the originals in Inception's eyes?
+Every row also reports ``high_band_error``: the fraction of the error's energy above half the
+band (what a 2x down-and-up removes), 0.0 for pure blur-free colour shifts, ~0.75 for white noise.
+
     python scripts/rfid_sensitivity.py --data data/emoji-64 --split test --num-images 800 \\
         --blur 0.5 --blur 1.0 --noise 0.02 --noise 0.04 --down-up --out results.json
 """
@@ -30,6 +36,8 @@ from openhart.evaluation.benchmark import environment_record
 from openhart.evaluation.evaluate import DEFAULT_CACHE_DIR, data_fingerprint, real_features
 from openhart.evaluation.inception import InceptionFeatureExtractor
 from openhart.evaluation.metrics import fid_from_features, psnr, ssim
+from openhart.tokenizer import HybridTokenizer, TokenizerConfig
+from openhart.utils.weights import load_component
 
 Degradation = Callable[[torch.Tensor], torch.Tensor]  # (B, 3, S, S) in [0, 1] → the same
 
@@ -69,6 +77,14 @@ def down_up(images: torch.Tensor) -> torch.Tensor:
     return F.interpolate(small, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
 
 
+def high_band_fraction(error: torch.Tensor) -> float:
+    """Share of ``error``'s energy (B, 3, S, S) above half the band: |e − down_up(e)|² / |e|²."""
+    high = error - F.interpolate(
+        F.interpolate(error, size=error.shape[-1] // 2, mode="area"), size=error.shape[-1], mode="bilinear"
+    )
+    return float(high.pow(2).sum() / error.pow(2).sum().clamp_min(1e-12))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True)
@@ -81,6 +97,7 @@ def main() -> None:
         "--noise", type=float, action="append", default=[], help="noise sigma in [0, 1] units"
     )
     parser.add_argument("--down-up", action="store_true", help="a 2x down-and-up resampling")
+    parser.add_argument("--tokenizer", type=Path, default=None, help="degrade its hybrid reconstructions")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="JSON results file")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="real-feature cache")
@@ -93,12 +110,23 @@ def main() -> None:
     degradations |= {f"noise {s:g}": gaussian_noise(s, args.seed) for s in args.noise}
     if args.down_up:
         degradations["down-up 2x"] = down_up
-    if not degradations:
-        parser.error("give at least one of --blur, --noise, --down-up")
+    if not degradations and args.tokenizer is None:
+        parser.error("give at least one of --blur, --noise, --down-up (or --tokenizer)")
 
     dataset = ImageFolderDataset(args.data, args.image_size, split=args.split)
     count = min(args.num_images, len(dataset))
     originals = (torch.stack([dataset[i]["image"] for i in range(count)]) + 1) / 2  # (N, 3, S, S) in [0, 1]
+    sources = originals
+    if args.tokenizer is not None:
+        tokenizer = load_component(HybridTokenizer, TokenizerConfig, args.tokenizer).eval()
+        with torch.no_grad():
+            sources = torch.cat(
+                [
+                    ((tokenizer.reconstruct(batch * 2 - 1, hybrid=True).float() + 1) / 2).clamp(0, 1)
+                    for batch in originals.split(args.batch_size)
+                ]
+            )
+        degradations = {"as reconstructed": lambda images: images} | degradations
     extractor = InceptionFeatureExtractor().eval()
     rows = []
     with torch.no_grad():
@@ -113,10 +141,11 @@ def main() -> None:
         )
         for name, degrade in degradations.items():
             started = time.perf_counter()
-            psnrs, ssims, features = [], [], []
+            psnrs, ssims, features, errors = [], [], [], []
             for start in range(0, count, args.batch_size):
                 target = originals[start : start + args.batch_size]
-                degraded = degrade(target)
+                degraded = degrade(sources[start : start + args.batch_size])
+                errors.append(degraded - target)
                 psnrs.append(psnr(degraded, target))
                 ssims.append(ssim(degraded, target))
                 features.append(extractor(degraded).cpu())
@@ -125,6 +154,7 @@ def main() -> None:
                 "psnr": float(torch.cat(psnrs).mean()),
                 "ssim": float(torch.cat(ssims).mean()),
                 "rfid": fid_from_features(real, torch.cat(features)),
+                "high_band_error": high_band_fraction(torch.cat(errors)),
                 "seconds": time.perf_counter() - started,
             }
             rows.append(row)
@@ -135,6 +165,7 @@ def main() -> None:
         result = {
             "command": "python " + " ".join(sys.argv),
             **environment_record(),
+            "tokenizer": None if args.tokenizer is None else str(args.tokenizer),
             "split": args.split,
             "num_images": count,
             "rows": rows,
