@@ -328,12 +328,17 @@ class TokenizerTrainer(Trainer):
         self.discriminator.requires_grad_(False)
         try:
             with self.autocast_context():
-                if adversarial.weight > 0:
-                    fake_logits = self.discriminator(reconstruction).float()  # (B, 1, P, P)
                 if adversarial.feature_matching_weight > 0:
                     fake_features = self.discriminator.features(reconstruction)
                     with torch.no_grad():
                         real_features = self.discriminator.features(images)
+                if adversarial.weight > 0:
+                    # With feature matching on, the logits are one conv past its deepest map: one pass.
+                    fake_logits = (
+                        self.discriminator.layers[-1](fake_features[-1])
+                        if adversarial.feature_matching_weight > 0
+                        else self.discriminator(reconstruction)
+                    ).float()  # (B, 1, P, P)
         finally:
             self.discriminator.requires_grad_(True)
         if adversarial.weight > 0:
