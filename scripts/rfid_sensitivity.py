@@ -37,6 +37,7 @@ from openhart.evaluation.evaluate import DEFAULT_CACHE_DIR, data_fingerprint, re
 from openhart.evaluation.inception import InceptionFeatureExtractor
 from openhart.evaluation.metrics import fid_from_features, psnr, ssim
 from openhart.tokenizer import HybridTokenizer, TokenizerConfig
+from openhart.utils.frequency_bands import high_band_fraction, low_band
 from openhart.utils.weights import load_component
 
 Degradation = Callable[[torch.Tensor], torch.Tensor]  # (B, 3, S, S) in [0, 1] → the same
@@ -70,22 +71,9 @@ def gaussian_noise(sigma: float, seed: int) -> Degradation:
     return noise
 
 
-def low_band(images: torch.Tensor) -> torch.Tensor:
-    """Half the resolution (area average), then bilinear back: what lies below half the band."""
-    size = images.shape[-1]
-    small = F.interpolate(images, size=size // 2, mode="area")
-    return F.interpolate(small, size=size, mode="bilinear", align_corners=False)
-
-
 def down_up(images: torch.Tensor) -> torch.Tensor:
     """The low band of an image, clipped to [0, 1]: detail above half the band is lost."""
     return low_band(images).clamp(0, 1)
-
-
-def high_band_fraction(error: torch.Tensor) -> float:
-    """Share of ``error``'s energy (B, 3, S, S) above half the band: |e − low_band(e)|² / |e|²."""
-    high = error - low_band(error)  # signed: no clipping
-    return float(high.pow(2).sum() / error.pow(2).sum().clamp_min(1e-12))
 
 
 def main() -> None:

@@ -118,6 +118,10 @@ class TokenizerLossRecipe(Section):
     field_prefix = "loss."
     l1_weight: float = checked(1.0, kind="number", ge=0)
     l2_weight: float = checked(1.0, kind="number", ge=0)
+    # × the mean squared high band of the error (above half the band, utils/frequency_bands.py),
+    # added to l2's: with l2_weight 1, fine error costs about (1 + this) times smooth error of the same
+    # energy. rFID at 64 px punishes fine, structured error most. 0: off.
+    high_band_weight: float = checked(0.0, kind="number", ge=0)
     # × (codebook term + commitment_beta · commitment term), see the quantizer.
     vq_weight: float = checked(1.0, kind="number", ge=0)
     # HART's alternating training: each step the decoder sees the discrete-only latent with this

@@ -1,7 +1,8 @@
 """Tokenizer training: reconstruction + VQ loss, HART's alternating hybrid decoder, dead-code revival.
 
 One step: images → encoder → multi-scale quantizer (``HybridTokenizer.forward``) → decoder.
-Loss = l1·|x̂ − x| + l2·(x̂ − x)² + vq·(codebook + β·commitment), with x̂ decoded from
+Loss = l1·|x̂ − x| + l2·(x̂ − x)² + high_band·(high band of x̂ − x)² + vq·(codebook + β·commitment),
+with x̂ decoded from
 
 * the discrete-only latent (straight-through to the encoder) with probability
   ``loss.discrete_probability`` (0.5 in HART), or
@@ -60,6 +61,7 @@ from openhart.training.loop import SAMPLES_DIR, Trainer
 from openhart.training.recipe import RecipeError, TokenizerRecipe
 from openhart.utils.config import read_json, write_json
 from openhart.utils.distributed import all_reduce_sum_, broadcast_, step_generator
+from openhart.utils.frequency_bands import high_band
 from openhart.utils.images import save_png, tensor_grid
 from openhart.utils.random import rand_tensor, randn_tensor
 from openhart.utils.weights import load_weights, save_weights
@@ -167,6 +169,7 @@ class TokenizerTrainer(Trainer):
         "loss",
         "l1",
         "l2",
+        "l2_high_band",
         "vq",
         "l2_discrete",
         "l2_hybrid",
@@ -284,8 +287,14 @@ class TokenizerTrainer(Trainer):
         reconstruction = reconstruction.float()
         l1 = (reconstruction - images).abs().mean()
         l2 = F.mse_loss(reconstruction, images)
+        # The error's squared high band (above half the band; linear, so the band of the difference
+        # is the difference of the bands). On top of l2 it makes fine error cost more than smooth
+        # error of the same energy, as rFID does.
+        l2_high_band = high_band(reconstruction - images).pow(2).mean()
         vq_loss = vq_loss.float()
         reconstruction_loss = loss_recipe.l1_weight * l1 + loss_recipe.l2_weight * l2
+        if loss_recipe.high_band_weight > 0:
+            reconstruction_loss = reconstruction_loss + loss_recipe.high_band_weight * l2_high_band
         loss = reconstruction_loss + loss_recipe.vq_weight * vq_loss
         metrics: dict[str, Any] = {}
         if self.discriminator_active(step):
@@ -304,6 +313,7 @@ class TokenizerTrainer(Trainer):
                 "loss": loss.item(),
                 "l1": l1.item(),
                 "l2": l2.item(),
+                "l2_high_band": l2_high_band.item(),
                 "vq": vq_loss.item(),
                 "l2_discrete" if discrete else "l2_hybrid": l2.item(),
                 "discrete_fraction": float(discrete),
