@@ -3,9 +3,6 @@ tokenizer trainer's high-band loss term."""
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -13,6 +10,7 @@ import torch
 from openhart.training.recipe import RecipeError
 from openhart.training.tokenizer_trainer import TokenizerTrainer
 from openhart.utils.frequency_bands import high_band, high_band_fraction, low_band
+from tests.test_adversarial import _rows
 from tests.test_training import SquaresDataset, _max_difference, _weights, tokenizer_recipe
 
 
@@ -60,11 +58,6 @@ def test_the_bands_add_up_and_split_known_images():
 
 
 # ---------------------------------------------------------------------- the trainer's loss term
-def _rows(out_dir: Path) -> list[dict[str, str]]:
-    with open(out_dir / "metrics.csv", newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
 def test_high_band_weight_adds_its_term_to_the_loss_and_moves_the_decoder(tmp_path):
     dataset = SquaresDataset(24)
     weighted = TokenizerTrainer(

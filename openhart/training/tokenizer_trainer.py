@@ -285,16 +285,18 @@ class TokenizerTrainer(Trainer):
         with self.autocast_context():
             reconstruction, vq_loss, ids = self.ddp_model(images, use_residual=not discrete)
         reconstruction = reconstruction.float()
-        l1 = (reconstruction - images).abs().mean()
-        l2 = F.mse_loss(reconstruction, images)
-        # The error's squared high band (above half the band; linear, so the band of the difference
-        # is the difference of the bands). On top of l2 it makes fine error cost more than smooth
-        # error of the same energy, as rFID does.
-        l2_high_band = high_band(reconstruction - images).pow(2).mean()
+        error = reconstruction - images
+        l1 = error.abs().mean()
+        l2 = error.pow(2).mean()
+        # The error's squared high band (above half the band). On top of l2 it makes fine error
+        # cost more than smooth error of the same energy, as rFID does; logged even when off.
+        l2_high_band = high_band(error).pow(2).mean()
         vq_loss = vq_loss.float()
-        reconstruction_loss = loss_recipe.l1_weight * l1 + loss_recipe.l2_weight * l2
-        if loss_recipe.high_band_weight > 0:
-            reconstruction_loss = reconstruction_loss + loss_recipe.high_band_weight * l2_high_band
+        reconstruction_loss = (
+            loss_recipe.l1_weight * l1
+            + loss_recipe.l2_weight * l2
+            + loss_recipe.high_band_weight * l2_high_band
+        )
         loss = reconstruction_loss + loss_recipe.vq_weight * vq_loss
         metrics: dict[str, Any] = {}
         if self.discriminator_active(step):
