@@ -280,9 +280,10 @@ class TokenizerRecipe(Section):
     # `init`'s tokens stays valid with the new decoder (decoder fine-tuning, e.g. adversarial).
     decoder_only: bool = checked(False, kind="bool")
     # How a new decoder (decoder_ch / decoder_num_res_blocks with `init`) starts: "fresh", a seeded
-    # initialisation, or "widened", init's decoder widened to decoder_ch so that it draws init's
-    # images on the first step (openhart.tokenizer.widen; decoder_ch a multiple of init's width).
-    new_decoder: str = checked("fresh", kind="choice", choices=("fresh", "widened"))
+    # initialisation; "widened", init's decoder widened to decoder_ch (openhart.tokenizer.widen;
+    # a multiple of init's width); or "deepened", init's decoder with identity blocks appended up to
+    # decoder_num_res_blocks (openhart.tokenizer.deepen). Both draw init's images on the first step.
+    new_decoder: str = checked("fresh", kind="choice", choices=("fresh", "widened", "deepened"))
     seed: int = checked(0, kind="int", ge=0)
     # Reconstructions shown in the sample grid (and its PSNR).
     num_sample_images: int = checked(8, kind="int", ge=1)
@@ -306,6 +307,13 @@ class TokenizerRecipe(Section):
             raise RecipeError(
                 "new_decoder: 'widened' needs `init` and tokenizer.decoder_ch alone (init's decoder, "
                 "made wider; its depth stays init's)"
+            )
+        if self.new_decoder == "deepened" and (
+            self.init is None or set(self.tokenizer) != {"decoder_num_res_blocks"}
+        ):
+            raise RecipeError(
+                "new_decoder: 'deepened' needs `init` and tokenizer.decoder_num_res_blocks alone "
+                "(init's decoder, made deeper; its width stays init's)"
             )
         if self.decoder_only and self.loss.revive_every:
             raise RecipeError("decoder_only: the codebook is frozen; set loss.revive_every to 0")

@@ -45,6 +45,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from openhart.tokenizer import HybridTokenizer, TokenizerConfig
+from openhart.tokenizer.deepen import deepen_tokenizer_decoder
 from openhart.tokenizer.hybrid import with_decoder_of
 from openhart.tokenizer.quantizer import MultiScaleQuantizer
 from openhart.tokenizer.widen import widen_tokenizer_decoder
@@ -202,6 +203,17 @@ class TokenizerTrainer(Trainer):
                 except ValueError as error:
                     raise RecipeError(f"new_decoder: {error}") from error
                 logger.info("widened decoder: width %d -> %d", start.config.decoder_width, width)
+            elif recipe.new_decoder == "deepened":
+                blocks = int(recipe.tokenizer["decoder_num_res_blocks"])
+                try:
+                    tokenizer = deepen_tokenizer_decoder(start, blocks)
+                except ValueError as error:
+                    raise RecipeError(f"new_decoder: {error}") from error
+                logger.info(
+                    "deepened decoder: %d -> %d ResNet blocks per level",
+                    start.config.decoder_blocks + 1,
+                    blocks + 1,
+                )
             else:
                 tokenizer = with_new_decoder(start, recipe.tokenizer, seed=recipe.seed)
         else:

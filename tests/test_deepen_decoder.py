@@ -1,0 +1,113 @@
+"""A deepened decoder draws its trained decoder's images exactly, and its new blocks learn."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from openhart.tokenizer.autoencoder import AttnBlock
+from openhart.tokenizer.deepen import deepen_tokenizer_decoder
+from openhart.training.recipe import RecipeError
+from openhart.training.tokenizer_trainer import TokenizerTrainer, save_tokenizer
+from tests.test_training import SquaresDataset, tokenizer_recipe
+from tests.test_widen_decoder import _latent, _trained_looking_tokenizer
+
+
+@pytest.mark.parametrize("extra", [1, 2])
+def test_deepened_decoder_computes_the_trained_decoders_image(extra):
+    shallow = _trained_looking_tokenizer().double()
+    blocks = shallow.config.decoder_blocks
+    deep = deepen_tokenizer_decoder(shallow, blocks + extra).double()
+    for shallow_level, deep_level in zip(shallow.decoder.up, deep.decoder.up, strict=True):
+        assert len(deep_level.block) == len(shallow_level.block) + extra
+        assert len(deep_level.attn) in (0, len(deep_level.block))
+    # The attention level is part of what is checked (its appended attention blocks).
+    assert sum(isinstance(m, AttnBlock) for m in deep.decoder.modules()) > sum(
+        isinstance(m, AttnBlock) for m in shallow.decoder.modules()
+    )
+    latent = _latent(shallow).double()
+    with torch.no_grad():
+        expected = shallow.decode_unclamped(latent)
+        got = deep.decode_unclamped(latent)
+    assert got.shape == expected.shape
+    assert float((got - expected).abs().max()) < 1e-12 * max(1.0, float(expected.abs().max()))
+    # Outside the decoder nothing changed; inside, every trained weight is kept.
+    deep_state = deep.state_dict()
+    for name, value in shallow.state_dict().items():
+        assert torch.equal(deep_state[name], value), name
+
+
+def test_the_appended_blocks_get_gradients_at_once():
+    """Zero conv2 makes a block the identity, but its gradient is not zero: it starts learning."""
+    shallow = _trained_looking_tokenizer().double()
+    deep = deepen_tokenizer_decoder(shallow, shallow.config.decoder_blocks + 1).double()
+    deep.decode_unclamped(_latent(shallow).double()).square().mean().backward()
+    for level in deep.decoder.up:
+        appended = level.block[-1]
+        assert torch.count_nonzero(appended.conv2.weight) == 0
+        assert float(appended.conv2.weight.grad.abs().max()) > 0
+    attention = deep.decoder.up[-1].attn[-1]
+    assert float(attention.proj_out.weight.grad.abs().max()) > 0
+
+
+def test_deepening_needs_more_blocks():
+    tokenizer = _trained_looking_tokenizer()
+    with pytest.raises(ValueError, match="above the trained decoder's"):
+        deepen_tokenizer_decoder(tokenizer, tokenizer.config.decoder_blocks)
+
+
+def test_a_deepened_recipe_starts_from_inits_images_and_trains_the_new_blocks(tmp_path):
+    start_tokenizer = _trained_looking_tokenizer()
+    start = save_tokenizer(start_tokenizer, tmp_path / "start")
+    blocks = start_tokenizer.config.decoder_blocks + 1
+    recipe = tokenizer_recipe(
+        tmp_path / "run",
+        init=str(start),
+        decoder_only=True,
+        new_decoder="deepened",
+        tokenizer={"decoder_num_res_blocks": blocks},
+        loss={"revive_every": 0},
+    )
+    trainer = TokenizerTrainer(recipe, dataset=SquaresDataset(16))
+    assert trainer.tokenizer.config.decoder_blocks == blocks
+    latent = _latent(start_tokenizer)
+    with torch.no_grad():
+        expected = start_tokenizer.decode_unclamped(latent)
+        got = trainer.tokenizer.decode_unclamped(latent)
+    assert float((got - expected).abs().max()) < 1e-5 * max(1.0, float(expected.abs().max()))
+    trainer.train()
+    # The appended full-resolution block is no longer the identity.
+    assert torch.count_nonzero(trainer.tokenizer.decoder.up[0].block[-1].conv2.weight) > 0
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"new_decoder": "deepened", "tokenizer": {"decoder_num_res_blocks": 2}}, "needs `init`"),
+        ({"new_decoder": "deepened", "init": "x"}, "decoder_num_res_blocks alone"),
+        (
+            {
+                "new_decoder": "deepened",
+                "init": "x",
+                "tokenizer": {"decoder_ch": 64, "decoder_num_res_blocks": 2},
+            },
+            "decoder_num_res_blocks alone",
+        ),
+    ],
+)
+def test_bad_deepening_recipes_name_the_field(tmp_path, sections, message):
+    with pytest.raises(RecipeError, match=message):
+        tokenizer_recipe(tmp_path / "run", **sections)
+
+
+def test_a_depth_that_is_not_larger_is_a_recipe_error(tmp_path):
+    start_tokenizer = _trained_looking_tokenizer()
+    start = save_tokenizer(start_tokenizer, tmp_path / "start")
+    recipe = tokenizer_recipe(
+        tmp_path / "run",
+        init=str(start),
+        new_decoder="deepened",
+        tokenizer={"decoder_num_res_blocks": start_tokenizer.config.decoder_blocks},
+    )
+    with pytest.raises(RecipeError, match=r"new_decoder: .*above the trained decoder's"):
+        TokenizerTrainer(recipe, dataset=SquaresDataset(16))
