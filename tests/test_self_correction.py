@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from openhart.tokenizer.quantizer import MultiScaleQuantizer
+from openhart.training.batches import collate_samples
 from openhart.training.generator_trainer import GeneratorTrainer
 from openhart.training.self_correction import corrupted_split
 from tests.test_training import SquaresDataset, generator_recipe, tokenizer_dir  # noqa: F401 (fixture)
@@ -132,3 +133,75 @@ def test_trainer_with_self_correction_trains_and_reports_the_replaced_share(tmp_
     assert replaced and all(0.0 < value < 0.4 for value in replaced), replaced
     ce = [float(row.split(",")[header.index("ce")]) for row in rows[1:]]
     assert ce[-1] < ce[0], ce
+
+
+def test_proposals_replace_the_swapped_tokens_and_keep_the_latent_explained(quantize):
+    latent = latents(quantize, seed=5)
+    last = quantize.num_scales - 1
+    draws = torch.Generator().manual_seed(9)
+    proposals = [
+        torch.randint(0, quantize.codebook_size, (3, n), generator=draws)
+        for n in quantize.scale_lengths[:last]
+    ]
+    split = corrupted_split(quantize, latent, torch.ones(3), 8, torch.Generator().manual_seed(0), proposals)
+    # Fraction 1: every earlier scale reads the proposals, whatever its re-quantized target is.
+    for k in range(last):
+        assert torch.equal(split.input_ids[k], proposals[k])
+    total = split.last_latent.clone()
+    for k in range(last):
+        total = total + quantize.phi(quantize.upsample_to_latent(quantize.code_map(split.input_ids[k], k)), k)
+    torch.testing.assert_close(total, latent, rtol=0, atol=1e-10)
+    # Only tokens that differ from their target count as replaced.
+    differ = sum(int((split.input_ids[k] != split.target_ids[k]).sum()) for k in range(last))
+    assert float(split.replaced) == pytest.approx(differ / (3 * sum(quantize.scale_lengths[:last])))
+    assert 0.0 < float(split.replaced) < 1.0
+
+
+def test_proposals_equal_to_the_split_change_nothing(quantize):
+    latent = latents(quantize, seed=6)
+    ids, _ = quantize.quantize(latent)
+    split = corrupted_split(quantize, latent, torch.ones(3), 8, torch.Generator().manual_seed(0), ids[:-1])
+    for k, expected in enumerate(ids):
+        assert torch.equal(split.input_ids[k], expected)
+        assert torch.equal(split.target_ids[k], expected)
+    assert float(split.replaced) == 0.0
+
+
+def test_proposals_of_the_wrong_shape_are_named(quantize):
+    latent = latents(quantize)
+    ids, _ = quantize.quantize(latent)
+    with pytest.raises(ValueError, match="proposals: expected one id tensor per earlier scale"):
+        corrupted_split(quantize, latent, torch.ones(3), 8, None, ids)  # the last scale too
+
+
+def _model_draw_trainer(tmp_path, tokenizer_dir, **loss) -> GeneratorTrainer:  # noqa: F811
+    loss = {"self_correction": 0.4, "self_correction_source": "model", **loss}
+    recipe = generator_recipe(tmp_path / "run", tokenizer_dir, optim={"max_steps": 12}, loss=loss)
+    return GeneratorTrainer(recipe, dataset=SquaresDataset())
+
+
+def test_the_models_draws_are_its_teacher_forced_predictions(tmp_path, tokenizer_dir):  # noqa: F811
+    """At a vanishing temperature the draws are the argmax of the logits on the tokenizer's split."""
+    trainer = _model_draw_trainer(tmp_path, tokenizer_dir, self_correction_temperature=1e-6)
+    batch = collate_samples(SquaresDataset(4).samples)
+    latent = trainer.latents(batch)
+    draws = trainer.model_draws(batch, latent, torch.Generator().manual_seed(0))
+    quantize = trainer.tokenizer.quantize
+    ids, _ = trainer.tokenizer.split(latent)
+    context, mask = trainer.contexts(batch.captions)
+    with torch.no_grad(), trainer.autocast_context():
+        logits = trainer.model.transformer(context, mask, quantize.teacher_forcing_inputs(ids)).logits
+    expected = logits.float().argmax(dim=-1).split(quantize.scale_lengths, dim=1)
+    assert len(draws) == quantize.num_scales - 1
+    for k, draw in enumerate(draws):
+        assert torch.equal(draw, expected[k]), k
+
+
+def test_trainer_with_the_models_own_draws_trains_on_its_mistakes(tmp_path, tokenizer_dir):  # noqa: F811
+    result = _model_draw_trainer(tmp_path, tokenizer_dir).train()
+    assert result.finished
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    replaced = [float(row.split(",")[header.index("replaced_tokens")]) for row in rows[1:]]
+    # Up to 40% of the tokens are handed to the model's draw, and only its mistakes count.
+    assert replaced and all(0.0 < value < 0.4 for value in replaced), replaced

@@ -4,7 +4,8 @@ One step (teacher forcing, as HART trains):
 
 1. images → frozen tokenizer → latent → ``split`` → ids per scale + continuous residual;
    ``teacher_forcing_inputs(ids)`` are the transformer's inputs of scales 1..S−1. With
-   ``loss.self_correction`` some earlier-scale tokens are replaced by near codes and the later
+   ``loss.self_correction`` some earlier-scale tokens are replaced by near codes (or, with
+   ``self_correction_source: model``, by the model's own teacher-forced draws) and the later
    scales' targets re-quantized to correct them (``self_correction.py``).
 2. captions → frozen text encoder → context; each image's context is replaced by the
    unconditional (empty) context with probability ``loss.condition_dropout`` (for CFG).
@@ -342,9 +343,35 @@ class GeneratorTrainer(TextEncoderFromRecipe, Trainer):
             last_latent = quantize.last_scale_target(ids, residual)
             return ids, quantize.teacher_forcing_inputs(ids), last_latent, torch.zeros(())
         fraction = loss.self_correction * rand_tensor((latent.shape[0],), generator, device=latent.device)
-        split = corrupted_split(quantize, latent, fraction, loss.self_correction_neighbours, generator)
+        proposals = None
+        if loss.self_correction_source == "model":
+            proposals = self.model_draws(batch, latent, generator)
+        split = corrupted_split(
+            quantize, latent, fraction, loss.self_correction_neighbours, generator, proposals
+        )
         inputs = quantize.teacher_forcing_inputs(split.input_ids)
         return split.target_ids, inputs, split.last_latent, split.replaced
+
+    @torch.no_grad()
+    def model_draws(
+        self, batch: Batch, latent: torch.Tensor, generator: torch.Generator
+    ) -> list[torch.Tensor]:
+        """The live transformer's own draws (B, pn_k²) of every earlier scale, teacher-forced on
+        the tokenizer's split of ``latent`` with the batch's prompts, at self_correction_temperature."""
+        quantize = self.tokenizer.quantize
+        ids, _ = self.tokenizer.split(latent)
+        context, mask = self.contexts(batch.captions)
+        # One last-scale position: no draw of the last scale is used, and all of them would cost
+        # as much as the earlier scales together.
+        keep = torch.zeros((latent.shape[0], 1), dtype=torch.long, device=latent.device)
+        with self.autocast_context():
+            out = self.model.transformer(
+                context, mask, quantize.teacher_forcing_inputs(ids), last_scale_positions=keep
+            )
+        lengths = quantize.scale_lengths[:-1]
+        logits = out.logits[:, : sum(lengths)].float() / self.recipe.loss.self_correction_temperature
+        draws = sample_categorical(logits.softmax(dim=-1), generator)  # (B, earlier tokens)
+        return list(draws.split(lengths, dim=1))
 
     @torch.no_grad()
     def evaluate(self, batch: Batch, seed: int = 0) -> dict[str, float]:

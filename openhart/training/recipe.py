@@ -216,6 +216,11 @@ class GeneratorLossRecipe(Section):
     # self_correction_neighbours − 1 other codes nearest to them; later targets fix the history.
     self_correction: float = checked(0.0, kind="number", ge=0, le=1)
     self_correction_neighbours: int = checked(8, kind="int", ge=2)
+    # Where the replacements come from: "neighbours" (the near codes above) or "model", the live
+    # transformer's own draws at self_correction_temperature on a teacher-forced pass over the same
+    # batch: the mistakes it makes at sampling, for one more forward pass per step.
+    self_correction_source: str = checked("neighbours", kind="choice", choices=("neighbours", "model"))
+    self_correction_temperature: float = checked(1.0, kind="number", gt=0)
 
     def validate(self) -> None:
         if self.subsample_drop_max < self.subsample_drop_min:
