@@ -7,6 +7,7 @@ import torch
 
 from openhart.tokenizer.autoencoder import AttnBlock
 from openhart.tokenizer.deepen import deepen_tokenizer_decoder
+from openhart.training.optim import parameter_groups
 from openhart.training.recipe import RecipeError
 from openhart.training.tokenizer_trainer import TokenizerTrainer, save_tokenizer
 from tests.test_training import SquaresDataset, tokenizer_recipe
@@ -111,3 +112,57 @@ def test_a_depth_that_is_not_larger_is_a_recipe_error(tmp_path):
     )
     with pytest.raises(RecipeError, match=r"new_decoder: .*above the trained decoder's"):
         TokenizerTrainer(recipe, dataset=SquaresDataset(16))
+
+
+def test_parameter_groups_scale_the_named_parameters_learning_rate():
+    module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
+    plain = parameter_groups(module, 0.05)
+    assert [(len(g["params"]), g["weight_decay"], g["lr_scale"]) for g in plain] == [
+        (2, 0.05, 1.0),
+        (4, 0.0, 1.0),
+    ]
+    scaled = parameter_groups(module, 0.05, {"2.weight": 10.0, "2.bias": 10.0})
+    summary = [(len(g["params"]), g["weight_decay"], g["lr_scale"]) for g in scaled]
+    assert summary == [(1, 0.05, 1.0), (3, 0.0, 1.0), (1, 0.05, 10.0), (1, 0.0, 10.0)]
+    assert scaled[2]["params"][0] is module[2].weight
+    with pytest.raises(ValueError, match=r"lr_scales: no such parameters: \['3.weight'\]"):
+        parameter_groups(module, 0.05, {"3.weight": 2.0})
+
+
+def test_the_appended_blocks_train_at_new_decoder_lr_scale_times_the_rate(tmp_path):
+    start_tokenizer = _trained_looking_tokenizer()
+    start = save_tokenizer(start_tokenizer, tmp_path / "start")
+    recipe = tokenizer_recipe(
+        tmp_path / "run",
+        init=str(start),
+        decoder_only=True,
+        new_decoder="deepened",
+        new_decoder_lr_scale=10.0,
+        tokenizer={"decoder_num_res_blocks": start_tokenizer.config.decoder_blocks + 1},
+        loss={"revive_every": 0},
+        optim={"max_steps": 2},
+    )
+    trainer = TokenizerTrainer(recipe, dataset=SquaresDataset(16))
+    appended = {id(p) for p in trainer.tokenizer.decoder.up[0].block[-1].parameters()}
+    appended |= {id(p) for p in trainer.tokenizer.decoder.up[-1].attn[-1].parameters()}
+    trained = {id(p) for p in trainer.tokenizer.decoder.up[0].block[0].parameters()}
+    trainer.train()
+    # The last step's rates: the plain groups at the schedule's, the appended blocks' at 10x it.
+    plain_rates = {g["lr"] for g in trainer.optimizer.param_groups if g["lr_scale"] == 1.0}
+    scaled_rates = {g["lr"] for g in trainer.optimizer.param_groups if g["lr_scale"] == 10.0}
+    assert len(plain_rates) == len(scaled_rates) == 1
+    plain_rate, scaled_rate = plain_rates.pop(), scaled_rates.pop()
+    assert plain_rate > 0 and scaled_rate == pytest.approx(10 * plain_rate)
+    for group in trainer.optimizer.param_groups:
+        ids = {id(p) for p in group["params"]}
+        if ids & appended:
+            assert group["lr_scale"] == 10.0 and not ids & trained
+        elif ids & trained:
+            assert group["lr_scale"] == 1.0
+    scaled = [g for g in trainer.optimizer.param_groups if g["lr_scale"] == 10.0]
+    assert sum(len(g["params"]) for g in scaled) == len(trainer.appended_parameters) > 0
+
+
+def test_new_decoder_lr_scale_needs_a_deepened_decoder(tmp_path):
+    with pytest.raises(RecipeError, match=r"new_decoder_lr_scale: .*needs new_decoder: 'deepened'"):
+        tokenizer_recipe(tmp_path / "run", new_decoder_lr_scale=5.0)

@@ -142,7 +142,7 @@ class Trainer:
             self.ddp_model = self.model
         optim: OptimRecipe = recipe.optim
         self.optimizer = torch.optim.AdamW(
-            parameter_groups(self.model, optim.weight_decay),
+            parameter_groups(self.model, optim.weight_decay, self.learning_rate_scales()),
             lr=optim.lr,
             betas=optim.betas,
             eps=optim.eps,
@@ -177,6 +177,10 @@ class Trainer:
     def compute_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
         """Forward pass through ``self.ddp_model``: (scalar loss to minimise, metrics to log)."""
         raise NotImplementedError
+
+    def learning_rate_scales(self) -> dict[str, float]:
+        """Multipliers of the scheduled learning rate by ``self.model`` parameter name (default: none)."""
+        return {}
 
     def after_step(self, batch: Batch, step: int) -> dict[str, float]:
         """Called after the optimiser step (and the EMA update); returns extra metrics."""
@@ -322,7 +326,8 @@ class Trainer:
     def _optimizer_step(self, batch: Batch, step: int) -> dict[str, float | torch.Tensor]:
         factor = self.schedule.factor(step)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.recipe.optim.lr * factor
+            # Checkpoints written before groups had an lr_scale resume with 1.0.
+            group["lr"] = self.recipe.optim.lr * factor * group.get("lr_scale", 1.0)
         self.optimizer.zero_grad(set_to_none=True)
         loss, metrics = self.compute_loss(batch, step)
         if not torch.isfinite(loss):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -35,23 +36,38 @@ class WarmupCosine:
         }
 
 
-def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on weight matrices/kernels; none on biases, norms, embeddings, codebooks."""
+def parameter_groups(
+    module: nn.Module, weight_decay: float, lr_scales: Mapping[str, float] | None = None
+) -> list[dict[str, Any]]:
+    """AdamW groups: decay on weight matrices/kernels; none on biases, norms, embeddings, codebooks.
+
+    ``lr_scales`` maps parameter names (``module.named_parameters()``) to a multiplier of the
+    scheduled learning rate; each group carries its ``lr_scale`` (1.0 for every other parameter).
+    Empty groups are left out.
+    """
+    lr_scales = dict(lr_scales or {})
+    unknown = sorted(set(lr_scales) - {name for name, _ in module.named_parameters()})
+    if unknown:
+        raise ValueError(f"lr_scales: no such parameters: {unknown[:5]}")
     no_decay_ids: set[int] = set()
     for sub in module.modules():
         if isinstance(sub, (nn.Embedding, nn.LayerNorm, nn.GroupNorm)) or "Norm" in type(sub).__name__:
             no_decay_ids.update(id(p) for p in sub.parameters(recurse=False))
-    decay, no_decay = [], []
-    for parameter in module.parameters():
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    for name, parameter in module.named_parameters():
         if not parameter.requires_grad:
             continue
-        if parameter.ndim < 2 or id(parameter) in no_decay_ids:
-            no_decay.append(parameter)
-        else:
-            decay.append(parameter)
+        decays = parameter.ndim >= 2 and id(parameter) not in no_decay_ids
+        groups.setdefault((decays, float(lr_scales.get(name, 1.0))), []).append(parameter)
+    # The plain groups first and always present, as before scaled groups existed (checkpoints
+    # record the groups in order).
+    groups.setdefault((True, 1.0), [])
+    groups.setdefault((False, 1.0), [])
+    order = sorted(groups, key=lambda key: (key[1] != 1.0, key[1], not key[0]))
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": groups[key], "weight_decay": weight_decay if key[0] else 0.0, "lr_scale": key[1]}
+        for key in order
+        if groups[key] or key[1] == 1.0
     ]
 
 

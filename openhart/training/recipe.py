@@ -289,6 +289,9 @@ class TokenizerRecipe(Section):
     # a multiple of init's width); or "deepened", init's decoder with identity blocks appended up to
     # decoder_num_res_blocks (openhart.tokenizer.deepen). Both draw init's images on the first step.
     new_decoder: str = checked("fresh", kind="choice", choices=("fresh", "widened", "deepened"))
+    # With `deepened`: the appended blocks' learning rate as a multiple of optim.lr. They start at
+    # zero, and the rate that keeps a converged decoder stable barely moves them.
+    new_decoder_lr_scale: float = checked(1.0, kind="number", gt=0)
     seed: int = checked(0, kind="int", ge=0)
     # Reconstructions shown in the sample grid (and its PSNR).
     num_sample_images: int = checked(8, kind="int", ge=1)
@@ -319,6 +322,11 @@ class TokenizerRecipe(Section):
             raise RecipeError(
                 "new_decoder: 'deepened' needs `init` and tokenizer.decoder_num_res_blocks alone "
                 "(init's decoder, made deeper; its width stays init's)"
+            )
+        if self.new_decoder_lr_scale != 1.0 and self.new_decoder != "deepened":
+            raise RecipeError(
+                "new_decoder_lr_scale: scales the blocks a deepened decoder appends; it needs "
+                "new_decoder: 'deepened'"
             )
         if self.decoder_only and self.loss.revive_every:
             raise RecipeError("decoder_only: the codebook is frozen; set loss.revive_every to 0")

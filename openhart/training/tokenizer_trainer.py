@@ -45,7 +45,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from openhart.tokenizer import HybridTokenizer, TokenizerConfig
-from openhart.tokenizer.deepen import deepen_tokenizer_decoder
+from openhart.tokenizer.deepen import appended_parameter_names, deepen_tokenizer_decoder
 from openhart.tokenizer.hybrid import with_decoder_of
 from openhart.tokenizer.quantizer import MultiScaleQuantizer
 from openhart.tokenizer.widen import widen_tokenizer_decoder
@@ -188,6 +188,8 @@ class TokenizerTrainer(Trainer):
     )
     recipe: TokenizerRecipe
     discriminator: PatchDiscriminator | None = None
+    # Parameter names of the blocks a deepened decoder appended (new_decoder: deepened).
+    appended_parameters: tuple[str, ...] | list[str] = ()
 
     # ------------------------------------------------------------------ model
     def build_model(self) -> nn.Module:
@@ -214,6 +216,7 @@ class TokenizerTrainer(Trainer):
                     start.config.decoder_blocks + 1,
                     blocks + 1,
                 )
+                self.appended_parameters = appended_parameter_names(start.config, tokenizer)
             else:
                 tokenizer = with_new_decoder(start, recipe.tokenizer, seed=recipe.seed)
         else:
@@ -238,6 +241,10 @@ class TokenizerTrainer(Trainer):
         self._sample_images: torch.Tensor | None = None
         self._build_discriminator()
         return self.tokenizer
+
+    def learning_rate_scales(self) -> dict[str, float]:
+        """The deepened decoder's appended blocks at ``new_decoder_lr_scale`` times the rate."""
+        return {name: self.recipe.new_decoder_lr_scale for name in self.appended_parameters}
 
     def _build_discriminator(self) -> None:
         adversarial = self.recipe.adversarial
