@@ -43,7 +43,7 @@ def parameter_groups(
 
     ``lr_scales`` maps parameter names (``module.named_parameters()``) to a multiplier of the
     scheduled learning rate; each group carries its ``lr_scale`` (1.0 for every other parameter).
-    Empty groups are left out.
+    The two plain groups always come first; scaled groups follow only where they hold parameters.
     """
     lr_scales = dict(lr_scales or {})
     unknown = sorted(set(lr_scales) - {name for name, _ in module.named_parameters()})

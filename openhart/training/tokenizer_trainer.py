@@ -189,7 +189,7 @@ class TokenizerTrainer(Trainer):
     recipe: TokenizerRecipe
     discriminator: PatchDiscriminator | None = None
     # Parameter names of the blocks a deepened decoder appended (new_decoder: deepened).
-    appended_parameters: tuple[str, ...] | list[str] = ()
+    appended_parameters: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ model
     def build_model(self) -> nn.Module:
@@ -216,7 +216,7 @@ class TokenizerTrainer(Trainer):
                     start.config.decoder_blocks + 1,
                     blocks + 1,
                 )
-                self.appended_parameters = appended_parameter_names(start.config, tokenizer)
+                self.appended_parameters = tuple(appended_parameter_names(start.config, tokenizer))
             else:
                 tokenizer = with_new_decoder(start, recipe.tokenizer, seed=recipe.seed)
         else:
