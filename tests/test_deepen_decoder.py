@@ -14,6 +14,21 @@ from tests.test_training import SquaresDataset, tokenizer_recipe
 from tests.test_widen_decoder import _latent, _trained_looking_tokenizer
 
 
+def _deepened_recipe(tmp_path, extra_blocks: int = 1, **sections):
+    """The trained-looking tiny tokenizer saved as `init`, and a recipe deepening its decoder."""
+    start_tokenizer = _trained_looking_tokenizer()
+    start = save_tokenizer(start_tokenizer, tmp_path / "start")
+    blocks = start_tokenizer.config.decoder_blocks + extra_blocks
+    recipe = tokenizer_recipe(
+        tmp_path / "run",
+        init=str(start),
+        new_decoder="deepened",
+        tokenizer={"decoder_num_res_blocks": blocks},
+        **sections,
+    )
+    return start_tokenizer, recipe
+
+
 @pytest.mark.parametrize("extra", [1, 2])
 def test_deepened_decoder_computes_the_trained_decoders_image(extra):
     shallow = _trained_looking_tokenizer().double()
@@ -58,19 +73,9 @@ def test_deepening_needs_more_blocks():
 
 
 def test_a_deepened_recipe_starts_from_inits_images_and_trains_the_new_blocks(tmp_path):
-    start_tokenizer = _trained_looking_tokenizer()
-    start = save_tokenizer(start_tokenizer, tmp_path / "start")
-    blocks = start_tokenizer.config.decoder_blocks + 1
-    recipe = tokenizer_recipe(
-        tmp_path / "run",
-        init=str(start),
-        decoder_only=True,
-        new_decoder="deepened",
-        tokenizer={"decoder_num_res_blocks": blocks},
-        loss={"revive_every": 0},
-    )
+    start_tokenizer, recipe = _deepened_recipe(tmp_path, decoder_only=True, loss={"revive_every": 0})
     trainer = TokenizerTrainer(recipe, dataset=SquaresDataset(16))
-    assert trainer.tokenizer.config.decoder_blocks == blocks
+    assert trainer.tokenizer.config.decoder_blocks == start_tokenizer.config.decoder_blocks + 1
     latent = _latent(start_tokenizer)
     with torch.no_grad():
         expected = start_tokenizer.decode_unclamped(latent)
@@ -102,14 +107,7 @@ def test_bad_deepening_recipes_name_the_field(tmp_path, sections, message):
 
 
 def test_a_depth_that_is_not_larger_is_a_recipe_error(tmp_path):
-    start_tokenizer = _trained_looking_tokenizer()
-    start = save_tokenizer(start_tokenizer, tmp_path / "start")
-    recipe = tokenizer_recipe(
-        tmp_path / "run",
-        init=str(start),
-        new_decoder="deepened",
-        tokenizer={"decoder_num_res_blocks": start_tokenizer.config.decoder_blocks},
-    )
+    _, recipe = _deepened_recipe(tmp_path, extra_blocks=0)
     with pytest.raises(RecipeError, match=r"new_decoder: .*above the trained decoder's"):
         TokenizerTrainer(recipe, dataset=SquaresDataset(16))
 
@@ -130,15 +128,10 @@ def test_parameter_groups_scale_the_named_parameters_learning_rate():
 
 
 def test_the_appended_blocks_train_at_new_decoder_lr_scale_times_the_rate(tmp_path):
-    start_tokenizer = _trained_looking_tokenizer()
-    start = save_tokenizer(start_tokenizer, tmp_path / "start")
-    recipe = tokenizer_recipe(
-        tmp_path / "run",
-        init=str(start),
+    _, recipe = _deepened_recipe(
+        tmp_path,
         decoder_only=True,
-        new_decoder="deepened",
         new_decoder_lr_scale=10.0,
-        tokenizer={"decoder_num_res_blocks": start_tokenizer.config.decoder_blocks + 1},
         loss={"revive_every": 0},
         optim={"max_steps": 2},
     )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from openhart.tokenizer.autoencoder import Decoder
-from openhart.tokenizer.hybrid import HybridTokenizer, TokenizerConfig, with_decoder_of
+from openhart.tokenizer.hybrid import HybridTokenizer, with_decoder_of
 
 
 def deepen_tokenizer_decoder(tokenizer: HybridTokenizer, decoder_num_res_blocks: int) -> HybridTokenizer:
@@ -56,13 +56,7 @@ def deepen_decoder_into(shallow: Decoder, deep: Decoder) -> None:
             attention.proj_out.bias.zero_()
 
 
-def appended_parameter_names(shallow_config: TokenizerConfig, deep: HybridTokenizer) -> list[str]:
-    """Names (in ``deep.named_parameters()``) of the blocks a deepening from ``shallow_config`` appended."""
-    kept = shallow_config.decoder_blocks + 1  # ResNet blocks per level of the trained decoder
-    names = []
-    for name, _ in deep.named_parameters():
-        parts = name.split(".")
-        # decoder.up.<level>.(block|attn).<index>.…
-        if parts[:2] == ["decoder", "up"] and parts[3] in ("block", "attn") and int(parts[4]) >= kept:
-            names.append(name)
-    return names
+def appended_parameter_names(shallow: HybridTokenizer, deep: HybridTokenizer) -> tuple[str, ...]:
+    """Names (in ``deep.named_parameters()``) of the blocks that deepening ``shallow`` appended."""
+    kept = {name for name, _ in shallow.named_parameters()}
+    return tuple(name for name, _ in deep.named_parameters() if name not in kept)

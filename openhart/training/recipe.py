@@ -311,17 +311,12 @@ class TokenizerRecipe(Section):
             )
         if self.decoder_only and self.init is None:
             raise RecipeError("decoder_only: needs `init` (a trained tokenizer whose encoder stays frozen)")
-        if self.new_decoder == "widened" and (self.init is None or set(self.tokenizer) != {"decoder_ch"}):
+        # A decoder grown from init's changes one field: its width or its depth.
+        grown_field = {"widened": "decoder_ch", "deepened": "decoder_num_res_blocks"}.get(self.new_decoder)
+        if grown_field is not None and (self.init is None or set(self.tokenizer) != {grown_field}):
             raise RecipeError(
-                "new_decoder: 'widened' needs `init` and tokenizer.decoder_ch alone (init's decoder, "
-                "made wider; its depth stays init's)"
-            )
-        if self.new_decoder == "deepened" and (
-            self.init is None or set(self.tokenizer) != {"decoder_num_res_blocks"}
-        ):
-            raise RecipeError(
-                "new_decoder: 'deepened' needs `init` and tokenizer.decoder_num_res_blocks alone "
-                "(init's decoder, made deeper; its width stays init's)"
+                f"new_decoder: '{self.new_decoder}' needs `init` and tokenizer.{grown_field} alone "
+                f"(init's decoder, {self.new_decoder}; its other sizes stay init's)"
             )
         if self.new_decoder_lr_scale != 1.0 and self.new_decoder != "deepened":
             raise RecipeError(

@@ -216,7 +216,7 @@ class TokenizerTrainer(Trainer):
                     start.config.decoder_blocks + 1,
                     blocks + 1,
                 )
-                self.appended_parameters = tuple(appended_parameter_names(start.config, tokenizer))
+                self.appended_parameters = appended_parameter_names(start, tokenizer)
             else:
                 tokenizer = with_new_decoder(start, recipe.tokenizer, seed=recipe.seed)
         else:
